@@ -1,0 +1,226 @@
+"""The `authz` command: a thin shell over the library."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+EXIT_ALLOW, EXIT_ERROR, EXIT_USAGE, EXIT_DENY = 0, 1, 2, 3
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from authz.config import Settings
+
+    settings = Settings.from_env()
+    overrides = {}
+    if getattr(args, "listen", None):
+        overrides["listen"] = args.listen
+    if getattr(args, "policies", None):
+        overrides["policy_dir"] = Path(args.policies)
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    return replace(settings, **overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from authz.server.app import serve
+
+    logging.basicConfig(
+        level=os.environ.get("AUTHZ_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(serve(_settings(args)))
+    return 0
+
+
+def _key_values(pairs: list[str], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"authz: {flag} takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _type_id(value: str, flag: str) -> tuple[str, str]:
+    kind, sep, ident = value.partition(":")
+    if not sep or not kind or not ident:
+        raise SystemExit(f"authz: {flag} takes TYPE:ID, e.g. heroku_user:1234, got {value!r}")
+    return kind, ident
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import grpc
+
+    from authz.server.convert import dict_to_struct
+    from authz.v1 import authorization_pb2 as pb
+    from authz.v1 import authorization_pb2_grpc as pb_grpc
+
+    r_type, r_id = _type_id(args.resource, "--resource")
+    request = pb.CheckRequest(
+        action=args.action,
+        resource=pb.Resource(
+            type=r_type,
+            id=r_id,
+            attributes=dict_to_struct(_key_values(args.resource_attr, "--resource-attr")),
+        ),
+        context=dict_to_struct(_key_values(args.context, "--context")),
+        request_id=args.request_id or "",
+    )
+    if args.session:
+        request.session_token = args.session
+    elif args.principal:
+        p_type, p_id = _type_id(args.principal, "--principal")
+        request.principal.CopyFrom(
+            pb.Principal(
+                type=p_type, id=p_id, attributes=dict_to_struct(_key_values(args.attr, "--attr"))
+            )
+        )
+    else:
+        raise SystemExit("authz: name the subject with --principal TYPE:ID or --session TOKEN")
+    with grpc.insecure_channel(args.server) as channel:
+        try:
+            response = pb_grpc.AuthorizationServiceStub(channel).Check(
+                request, timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"authz: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return EXIT_ERROR
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(response), indent=2))
+    else:
+        print(format_decision(response))
+    return EXIT_ALLOW if response.allowed else EXIT_DENY
+
+
+def format_decision(response: Any) -> str:
+    from authz.v1 import authorization_pb2 as pb
+
+    lines = [
+        f"{'ALLOW' if response.allowed else 'DENY'}  decision {response.decision_id}"
+        f"  policy revision {response.policy_revision}"
+    ]
+    for rule in response.matched_rules:
+        lines.append(
+            f"  matched {pb.Effect.Name(rule.effect)[7:].lower():5} "
+            f"{rule.policy}/{rule.rule_id}: {rule.reason}"
+        )
+    for reason in response.reasons:
+        lines.append(f"  reason: {reason}")
+    for error in response.errors:
+        lines.append(f"  error: {error}")
+    return "\n".join(lines)
+
+
+def cmd_policy_validate(args: argparse.Namespace) -> int:
+    from authz.policy.compile import load_and_compile
+    from authz.policy.load import PolicyError
+
+    directory = Path(args.directory or os.environ.get("AUTHZ_POLICY_DIR") or "policies")
+    try:
+        policy_set = load_and_compile(directory)
+    except PolicyError as exc:
+        if args.json:
+            print(json.dumps([_problem_json(p) for p in exc.problems], indent=2))
+        else:
+            for problem in exc.problems:
+                print(f"{directory}/{problem}" if problem.source.line else str(problem))
+            print(f"{len(exc.problems)} problem(s); policy set refused", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps([]))
+    else:
+        print(
+            f"ok: {len(policy_set.policies)} policies, {policy_set.rule_count} rules, "
+            f"{len(policy_set.catalogue)} catalogued actions, revision {policy_set.revision}"
+        )
+    return 0
+
+
+def _problem_json(problem: Any) -> dict[str, Any]:
+    return {
+        "file": problem.source.file,
+        "line": problem.source.line,
+        "column": problem.column,
+        "severity": problem.severity,
+        "rule_id": problem.rule_id,
+        "message": problem.message,
+        "hint": problem.hint,
+    }
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from authz.demo import main as demo_main
+
+    return demo_main(Path(args.policies))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authz", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC decision service")
+    serve.add_argument(
+        "--listen", help="host:port (default AUTHZ_LISTEN, 0.0.0.0:$PORT, or 127.0.0.1:50051)"
+    )
+    serve.add_argument(
+        "--policies", help="policy directory (default AUTHZ_POLICY_DIR or ./policies)"
+    )
+    serve.add_argument(
+        "--data-dir", help="embedded store directory (default AUTHZ_DATA_DIR or ./data)"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="ask a running server for one decision")
+    check.add_argument("--server", default=os.environ.get("AUTHZ_SERVER", "127.0.0.1:50051"))
+    check.add_argument("--principal", help="TYPE:ID")
+    check.add_argument("--session", help="a session token from an SSO exchange")
+    check.add_argument("--action", required=True)
+    check.add_argument("--resource", required=True, help="TYPE:ID")
+    check.add_argument("--attr", action="append", default=[], help="principal attribute KEY=VALUE")
+    check.add_argument(
+        "--resource-attr", action="append", default=[], help="resource attribute KEY=VALUE"
+    )
+    check.add_argument("--context", action="append", default=[], help="context KEY=VALUE")
+    check.add_argument("--request-id")
+    check.add_argument("--timeout", type=float, default=5.0)
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_check)
+
+    policy = sub.add_parser("policy", help="work on policy files").add_subparsers(
+        dest="policy_command", required=True
+    )
+    validate = policy.add_parser("validate", help="load and type-check a policy directory")
+    validate.add_argument("directory", nargs="?")
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(func=cmd_policy_validate)
+
+    demo = sub.add_parser("demo", help="run a server and a scripted partner client against it")
+    demo.add_argument("--policies", default="policies")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

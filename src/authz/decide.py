@@ -1,0 +1,356 @@
+"""The single decision path: resolve facts → evaluate → record → answer.
+
+Every decision (Check, each CheckBatch item, each SSO login) goes through `Decider`, so every one
+is evaluated the same way and recorded exactly once before it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from authz.clock import Clock, rfc3339, system_clock
+from authz.ids import new_decision_id
+from authz.policies_runtime import PolicyHolder
+from authz.policy.engine import evaluate
+from authz.policy.model import Decision, Effect
+
+log = logging.getLogger("authz.decide")
+
+HEROKU_USER = "heroku_user"
+ADDON = "addon"
+_SECRET_KEY = re.compile(r"token|secret|password|passwd|salt|authorization|cookie", re.I)
+
+
+class AuditSink(Protocol):
+    async def record(self, rec: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """A principal or resource as the caller named it."""
+
+    type: str
+    id: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.type}:{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    action: str
+    resource: Entity
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision_id: str
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who asks, after authentication facts were resolved. Only this module builds `auth`."""
+
+    principal: dict[str, Any]
+    display: dict[str, Any]
+    # Set when a session token did not resolve: every item is denied for this reason.
+    refusal: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.principal.get('type', '')}:{self.principal.get('id', '')}"
+
+
+@dataclass
+class Facts:
+    """The fact sources a decision may use; any may be absent (then its facts say unavailable)."""
+
+    sessions: Any = None  # facts.sessions.SessionStore
+    addons: Any = None  # facts.addons.AddonRegistry
+    access: Any = None  # facts.access.AccessCache
+    deadline: float = 2.0
+
+
+def direct_subject(principal: Entity) -> Subject:
+    """A principal named directly by the caller: attributes are data, and never an SSO login."""
+    return Subject(
+        {
+            "type": principal.type,
+            "id": principal.id,
+            "attributes": dict(principal.attributes),
+            "auth": {"method": "none"},
+        },
+        {},
+    )
+
+
+def sso_subject(
+    user_id: str, resource_id: str, session_id: str, issued_at: float, email: str
+) -> Subject:
+    return Subject(
+        {
+            "type": HEROKU_USER,
+            "id": user_id,
+            "attributes": {},
+            "auth": {
+                "method": "heroku_sso",
+                "session_id": session_id,
+                "resource_id": resource_id,
+                "issued_at": rfc3339(issued_at),
+            },
+        },
+        {"email": email} if email else {},
+    )
+
+
+class Decider:
+    def __init__(
+        self,
+        policies: PolicyHolder,
+        *,
+        facts: Facts | None = None,
+        audit: AuditSink | None = None,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.policies = policies
+        self.facts = facts or Facts()
+        self.audit = audit
+        self.clock = clock
+
+    # -- subjects -------------------------------------------------------------------------------
+
+    def subject_from_session(self, token: str) -> Subject:
+        sessions = self.facts.sessions
+        session = sessions.resolve(token) if sessions is not None else None
+        if session is None:
+            return Subject(
+                {"type": HEROKU_USER, "id": "", "attributes": {}, "auth": {"method": "none"}},
+                {},
+                refusal="session token is unknown, expired or revoked",
+            )
+        return sso_subject(
+            session.user_id,
+            session.resource_id,
+            session.session_id,
+            session.issued_at,
+            session.email,
+        )
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    async def check(
+        self,
+        subject: Subject,
+        items: list[Item],
+        *,
+        context: Mapping[str, Any] | None = None,
+        request_id: str = "",
+        caller: str = "",
+        kind: str = "check",
+    ) -> list[Outcome]:
+        """Decide every item for one subject; facts are gathered once per resource app."""
+        started = time.perf_counter()
+        policy_set = self.policies.current
+        now = self.clock()
+        now_dt = datetime.fromtimestamp(now, tz=UTC)
+        base_context = dict(context or {})
+        resources = [self._resource_input(item.resource) for item in items]
+        access = await self._access_facts(subject, resources, now)
+        caller_fact = {"id": caller}
+        outcomes: list[Outcome] = []
+        records: list[dict[str, Any]] = []
+        for item, resource in zip(items, resources, strict=True):
+            item_context = {**base_context, **item.context} if item.context else base_context
+            inputs = {
+                "principal": subject.principal,
+                "resource": resource,
+                "action": item.action,
+                "context": item_context,
+                "now": now_dt,
+                "access": access.get(
+                    resource.get("addon", {}).get("app_id", ""), _no_access(subject)
+                ),
+                "caller": caller_fact,
+            }
+            if subject.refusal:
+                decision = Decision(Effect.DENY, (), (subject.refusal,), (), policy_set.revision)
+            else:
+                decision = evaluate(policy_set, inputs)
+            outcome = Outcome(new_decision_id(), decision)
+            outcomes.append(outcome)
+            records.append(self._record(kind, outcome, subject, inputs, now, request_id, caller))
+        elapsed_ms = (time.perf_counter() - started) * 1000 / max(1, len(items))
+        for rec in records:
+            rec["duration_ms"] = round(elapsed_ms, 3)
+        if self.audit is not None:
+            await asyncio.gather(*(self.audit.record(rec) for rec in records))
+        return outcomes
+
+    async def record_refusal(
+        self,
+        *,
+        kind: str,
+        subject: Subject,
+        action: str,
+        resource: Entity,
+        reason: str,
+        request_id: str = "",
+        caller: str = "",
+    ) -> str:
+        """Record a decision refused before policies were consulted (e.g. a bad SSO token)."""
+        now = self.clock()
+        decision = Decision(Effect.DENY, (), (reason,), (), self.policies.current.revision)
+        outcome = Outcome(new_decision_id(), decision)
+        inputs = {
+            "principal": subject.principal,
+            "resource": self._resource_input(resource),
+            "action": action,
+            "context": {},
+            "caller": {"id": caller},
+        }
+        rec = self._record(kind, outcome, subject, inputs, now, request_id, caller)
+        rec["duration_ms"] = 0.0
+        if self.audit is not None:
+            await self.audit.record(rec)
+        return outcome.decision_id
+
+    # -- facts ----------------------------------------------------------------------------------
+
+    def _resource_input(self, resource: Entity) -> dict[str, Any]:
+        value: dict[str, Any] = {
+            "type": resource.type,
+            "id": resource.id,
+            "attributes": dict(resource.attributes),
+        }
+        if resource.type == ADDON:
+            addon = self.facts.addons.get(resource.id) if self.facts.addons else None
+            value["addon"] = (
+                {
+                    "state": addon.state,
+                    "app_id": addon.app_id,
+                    "app_name": addon.app_name,
+                    "plan": addon.plan,
+                    "region": addon.region,
+                }
+                if addon is not None
+                else {"state": "unknown", "app_id": "", "app_name": "", "plan": "", "region": ""}
+            )
+        return value
+
+    async def _access_facts(
+        self, subject: Subject, resources: list[dict[str, Any]], now: float
+    ) -> dict[str, dict[str, Any]]:
+        """The principal's roles on each app that owns a resource in the request."""
+        user_id = subject.principal.get("id", "")
+        if subject.principal.get("type") != HEROKU_USER or not user_id or subject.refusal:
+            return {}
+        apps: dict[str, str] = {}
+        for resource in resources:
+            addon = resource.get("addon")
+            if addon and addon["app_id"] and addon["state"] == "provisioned":
+                apps.setdefault(addon["app_id"], resource["id"])
+        if not apps:
+            return {}
+        from authz.facts.access import access_fact  # facts are optional for the engine
+
+        cache = self.facts.access
+
+        async def one(app_id: str, resource_id: str) -> tuple[str, dict[str, Any]]:
+            if cache is None:
+                return app_id, access_fact(None, user_id, now, "no Platform API configured")
+            try:
+                listing = await cache.get(app_id, resource_id, deadline=self.facts.deadline)
+            except Exception as exc:  # any failure to learn access denies, with the reason
+                reason = getattr(exc, "reason", "") or f"{type(exc).__name__}: {exc}"
+                return app_id, access_fact(
+                    None, user_id, now, f"app access list unavailable: {reason}"
+                )
+            return app_id, access_fact(listing, user_id, now)
+
+        pairs = await asyncio.gather(*(one(a, r) for a, r in apps.items()))
+        return dict(pairs)
+
+    # -- audit ----------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        kind: str,
+        outcome: Outcome,
+        subject: Subject,
+        inputs: Mapping[str, Any],
+        now: float,
+        request_id: str,
+        caller: str,
+    ) -> dict[str, Any]:
+        decision = outcome.decision
+        resource = inputs["resource"]
+        recorded_input = {k: v for k, v in inputs.items() if k != "now"}
+        recorded_input["now"] = rfc3339(now)
+        return {
+            "decision_id": outcome.decision_id,
+            "time": now,
+            "kind": kind,
+            "caller": caller,
+            "request_id": request_id,
+            "principal": {
+                "type": subject.principal.get("type", ""),
+                "id": subject.principal.get("id", ""),
+                "display": subject.display,
+            },
+            "action": inputs["action"],
+            "resource": {"type": resource.get("type", ""), "id": resource.get("id", "")},
+            "app_id": resource.get("addon", {}).get("app_id", ""),
+            "effect": decision.effect.value,
+            "matched_rules": [
+                {
+                    "policy": m.policy,
+                    "rule_id": m.rule_id,
+                    "effect": m.effect.value,
+                    "reason": m.reason,
+                }
+                for m in decision.matched
+            ],
+            "reasons": list(decision.reasons),
+            "errors": list(decision.errors),
+            "policy_revision": decision.policy_revision,
+            "input": redact(recorded_input),
+        }
+
+
+def _no_access(subject: Subject) -> dict[str, Any]:
+    """The access fact when no app applies: nothing is known, so nothing is granted by it."""
+    return {
+        "available": False,
+        "app_id": "",
+        "user_id": subject.principal.get("id", ""),
+        "roles": [],
+        "role": "",
+        "has_role": False,
+        "team_role": "",
+        "permissions": [],
+        "fetched_at": "",
+        "age_seconds": -1.0,
+        "error": "no Heroku app applies to this request",
+    }
+
+
+def redact(value: Any) -> Any:
+    """Copy of a fact tree with secret-looking keys blanked, for the audit log."""
+    if isinstance(value, Mapping):
+        return {
+            k: ("[redacted]" if _SECRET_KEY.search(str(k)) else redact(v)) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value

@@ -1,0 +1,165 @@
+"""CEL type-check and compile every rule once; index rules by action."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cel_expr_python import cel
+
+from authz.policy.load import LoadedSet, PolicyError, Problem, load_policy_dir
+from authz.policy.model import Policy, Rule, Source
+
+_DYN_MAP = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
+
+# What every condition may read. Declared so a typo or a type error fails at load, not at 3 a.m.
+VARIABLES: dict[str, object] = {
+    "principal": _DYN_MAP,  # type, id, attributes, auth (from a verified session only)
+    "resource": _DYN_MAP,  # type, id, attributes, addon (registry facts)
+    "action": cel.Type.STRING,
+    "context": _DYN_MAP,  # the request's context map
+    "now": cel.Type.TIMESTAMP,
+    "access": _DYN_MAP,  # the principal's current roles on the resource's Heroku app
+    "caller": _DYN_MAP,  # the service asking (id), from the connection, never from the request
+}
+
+_CEL_POSITION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
+_MAX_CACHED_ACTIONS = 10_000
+
+
+def new_env() -> cel.Env:
+    return cel.NewEnv(variables=VARIABLES)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    rule: Rule
+    program: cel.Expression | None  # None: no condition, always holds
+    resource_types: frozenset[str]
+
+
+@dataclass
+class CompiledPolicySet:
+    """An immutable, fully compiled policy set. Swapped whole on reload, never edited in place."""
+
+    revision: str
+    policies: tuple[Policy, ...]
+    rules: tuple[CompiledRule, ...]
+    catalogue: dict[str, str]
+    env: cel.Env
+    directory: Path | None = None
+    loaded_at: float = field(default_factory=time.time)
+    _exact: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict, repr=False)
+    _globs: tuple[tuple[str, CompiledRule], ...] = field(default=(), repr=False)
+    _by_action: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        exact: dict[str, list[CompiledRule]] = {}
+        globs: list[tuple[str, CompiledRule]] = []
+        for compiled in self.rules:
+            for pattern in compiled.rule.actions:
+                if any(ch in pattern for ch in "*?["):
+                    globs.append((pattern, compiled))
+                else:
+                    exact.setdefault(pattern, []).append(compiled)
+        self._exact = {action: tuple(rules) for action, rules in exact.items()}
+        self._globs = tuple(globs)
+        for action in self.catalogue:
+            self.rules_for(action)
+
+    def rules_for(self, action: str) -> tuple[CompiledRule, ...]:
+        """The rules whose actions cover this action, in file order. Cost does not grow with
+        unrelated rules: the answer per action is computed once and remembered."""
+        cached = self._by_action.get(action)
+        if cached is not None:
+            return cached
+        found = {id(r): r for r in self._exact.get(action, ())}
+        for pattern, compiled in self._globs:
+            if fnmatch.fnmatchcase(action, pattern):
+                found[id(compiled)] = compiled
+        order = {id(r): i for i, r in enumerate(self.rules)}
+        result = tuple(sorted(found.values(), key=lambda r: order[id(r)]))
+        # Only bounded memory for actions callers invent.
+        if len(self._by_action) < _MAX_CACHED_ACTIONS:
+            self._by_action[action] = result
+        return result
+
+    @property
+    def rule_count(self) -> int:
+        return len(self.rules)
+
+
+def compile_policies(loaded: LoadedSet) -> CompiledPolicySet:
+    """Compile every condition; raise PolicyError (with file:line:column) if any fails."""
+    env = new_env()
+    problems: list[Problem] = []
+    compiled: list[CompiledRule] = []
+    for policy in loaded.policies:
+        for rule in policy.rules:
+            program = None
+            if rule.when:
+                program = _compile_condition(env, rule, problems)
+            compiled.append(CompiledRule(rule, program, frozenset(rule.resource_types)))
+    if problems:
+        raise PolicyError(problems)
+    catalogue = {action: text for policy in loaded.policies for action, text in policy.actions}
+    return CompiledPolicySet(
+        revision=loaded.revision,
+        policies=loaded.policies,
+        rules=tuple(compiled),
+        catalogue=catalogue,
+        env=env,
+        directory=loaded.directory,
+    )
+
+
+def _compile_condition(env: cel.Env, rule: Rule, problems: list[Problem]) -> cel.Expression | None:
+    source = rule.when_source or rule.source
+    try:
+        program = env.compile(rule.when)
+    except RuntimeError as exc:
+        problems.append(_cel_problem(rule, source, str(exc)))
+        return None
+    if program.return_type() not in (cel.Type.BOOL, cel.Type.DYN):
+        problems.append(
+            Problem(
+                source,
+                f"condition yields {program.return_type()}, not a bool",
+                rule_id=rule.id,
+                hint="a 'when' must be true or false, e.g. compare with '=='",
+            )
+        )
+        return None
+    return program
+
+
+def _cel_problem(rule: Rule, source: Source, text: str) -> Problem:
+    match = _CEL_POSITION.search(text)
+    if not match:
+        return Problem(source, f"CEL error: {text.strip()}", rule_id=rule.id)
+    line, column, message = int(match.group(1)), int(match.group(2)), match.group(3)
+    return Problem(
+        Source(source.file, source.line + line - 1),
+        f"CEL error in 'when': {message}",
+        rule_id=rule.id,
+        column=source.column_offset + column,
+        hint=_cel_hint(message),
+    )
+
+
+def _cel_hint(message: str) -> str:
+    if "undeclared reference" in message:
+        return "conditions can read principal, resource, action, context, now, access and caller"
+    if "no matching overload" in message:
+        return "the operand types differ; compare like with like (string with string, ...)"
+    if "Syntax error" in message:
+        return "check brackets, quotes and operators"
+    return ""
+
+
+def load_and_compile(directory: Path | str) -> CompiledPolicySet:
+    """Load and compile a directory; all or nothing."""
+    return compile_policies(load_policy_dir(directory))

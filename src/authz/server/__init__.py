@@ -1,0 +1,1 @@
+"""gRPC wiring only: validation, conversion, status codes. No business rules live here."""

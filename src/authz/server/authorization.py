@@ -1,0 +1,70 @@
+"""AuthorizationService: Check and CheckBatch."""
+
+from __future__ import annotations
+
+import grpc
+
+from authz.decide import Decider, Subject, direct_subject
+from authz.server import convert
+from authz.server.convert import BadRequest
+from authz.server.errors import abort
+from authz.v1 import authorization_pb2 as pb
+from authz.v1 import authorization_pb2_grpc as pb_grpc
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> str:
+    """The calling service's identity. Set by the authentication interceptor when configured."""
+    return getattr(context, "authz_caller", "") or "anonymous"
+
+
+class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
+    def __init__(self, decider: Decider) -> None:
+        self.decider = decider
+
+    def _subject(self, request: pb.CheckRequest | pb.CheckBatchRequest) -> Subject:
+        which = request.WhichOneof("subject")
+        if which == "principal":
+            return direct_subject(convert.entity(request.principal, "principal"))
+        if which == "session_token":
+            if len(request.session_token) > convert.MAX_ID:
+                raise BadRequest("session_token is longer than any token authz issues")
+            return self.decider.subject_from_session(request.session_token)
+        raise BadRequest("principal or session_token is required; name who is asking")
+
+    async def Check(  # noqa: N802 (gRPC method name)
+        self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckResponse:
+        try:
+            item = convert.check_item(request)
+            subject = self._subject(request)
+            request_context = convert.struct_to_dict(request.context, "context")
+            request_id = convert.request_id_of(request.request_id)
+        except BadRequest as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        outcomes = await self.decider.check(
+            subject,
+            [item],
+            context=request_context,
+            request_id=request_id,
+            caller=caller_of(context),
+        )
+        return convert.check_response(outcomes[0])
+
+    async def CheckBatch(  # noqa: N802
+        self, request: pb.CheckBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckBatchResponse:
+        try:
+            items = convert.batch_items(request)
+            subject = self._subject(request)
+            request_context = convert.struct_to_dict(request.context, "context")
+            request_id = convert.request_id_of(request.request_id)
+        except BadRequest as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        outcomes = await self.decider.check(
+            subject,
+            items,
+            context=request_context,
+            request_id=request_id,
+            caller=caller_of(context),
+        )
+        return pb.CheckBatchResponse(results=[convert.check_response(o) for o in outcomes])

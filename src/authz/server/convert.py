@@ -1,0 +1,150 @@
+"""Protobuf ↔ plain values, and request validation with messages that say what to fix."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from authz.decide import Entity, Item, Outcome
+from authz.policy.model import Effect
+from authz.v1 import authorization_pb2 as pb
+
+MAX_BATCH_ITEMS = 100
+MAX_DEPTH = 10
+MAX_STRING = 4096
+MAX_ID = 256
+
+_EFFECTS = {Effect.ALLOW: pb.EFFECT_ALLOW, Effect.DENY: pb.EFFECT_DENY}
+
+
+class BadRequest(ValueError):
+    """The request is malformed; the message names the field and what to send instead."""
+
+
+def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    return {k: _value(v, f"{field}.{k}", 1) for k, v in value.fields.items()}
+
+
+def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"{field}: nested deeper than {MAX_DEPTH} levels; flatten the attributes")
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        text = value.string_value
+        if len(text) > MAX_STRING:
+            raise BadRequest(f"{field}: string longer than {MAX_STRING} characters")
+        return text
+    if kind == "number_value":
+        number = value.number_value
+        # JSON has one number type; integral values become ints so `x == 3` reads naturally.
+        if number.is_integer() and abs(number) < 2**53:
+            return int(number)
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {
+            k: _value(v, f"{field}.{k}", depth + 1) for k, v in value.struct_value.fields.items()
+        }
+    if kind == "list_value":
+        return [
+            _value(v, f"{field}[{i}]", depth + 1) for i, v in enumerate(value.list_value.values)
+        ]
+    return None
+
+
+def _identifier(value: str, field: str) -> str:
+    if not value:
+        raise BadRequest(f'{field} is empty; name it, e.g. {field}="addon"')
+    if len(value) > MAX_ID:
+        raise BadRequest(f"{field} is longer than {MAX_ID} characters")
+    if any(ch.isspace() or ord(ch) < 32 for ch in value):
+        raise BadRequest(f"{field} contains whitespace or control characters")
+    return value
+
+
+def entity(message: pb.Principal | pb.Resource, field: str) -> Entity:
+    return Entity(
+        _identifier(message.type, f"{field}.type"),
+        _identifier(message.id, f"{field}.id"),
+        struct_to_dict(message.attributes, f"{field}.attributes"),
+    )
+
+
+def action_of(action: str, field: str = "action") -> str:
+    if not action:
+        raise BadRequest(f'{field} is empty; send an action such as "dashboard.view"')
+    return _identifier(action, field)
+
+
+def check_item(request: pb.CheckRequest) -> Item:
+    if not request.HasField("resource"):
+        raise BadRequest("resource is missing; send resource {type, id}")
+    return Item(
+        action_of(request.action),
+        entity(request.resource, "resource"),
+        {},
+    )
+
+
+def batch_items(request: pb.CheckBatchRequest) -> list[Item]:
+    if not request.items:
+        raise BadRequest("items is empty; send at least one {action, resource}")
+    if len(request.items) > MAX_BATCH_ITEMS:
+        raise BadRequest(
+            f"items has {len(request.items)} entries; at most {MAX_BATCH_ITEMS} per CheckBatch"
+        )
+    items = []
+    for i, item in enumerate(request.items):
+        if not item.HasField("resource"):
+            raise BadRequest(f"items[{i}].resource is missing; send resource {{type, id}}")
+        items.append(
+            Item(
+                action_of(item.action, f"items[{i}].action"),
+                entity(item.resource, f"items[{i}].resource"),
+                struct_to_dict(item.context, f"items[{i}].context"),
+            )
+        )
+    return items
+
+
+def request_id_of(value: str) -> str:
+    if len(value) > MAX_ID:
+        raise BadRequest(f"request_id is longer than {MAX_ID} characters")
+    return value
+
+
+def check_response(outcome: Outcome) -> pb.CheckResponse:
+    decision = outcome.decision
+    return pb.CheckResponse(
+        effect=_EFFECTS[decision.effect],
+        allowed=decision.allowed,
+        decision_id=outcome.decision_id,
+        policy_revision=decision.policy_revision,
+        matched_rules=[
+            pb.MatchedRule(
+                policy=m.policy, rule_id=m.rule_id, effect=_EFFECTS[m.effect], reason=m.reason
+            )
+            for m in decision.matched
+        ],
+        reasons=decision.reasons,
+        errors=decision.errors,
+    )
+
+
+def dict_to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(_jsonable(value))
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    return str(value)

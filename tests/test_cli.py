@@ -1,0 +1,82 @@
+"""The `authz` command as a user runs it: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from authz.config import Settings
+from tests.conftest import ROOT, RunningService
+
+
+def authz(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "authz.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_validate_accepts_shipped_policies() -> None:
+    result = authz("policy", "validate", "policies")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok:")
+
+
+def test_validate_rejects_a_broken_policy_with_file_and_line(
+    policy_dir: Callable[[dict[str, str]], Path],
+) -> None:
+    directory = policy_dir(
+        {
+            "broken.yaml": """
+            name: broken
+            rules:
+              - id: bad-cel
+                effect: allow
+                actions: [a]
+                when: principal.id ==
+                reason: r
+            """
+        }
+    )
+    result = authz("policy", "validate", str(directory))
+    assert result.returncode == 1
+    assert f"{directory}/broken.yaml:6:" in result.stdout
+    assert "[bad-cel]" in result.stdout
+
+
+def test_check_exit_codes(start: Callable[..., RunningService], base_settings: Settings) -> None:
+    svc = start(base_settings)
+    denied = authz(
+        "check",
+        "--server",
+        svc.address,
+        "--principal",
+        "svc:billing",
+        "--action",
+        "account.login_password",
+        "--resource",
+        "account:1",
+    )
+    assert denied.returncode == 3, denied.stderr
+    assert denied.stdout.startswith("DENY")
+    assert "no-password-login" in denied.stdout
+    unreachable = authz(
+        "check",
+        "--server",
+        "127.0.0.1:1",
+        "--principal",
+        "a:b",
+        "--action",
+        "x",
+        "--resource",
+        "c:d",
+        "--timeout",
+        "1",
+    )
+    assert unreachable.returncode == 1
+    assert "UNAVAILABLE" in unreachable.stderr

@@ -1,0 +1,179 @@
+"""Engine semantics: deny overrides, default deny, errors fail closed, globs, indexing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from authz.policy import Effect, compile_policies, evaluate, load_policy_dir
+from authz.policy.inputs import build_input
+
+PolicyDir = Callable[[dict[str, str]], Path]
+
+
+def compiled(policy_dir: PolicyDir, text: str):  # noqa: ANN201
+    return compile_policies(load_policy_dir(policy_dir({"p.yaml": text})))
+
+
+BASIC = """
+name: basic
+description: test
+actions:
+  doc.read: read
+  doc.write: write
+  account.change_password: pw
+rules:
+  - id: readers-read
+    effect: allow
+    actions: [doc.read]
+    when: principal.attributes.role == "reader"
+    reason: readers read
+  - id: writers-do-anything-with-docs
+    effect: allow
+    actions: ["doc.*"]
+    when: principal.attributes.role == "writer"
+    reason: writers write
+  - id: banned-never
+    effect: deny
+    actions: ["*"]
+    when: principal.attributes.banned == true
+    reason: banned users do nothing
+"""
+
+
+def decide(policy_set, action: str, **principal_attrs):  # noqa: ANN001, ANN201
+    principal = {"type": "user", "id": "u1", "attributes": {"banned": False, **principal_attrs}}
+    return evaluate(
+        policy_set,
+        build_input(action=action, principal=principal, resource={"type": "doc", "id": "d1"}),
+    )
+
+
+def test_allow_when_an_allow_rule_matches(policy_dir: PolicyDir) -> None:
+    decision = decide(compiled(policy_dir, BASIC), "doc.read", role="reader")
+    assert decision.effect is Effect.ALLOW
+    assert [m.rule_id for m in decision.matched] == ["readers-read"]
+    assert decision.reasons == ("readers read",)
+
+
+def test_default_deny_names_the_action(policy_dir: PolicyDir) -> None:
+    decision = decide(compiled(policy_dir, BASIC), "doc.write", role="reader")
+    assert decision.effect is Effect.DENY
+    assert decision.matched == ()
+    assert "no allow rule matched action 'doc.write'" in decision.reasons[0]
+
+
+def test_deny_overrides_allow(policy_dir: PolicyDir) -> None:
+    decision = decide(compiled(policy_dir, BASIC), "doc.read", role="writer", banned=True)
+    assert decision.effect is Effect.DENY
+    assert {m.rule_id for m in decision.matched} == {
+        "writers-do-anything-with-docs",
+        "banned-never",
+    }
+    assert decision.reasons == ("banned users do nothing",)
+
+
+def test_glob_matches_within_its_prefix_only(policy_dir: PolicyDir) -> None:
+    policy_set = compiled(policy_dir, BASIC)
+    assert decide(policy_set, "doc.write", role="writer").allowed
+    assert not decide(policy_set, "docs.write", role="writer").allowed
+    assert not decide(policy_set, "account.change_password", role="writer").allowed
+
+
+def test_erroring_allow_rule_does_not_allow(policy_dir: PolicyDir) -> None:
+    # No "role" attribute: the condition errors (key not found).
+    decision = decide(compiled(policy_dir, BASIC), "doc.read")
+    assert decision.effect is Effect.DENY
+    assert decision.matched == ()
+    assert any("readers-read" in e and "allow rule skipped" in e for e in decision.errors)
+
+
+def test_erroring_deny_rule_counts_as_matched(policy_dir: PolicyDir) -> None:
+    policy_set = compiled(policy_dir, BASIC)
+    principal = {"type": "user", "id": "u1", "attributes": {"role": "reader"}}  # no "banned"
+    decision = evaluate(policy_set, build_input(action="doc.read", principal=principal))
+    assert decision.effect is Effect.DENY
+    assert "banned-never" in {m.rule_id for m in decision.matched}
+    assert any("banned-never" in e and "fail closed" in e for e in decision.errors)
+
+
+def test_non_bool_result_is_an_error_not_a_match(policy_dir: PolicyDir) -> None:
+    policy_set = compiled(
+        policy_dir,
+        """
+        name: dyn
+        rules:
+          - id: dyn-allow
+            effect: allow
+            actions: [x]
+            when: principal.attributes.flag
+            reason: flag set
+        """,
+    )
+    principal = {"type": "u", "id": "1", "attributes": {"flag": "yes"}}
+    decision = evaluate(policy_set, build_input(action="x", principal=principal))
+    assert decision.effect is Effect.DENY
+    assert decision.errors and "not bool" in decision.errors[0]
+    principal["attributes"]["flag"] = True
+    assert evaluate(policy_set, build_input(action="x", principal=principal)).allowed
+
+
+def test_resource_types_restrict_a_rule(policy_dir: PolicyDir) -> None:
+    policy_set = compiled(
+        policy_dir,
+        """
+        name: typed
+        rules:
+          - id: addons-only
+            effect: allow
+            actions: [view]
+            resource_types: [addon]
+            reason: addons may be viewed
+        """,
+    )
+    assert evaluate(policy_set, build_input(action="view", resource={"type": "addon"})).allowed
+    assert not evaluate(policy_set, build_input(action="view", resource={"type": "app"})).allowed
+
+
+def test_rule_without_condition_always_holds(policy_dir: PolicyDir) -> None:
+    policy_set = compiled(
+        policy_dir,
+        """
+        name: open
+        rules:
+          - id: always
+            effect: allow
+            actions: [ping]
+            reason: anyone may ping
+        """,
+    )
+    assert evaluate(policy_set, build_input(action="ping")).allowed
+
+
+def test_index_only_considers_rules_for_the_action(policy_dir: PolicyDir) -> None:
+    rules = "\n".join(
+        f"""
+  - id: r{i}
+    effect: allow
+    actions: [act{i}]
+    when: principal.id == "p{i}"
+    reason: r{i}"""
+        for i in range(500)
+    )
+    policy_set = compiled(policy_dir, f"name: many\nrules:{rules}\n")
+    assert [r.rule.id for r in policy_set.rules_for("act7")] == ["r7"]
+    assert policy_set.rules_for("unknown") == ()
+    assert evaluate(policy_set, build_input(action="act7", principal={"id": "p7"})).allowed
+    assert not evaluate(policy_set, build_input(action="act7", principal={"id": "p8"})).allowed
+
+
+def test_attribute_values_that_look_like_cel_are_data(policy_dir: PolicyDir) -> None:
+    policy_set = compiled(policy_dir, BASIC)
+    decision = decide(policy_set, "doc.read", role='reader" || true || "')
+    assert decision.effect is Effect.DENY
+
+
+def test_decision_names_the_revision(policy_dir: PolicyDir) -> None:
+    policy_set = compiled(policy_dir, BASIC)
+    assert decide(policy_set, "doc.read", role="reader").policy_revision == policy_set.revision
+    assert len(policy_set.revision) == 16
