@@ -71,8 +71,9 @@ def start(loop_thread: LoopThread) -> Iterator[Callable[..., RunningService]]:
     """start(settings, **overrides) → a RunningService; all are stopped after the test."""
     started: list[RunningService] = []
 
-    def _start(settings: Settings, **overrides: Any) -> RunningService:
-        service = loop_thread.run(start_service(replace(settings, **overrides)))
+    def _start(settings: Settings, *, clock: Any = None, **overrides: Any) -> RunningService:
+        extra = {"clock": clock} if clock is not None else {}
+        service = loop_thread.run(start_service(replace(settings, **overrides), **extra))
         running = RunningService(service, loop_thread)
         started.append(running)
         return running

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from authz.clock import Clock, rfc3339, system_clock
+from authz.facts.access import access_fact
 from authz.ids import new_decision_id
 from authz.policies_runtime import PolicyHolder
 from authz.policy.engine import evaluate
@@ -24,6 +25,7 @@ from authz.policy.model import Decision, Effect
 log = logging.getLogger("authz.decide")
 
 HEROKU_USER = "heroku_user"
+NO_APP = "no Heroku app applies to this request"
 ADDON = "addon"
 _SECRET_KEY = re.compile(r"token|secret|password|passwd|salt|authorization|cookie", re.I)
 
@@ -178,9 +180,8 @@ class Decider:
                 "action": item.action,
                 "context": item_context,
                 "now": now_dt,
-                "access": access.get(
-                    resource.get("addon", {}).get("app_id", ""), _no_access(subject)
-                ),
+                "access": access.get(resource.get("addon", {}).get("app_id", ""))
+                or access_fact(None, subject.principal.get("id", ""), now, NO_APP),
                 "caller": caller_fact,
             }
             if subject.refusal:
@@ -262,8 +263,6 @@ class Decider:
                 apps.setdefault(addon["app_id"], resource["id"])
         if not apps:
             return {}
-        from authz.facts.access import access_fact  # facts are optional for the engine
-
         cache = self.facts.access
 
         async def one(app_id: str, resource_id: str) -> tuple[str, dict[str, Any]]:
@@ -326,23 +325,6 @@ class Decider:
             "policy_revision": decision.policy_revision,
             "input": redact(recorded_input),
         }
-
-
-def _no_access(subject: Subject) -> dict[str, Any]:
-    """The access fact when no app applies: nothing is known, so nothing is granted by it."""
-    return {
-        "available": False,
-        "app_id": "",
-        "user_id": subject.principal.get("id", ""),
-        "roles": [],
-        "role": "",
-        "has_role": False,
-        "team_role": "",
-        "permissions": [],
-        "fetched_at": "",
-        "age_seconds": -1.0,
-        "error": "no Heroku app applies to this request",
-    }
 
 
 def redact(value: Any) -> Any:

@@ -54,3 +54,34 @@ class PolicyHolder:
                 log.info("policy revision %s → %s", self.current.revision, candidate.revision)
                 self.current = candidate
             return ReloadResult(True, self.current.revision)
+
+
+def directory_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a policy file is added, removed or edited (name, size, mtime)."""
+    try:
+        entries = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
+        return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries)
+    except OSError:
+        return ()
+
+
+async def watch_policies(holder: PolicyHolder, interval: float = 1.0) -> None:
+    """Reload when the directory changes. Polling: portable, and cheap at one stat per file.
+
+    A change is picked up once its files stop changing for one interval, so an editor that
+    writes a file in several steps is not caught half-way.
+    """
+    import asyncio
+
+    seen = directory_signature(holder.directory)
+    while True:
+        await asyncio.sleep(interval)
+        now = directory_signature(holder.directory)
+        if now == seen:
+            continue
+        await asyncio.sleep(interval)
+        settled = directory_signature(holder.directory)
+        if settled != now:
+            continue
+        seen = settled
+        await asyncio.to_thread(holder.reload)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
-from authz.decide import Decider, Subject, direct_subject
+from authz.audit.errors import AuditUnavailable
+from authz.decide import Decider, Item, Outcome, Subject, direct_subject
 from authz.server import convert
 from authz.server.convert import BadRequest
-from authz.server.errors import abort
+from authz.server.errors import abort, abort_unrecorded
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -31,6 +34,25 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             return self.decider.subject_from_session(request.session_token)
         raise BadRequest("principal or session_token is required; name who is asking")
 
+    async def _decide(
+        self,
+        context: grpc.aio.ServicerContext,
+        subject: Subject,
+        items: list[Item],
+        request_context: dict[str, Any],
+        request_id: str,
+    ) -> list[Outcome]:
+        try:
+            return await self.decider.check(
+                subject,
+                items,
+                context=request_context,
+                request_id=request_id,
+                caller=caller_of(context),
+            )
+        except AuditUnavailable as exc:
+            await abort_unrecorded(context, exc)
+
     async def Check(  # noqa: N802 (gRPC method name)
         self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckResponse:
@@ -41,13 +63,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             request_id = convert.request_id_of(request.request_id)
         except BadRequest as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        outcomes = await self.decider.check(
-            subject,
-            [item],
-            context=request_context,
-            request_id=request_id,
-            caller=caller_of(context),
-        )
+        outcomes = await self._decide(context, subject, [item], request_context, request_id)
         return convert.check_response(outcomes[0])
 
     async def CheckBatch(  # noqa: N802
@@ -60,11 +76,5 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             request_id = convert.request_id_of(request.request_id)
         except BadRequest as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        outcomes = await self.decider.check(
-            subject,
-            items,
-            context=request_context,
-            request_id=request_id,
-            caller=caller_of(context),
-        )
+        outcomes = await self._decide(context, subject, items, request_context, request_id)
         return pb.CheckBatchResponse(results=[convert.check_response(o) for o in outcomes])

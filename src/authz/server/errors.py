@@ -31,6 +31,17 @@ async def abort(
     raise AssertionError("unreachable: abort_with_status raises")  # pragma: no cover
 
 
+async def abort_unrecorded(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    """Fail closed: a decision that could not be recorded is not answered."""
+    await abort(
+        context,
+        grpc.StatusCode.UNAVAILABLE,
+        f"decision not answered because the audit log could not record it ({exc}); "
+        "authz fails closed — retry, and check the audit database's disk and locks",
+        "AUDIT_UNAVAILABLE",
+    )
+
+
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     """Client side: the ErrorInfo of a failed call, if it carries one."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]

@@ -1,0 +1,500 @@
+"""`authz audit …`: query, show, verify, prune and stats, a thin shell over authz.audit.
+
+The `authz` CLI wires these in with::
+
+    add_audit_commands(subparsers, default_data_dir_getter)
+    args = parser.parse_args()
+    sys.exit(args.func(args))
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from authz.audit.chain import describe_anchor, prune, verify
+from authz.audit.errors import AuditError
+from authz.audit.query import AuditEntry, get_entry, parse_duration, query, stats
+from authz.audit.schema import audit_db_path
+from authz.clock import rfc3339
+
+DataDirGetter = Callable[[], "str | os.PathLike[str]"]
+Handler = Callable[[argparse.Namespace], int]
+
+EXIT_OK = 0
+EXIT_TAMPERED = 1
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+
+CSV_COLUMNS = (
+    "decision_id",
+    "time",
+    "kind",
+    "effect",
+    "principal_type",
+    "principal_id",
+    "principal_email",
+    "action",
+    "resource_type",
+    "resource_id",
+    "app_id",
+    "matched_rules",
+    "policy_revision",
+    "errors",
+    "duration_ms",
+    "caller",
+    "request_id",
+)
+
+
+def default_data_dir() -> Path:
+    """AUTHZ_DATA_DIR, or ./data."""
+    return Path(os.environ.get("AUTHZ_DATA_DIR") or "data")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _db_path(args: argparse.Namespace, getter: DataDirGetter) -> Path:
+    return audit_db_path(Path(args.data_dir) if args.data_dir else Path(getter()))
+
+
+def _fail(args: argparse.Namespace, message: str, status: int = EXIT_USAGE) -> int:
+    print(f"authz audit {args.audit_command}: {message}", file=sys.stderr)
+    return status
+
+
+def _when(ts: Any) -> str:
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return "" if ts is None else str(ts)
+
+
+def _ref(value: Any) -> str:
+    """{"type": "user", "id": "u1"} → "user:u1"."""
+    if not isinstance(value, dict):
+        return "" if value is None else str(value)
+    kind, ident = value.get("type"), value.get("id")
+    if kind and ident:
+        return f"{kind}:{ident}"
+    return str(ident or kind or "")
+
+
+def _email(record: dict[str, Any]) -> str:
+    principal = record.get("principal")
+    display = principal.get("display") if isinstance(principal, dict) else None
+    email = display.get("email") if isinstance(display, dict) else None
+    return str(email) if email else ""
+
+
+def _rules(record: dict[str, Any]) -> str:
+    names = []
+    for rule in record.get("matched_rules") or []:
+        if isinstance(rule, dict):
+            policy, rule_id = rule.get("policy"), rule.get("rule_id")
+            names.append(f"{policy}/{rule_id}" if policy else str(rule_id))
+    return " ".join(names)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], widths: Sequence[int]) -> str:
+    cells = [[_clip(c, w) for c, w in zip(row, widths, strict=True)] for row in rows]
+    sizes = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(s) for h, s in zip(headers, sizes, strict=True)).rstrip()]
+    lines.append("  ".join("-" * s for s in sizes))
+    for row in cells:
+        lines.append("  ".join(c.ljust(s) for c, s in zip(row, sizes, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _jsonish(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+# -- audit query ---------------------------------------------------------------------------
+
+
+def cmd_query(args: argparse.Namespace, getter: DataDirGetter = default_data_dir) -> int:
+    try:
+        records = query(
+            _db_path(args, getter),
+            since=args.since,
+            until=args.until,
+            principal=args.principal,
+            resource=args.resource,
+            app=args.app,
+            action=args.action,
+            effect=args.effect,
+            rule=args.rule,
+            kind=args.kind,
+            limit=args.limit or None,
+        )
+    except AuditError as exc:
+        return _fail(args, str(exc), EXIT_NOT_FOUND)
+    except ValueError as exc:
+        return _fail(args, str(exc))
+    out = sys.stdout
+    if args.format == "json":
+        for record in records:
+            out.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
+    elif args.format == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for r in records:
+            principal = r.get("principal") if isinstance(r.get("principal"), dict) else {}
+            resource = r.get("resource") if isinstance(r.get("resource"), dict) else {}
+            time = r.get("time")
+            writer.writerow(
+                [
+                    r.get("decision_id", ""),
+                    rfc3339(time) if isinstance(time, int | float) else "",
+                    r.get("kind", ""),
+                    r.get("effect", ""),
+                    principal.get("type", ""),
+                    principal.get("id", ""),
+                    _email(r),
+                    r.get("action", ""),
+                    resource.get("type", ""),
+                    resource.get("id", ""),
+                    r.get("app_id", ""),
+                    _rules(r),
+                    r.get("policy_revision", ""),
+                    " | ".join(str(e) for e in r.get("errors") or []),
+                    r.get("duration_ms", ""),
+                    r.get("caller", ""),
+                    r.get("request_id", ""),
+                ]
+            )
+    else:
+        if not records:
+            print("no decisions match", file=sys.stderr)
+            return EXIT_OK
+        headers = ("TIME (UTC)", "EFFECT", "KIND", "PRINCIPAL", "ACTION", "RESOURCE", "RULES")
+        rows = [
+            (
+                _when(r.get("time")),
+                str(r.get("effect", "")),
+                str(r.get("kind", "")),
+                _email(r) or _ref(r.get("principal")),
+                str(r.get("action", "")),
+                _ref(r.get("resource")),
+                _rules(r) or "-",
+                str(r.get("decision_id", "")),
+            )
+            for r in records
+        ]
+        print(_table((*headers, "DECISION ID"), rows, (19, 6, 5, 32, 28, 40, 40, 36)))
+        if args.limit and len(records) == args.limit:
+            print(f"(showing the newest {args.limit}; use --limit to see more)", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- audit show ----------------------------------------------------------------------------
+
+
+def explain(entry: AuditEntry) -> str:
+    """A decision record in words: what was decided, why, on which facts."""
+    r = entry.record
+    effect = str(r.get("effect", "?"))
+    lines = [f"Decision {r.get('decision_id')}: {effect}"]
+    time = r.get("time")
+    when = rfc3339(time) if isinstance(time, int | float) else str(time)
+    lines.append(f"  when:     {when} ({r.get('kind', '?')} decision, audit seq {entry.seq})")
+    principal = _ref(r.get("principal")) or "(unknown)"
+    email = _email(r)
+    lines.append(f"  who:      {principal}" + (f" ({email})" if email else ""))
+    target = _ref(r.get("resource")) or "(no resource)"
+    app = f" of app {r['app_id']}" if r.get("app_id") else ""
+    lines.append(f"  asked:    {r.get('action', '?')} on {target}{app}")
+    asked_by = f"  caller:   {r.get('caller') or '(unknown)'}"
+    if r.get("request_id"):
+        asked_by += f", request id {r['request_id']}"
+    lines.append(asked_by)
+    lines.append(f"  policy:   revision {r.get('policy_revision') or '(unknown)'}")
+    if isinstance(r.get("duration_ms"), int | float):
+        lines.append(f"  took:     {r['duration_ms']:.3f} ms")
+
+    lines.append("")
+    lines.append("Why:")
+    matched = [m for m in r.get("matched_rules") or [] if isinstance(m, dict)]
+    denies = [m for m in matched if m.get("effect") == "DENY"]
+    allows = [m for m in matched if m.get("effect") == "ALLOW"]
+
+    def rule_line(m: dict[str, Any]) -> str:
+        reason = m.get("reason") or "(no reason given)"
+        return f"  - {m.get('effect')} rule {m.get('policy')}/{m.get('rule_id')}: {reason}"
+
+    if effect == "ALLOW":
+        lines.append(f"  ALLOWED: {len(allows)} allow rule(s) matched and no deny rule matched.")
+        lines.extend(rule_line(m) for m in allows)
+    elif denies:
+        lines.append(f"  DENIED by {len(denies)} deny rule(s) (a deny overrides any allow):")
+        lines.extend(rule_line(m) for m in denies)
+        if allows:
+            lines.append("  Allow rules that matched but were overridden:")
+            lines.extend(rule_line(m) for m in allows)
+    else:
+        lines.append("  DENIED by default: no allow rule matched.")
+    reasons = [str(x) for x in r.get("reasons") or []]
+    if reasons:
+        lines.append("  Reasons given to the caller:")
+        lines.extend(f"  - {x}" for x in reasons)
+    errors = [str(x) for x in r.get("errors") or []]
+    if errors:
+        lines.append("")
+        lines.append(
+            "Errors (an erroring deny rule counts as matched, an erroring allow rule not):"
+        )
+        lines.extend(f"  - {x}" for x in errors)
+
+    lines.append("")
+    lines.append("Facts used:")
+    facts = r.get("input") if isinstance(r.get("input"), dict) else {}
+    access = facts.get("access")
+    if isinstance(access, dict):
+        role = access.get("role", access.get("roles"))
+        text = f"  access:   role {role!r}" if role is not None else "  access:   no role"
+        age = access.get("age_seconds")
+        fetched = access.get("fetched_at")
+        if isinstance(age, int | float):
+            text += f", fact {_age(float(age))} old"
+        if isinstance(fetched, int | float):
+            text += f", fetched from Heroku at {rfc3339(fetched)}"
+        elif fetched:
+            text += f", fetched from Heroku at {fetched}"
+        lines.append(text)
+        others = {k: v for k, v in access.items() if k not in ("role", "age_seconds", "fetched_at")}
+        if others:
+            lines.append(f"            {_jsonish(others)}")
+    elif access is not None:
+        lines.append(f"  access:   {_jsonish(access)}")
+    else:
+        lines.append("  access:   (no access fact was used)")
+    for key in sorted(facts):
+        if key != "access":
+            lines.append(f"  {key + ':':<9} {_jsonish(facts[key])}")
+
+    lines.append("")
+    lines.append(f"Chain: seq {entry.seq}, hash {entry.hash}, previous {entry.prev_hash}")
+    return "\n".join(lines)
+
+
+def cmd_show(args: argparse.Namespace, getter: DataDirGetter = default_data_dir) -> int:
+    try:
+        entry = get_entry(_db_path(args, getter), args.decision_id)
+    except AuditError as exc:
+        return _fail(args, str(exc), EXIT_NOT_FOUND)
+    if entry is None:
+        return _fail(args, f"no decision {args.decision_id} in the audit log", EXIT_NOT_FOUND)
+    if args.json:
+        print(json.dumps(entry.record, sort_keys=True, indent=2, ensure_ascii=False))
+    else:
+        print(explain(entry))
+    return EXIT_OK
+
+
+# -- audit verify --------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace, getter: DataDirGetter = default_data_dir) -> int:
+    path = _db_path(args, getter)
+    try:
+        report = verify(path)
+    except AuditError as exc:
+        return _fail(args, str(exc), EXIT_USAGE)
+    if report.ok:
+        print(report.message)
+        return EXIT_OK
+    print(report.message, file=sys.stderr)
+    return EXIT_TAMPERED
+
+
+# -- audit prune ---------------------------------------------------------------------------
+
+
+def cmd_prune(args: argparse.Namespace, getter: DataDirGetter = default_data_dir) -> int:
+    path = _db_path(args, getter)
+    try:
+        seconds = parse_duration(args.older_than)
+    except ValueError as exc:
+        return _fail(args, str(exc))
+    try:
+        count = prune(path, seconds, force=args.force)
+        anchor = describe_anchor(path)
+    except AuditError as exc:
+        return _fail(args, str(exc), EXIT_TAMPERED)
+    print(f"pruned {count} decision records older than {args.older_than}")
+    if anchor:
+        print(anchor)
+    return EXIT_OK
+
+
+# -- audit stats ---------------------------------------------------------------------------
+
+
+def cmd_stats(args: argparse.Namespace, getter: DataDirGetter = default_data_dir) -> int:
+    try:
+        result = stats(_db_path(args, getter), since=args.since, until=args.until)
+    except AuditError as exc:
+        return _fail(args, str(exc), EXIT_NOT_FOUND)
+    except ValueError as exc:
+        return _fail(args, str(exc))
+    if args.json:
+        print(json.dumps(result, sort_keys=True, indent=2))
+        return EXIT_OK
+    span = f"since {rfc3339(result['since'])}" if result["since"] is not None else "all time"
+    if result["until"] is not None:
+        span += f" until {rfc3339(result['until'])}"
+    total = result["total"]
+    print(f"{total} decisions ({span})")
+    effects = result["by_effect"]
+    print("  " + ", ".join(f"{k} {v}" for k, v in effects.items()))
+
+    def section(title: str, counts: dict[str, int]) -> None:
+        if counts:
+            print(f"\n{title}:")
+            width = max(len(k) for k in counts)
+            for key, n in counts.items():
+                print(f"  {(key or '(none)').ljust(width)}  {n}")
+
+    section("By kind", result["by_kind"])
+    section("By action", result["by_action"])
+    section("By rule", result["by_rule"])
+    section("By principal type", result["by_principal_type"])
+    top = result["top_denied_principals"]
+    if top:
+        print("\nMost denied principals:")
+        for row in top:
+            email = f" ({row['email']})" if row["email"] else ""
+            print(f"  {row['principal']}{email}  {row['count']}")
+    return EXIT_OK
+
+
+# -- wiring --------------------------------------------------------------------------------
+
+
+def add_audit_commands(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    default_data_dir_getter: DataDirGetter = default_data_dir,
+) -> argparse.ArgumentParser:
+    """Add `audit query|show|verify|prune|stats`; each sets func=handler(args) -> exit status."""
+    getter = default_data_dir_getter
+    audit = subparsers.add_parser(
+        "audit",
+        help="review, verify and prune the decision audit log",
+        description="Review, verify and prune the decision audit log (DATA_DIR/audit.db).",
+    )
+    commands = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory holding audit.db (default: $AUTHZ_DATA_DIR or ./data)",
+    )
+    times = argparse.ArgumentParser(add_help=False)
+    times.add_argument("--until", help="only decisions before this time")
+
+    def bind(parser: argparse.ArgumentParser, handler: Callable[..., int]) -> None:
+        handler_for_args: Handler = functools.partial(handler, getter=getter)
+        parser.set_defaults(func=handler_for_args)
+
+    q = commands.add_parser(
+        "query",
+        parents=[common, times],
+        help="list decisions, newest first",
+        description="List decisions, newest first. Times are 30m, 1h, 7d (ago) or ISO-8601.",
+    )
+    q.add_argument("--since", help="only decisions at or after this time (e.g. 1h, 7d)")
+    q.add_argument("--principal", help="TYPE:ID or ID of the principal")
+    q.add_argument("--resource", help="TYPE:ID or ID of the resource")
+    q.add_argument("--app", help="Heroku app id")
+    q.add_argument("--action", help="action, or a glob such as 'account.*'")
+    q.add_argument("--effect", type=str.upper, choices=("ALLOW", "DENY"))
+    q.add_argument("--rule", help="a matched rule: RULE_ID or POLICY/RULE_ID")
+    q.add_argument("--kind", choices=("check", "sso"))
+    q.add_argument("--limit", type=int, default=100, help="at most this many (0: all)")
+    fmt = q.add_mutually_exclusive_group()
+    fmt.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        help="JSON lines, one whole record per line",
+    )
+    fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV")
+    q.set_defaults(format="table")
+    bind(q, cmd_query)
+
+    s = commands.add_parser(
+        "show",
+        parents=[common],
+        help="explain one decision",
+        description="Explain one decision: effect, the rules and reasons, errors, facts used.",
+    )
+    s.add_argument("decision_id", metavar="DECISION_ID")
+    s.add_argument("--json", action="store_true", help="print the stored record as JSON")
+    bind(s, cmd_show)
+
+    v = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="check the hash chain (exit 1 when tampered)",
+        description="Walk the hash chain; exit 0 when intact, 1 naming the first bad record.",
+    )
+    bind(v, cmd_verify)
+
+    p = commands.add_parser(
+        "prune",
+        parents=[common],
+        help="delete old decisions, keeping the chain verifiable",
+        description="Delete decisions older than a duration; an anchor keeps the rest verifiable.",
+    )
+    p.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 90d")
+    p.add_argument(
+        "--force", action="store_true", help="prune even if the part to delete does not verify"
+    )
+    bind(p, cmd_prune)
+
+    st = commands.add_parser(
+        "stats",
+        parents=[common, times],
+        help="count decisions by effect, action, rule and principal",
+        description="Count decisions by effect, kind, action, rule and principal type.",
+    )
+    st.add_argument("--since", default="24h", help="start time (default: 24h)")
+    st.add_argument("--json", action="store_true", help="print the counts as JSON")
+    bind(st, cmd_stats)
+    return audit
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `audit …` on its own (python -m authz.audit.commands query --since 1h)."""
+    parser = argparse.ArgumentParser(prog="authz")
+    add_audit_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["audit", *(sys.argv[1:] if argv is None else argv)])
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Reviewing the audit log: find decisions, fetch one, count them; and reading times."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from authz.audit.record import EFFECTS
+from authz.audit.schema import LOG, RULES, open_audit_db
+from authz.clock import Clock, system_clock
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+
+TimeSpec = float | int | str
+
+
+def parse_duration(text: str) -> float:
+    """ "30m", "1h", "7d", "90d", "2w", "45s" (or plain seconds) → seconds."""
+    value = text.strip()
+    match = _DURATION.fullmatch(value)
+    if match:
+        return float(match.group(1)) * _UNITS[match.group(2).lower()]
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(
+            f"cannot read duration {text!r}: use a number and a unit, like 30m, 1h, 7d or 90d"
+        ) from None
+    if seconds < 0:
+        raise ValueError(f"duration {text!r} is negative")
+    return seconds
+
+
+def parse_time(text: TimeSpec, *, now: float | None = None, clock: Clock = system_clock) -> float:
+    """A point in time as Unix seconds.
+
+    "30m", "1h", "7d", "90d" mean that long before now; "now" is now; an ISO-8601 date or time
+    ("2024-05-01", "2024-05-01T12:00:00Z", "2024-05-01T14:00:00+02:00") is taken as UTC when it
+    names no zone; a bare number is already Unix seconds.
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    value = str(text).strip()
+    current = clock() if now is None else now
+    if value.lower() == "now":
+        return current
+    match = _DURATION.fullmatch(value)
+    if match:
+        return current - float(match.group(1)) * _UNITS[match.group(2).lower()]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"cannot read time {text!r}: use 30m, 1h, 7d, 90d (ago) or ISO-8601 such as "
+            "2024-05-01T12:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+@contextmanager
+def _opened(path: Path | str) -> Iterator[sqlite_utils.Database]:
+    db = open_audit_db(path)
+    try:
+        yield db
+    finally:
+        db.conn.close()
+
+
+def _split_ref(value: str) -> tuple[str | None, str]:
+    """ "type:id" → (type, id); "id" → (None, id)."""
+    kind, sep, ident = value.partition(":")
+    return (kind, ident) if sep and kind and ident else (None, value)
+
+
+def _ref_clause(prefix: str, value: str, where: list[str], params: list[Any]) -> None:
+    """principal/resource filters: "type:id", or an id alone (which may itself contain ':')."""
+    kind, ident = _split_ref(value)
+    if kind is None:
+        where.append(f"{prefix}_id = ?")
+        params.append(ident)
+    else:
+        where.append(f"(({prefix}_type = ? AND {prefix}_id = ?) OR {prefix}_id = ?)")
+        params.extend([kind, ident, value])
+
+
+def _where(
+    *,
+    since: TimeSpec | None,
+    until: TimeSpec | None,
+    principal: str | None,
+    resource: str | None,
+    app: str | None,
+    action: str | None,
+    effect: str | None,
+    rule: str | None,
+    kind: str | None,
+    now: float | None,
+    clock: Clock,
+) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        where.append("time >= ?")
+        params.append(parse_time(since, now=now, clock=clock))
+    if until is not None:
+        where.append("time < ?")
+        params.append(parse_time(until, now=now, clock=clock))
+    if principal:
+        _ref_clause("principal", principal, where, params)
+    if resource:
+        _ref_clause("resource", resource, where, params)
+    if app:
+        where.append("app_id = ?")
+        params.append(app)
+    if action:
+        # "account.*" is a glob (same syntax as policy action patterns); otherwise exact.
+        where.append("action GLOB ?" if any(c in action for c in "*?[") else "action = ?")
+        params.append(action)
+    if effect:
+        wanted = effect.upper()
+        if wanted not in EFFECTS:
+            raise ValueError(f"effect {effect!r} must be ALLOW or DENY")
+        where.append("effect = ?")
+        params.append(wanted)
+    if rule:
+        # A rule id, or "policy/rule_id" as decision errors name rules.
+        policy, sep, rule_id = rule.rpartition("/")
+        if sep and policy and rule_id:
+            where.append(
+                f"seq IN (SELECT seq FROM {RULES} WHERE (rule_id = ? AND policy = ?) "
+                "OR rule_id = ?)"
+            )
+            params.extend([rule_id, policy, rule])
+        else:
+            where.append(f"seq IN (SELECT seq FROM {RULES} WHERE rule_id = ?)")
+            params.append(rule)
+    if kind:
+        where.append("kind = ?")
+        params.append(kind)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+def query(
+    path: Path | str,
+    *,
+    since: TimeSpec | None = None,
+    until: TimeSpec | None = None,
+    principal: str | None = None,
+    resource: str | None = None,
+    app: str | None = None,
+    action: str | None = None,
+    effect: str | None = None,
+    rule: str | None = None,
+    kind: str | None = None,
+    limit: int | None = 100,
+    now: float | None = None,
+    clock: Clock = system_clock,
+) -> list[dict[str, Any]]:
+    """Decision records matching every filter given, newest first.
+
+    since/until: Unix seconds or anything parse_time reads ("1h", "7d", ISO-8601); since is
+    inclusive, until exclusive. principal/resource: "type:id" or just the id. action: exact or a
+    glob ("account.*"). effect: ALLOW or DENY (any case). rule: a matched rule id or
+    "policy/rule_id". limit: at most this many (None for all).
+    """
+    clause, params = _where(
+        since=since,
+        until=until,
+        principal=principal,
+        resource=resource,
+        app=app,
+        action=action,
+        effect=effect,
+        rule=rule,
+        kind=kind,
+        now=now,
+        clock=clock,
+    )
+    sql = f"SELECT record FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
+    if limit is not None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        sql += " LIMIT ?"
+        params.append(int(limit))
+    with _opened(path) as db:
+        return [json.loads(row[0]) for row in db.execute(sql, params)]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """A stored record with its place in the chain."""
+
+    seq: int
+    hash: str
+    prev_hash: str
+    record: dict[str, Any]
+
+
+def get_entry(path: Path | str, decision_id: str) -> AuditEntry | None:
+    with _opened(path) as db:
+        row = db.execute(
+            f"SELECT seq, hash, prev_hash, record FROM {LOG} WHERE decision_id = ?",
+            [decision_id],
+        ).fetchone()
+    if row is None:
+        return None
+    return AuditEntry(int(row[0]), str(row[1]), str(row[2]), json.loads(row[3]))
+
+
+def get(path: Path | str, decision_id: str) -> dict[str, Any] | None:
+    """The record of one decision, or None."""
+    entry = get_entry(path, decision_id)
+    return None if entry is None else entry.record
+
+
+def stats(
+    path: Path | str,
+    since: TimeSpec | None = None,
+    *,
+    until: TimeSpec | None = None,
+    top: int = 10,
+    now: float | None = None,
+    clock: Clock = system_clock,
+) -> dict[str, Any]:
+    """Counts of the decisions in [since, until): by effect, kind, action, rule, principal type,
+    and the principals denied most (with their e-mail when the record has one)."""
+    start = None if since is None else parse_time(since, now=now, clock=clock)
+    end = None if until is None else parse_time(until, now=now, clock=clock)
+    clause, params = _where(
+        since=start,
+        until=end,
+        principal=None,
+        resource=None,
+        app=None,
+        action=None,
+        effect=None,
+        rule=None,
+        kind=None,
+        now=now,
+        clock=clock,
+    )
+
+    def counts(db: sqlite_utils.Database, column: str) -> dict[str, int]:
+        sql = (
+            f"SELECT coalesce({column}, ''), count(*) AS n FROM {LOG}{clause} "
+            f"GROUP BY 1 ORDER BY n DESC, 1"
+        )
+        return {str(key): int(n) for key, n in db.execute(sql, params)}
+
+    with _opened(path) as db:
+        db.conn.execute("BEGIN")  # one snapshot for all the counts
+        try:
+            (total,) = db.execute(f"SELECT count(*) FROM {LOG}{clause}", params).fetchone()
+            by_effect = {effect: 0 for effect in EFFECTS} | counts(db, "effect")
+            by_kind = counts(db, "kind")
+            by_action = counts(db, "action")
+            by_principal_type = counts(db, "principal_type")
+            rule_sql = (
+                f"SELECT r.policy, r.rule_id, count(*) AS n FROM {RULES} r "
+                f"WHERE r.seq IN (SELECT seq FROM {LOG}{clause}) "
+                "GROUP BY r.policy, r.rule_id ORDER BY n DESC, r.policy, r.rule_id"
+            )
+            by_rule = {
+                (f"{policy}/{rule_id}" if policy else str(rule_id)): int(n)
+                for policy, rule_id, n in db.execute(rule_sql, params)
+            }
+            denied_where = f"{clause} AND effect = 'DENY'" if clause else " WHERE effect = 'DENY'"
+            denied_sql = (
+                "SELECT principal_type, principal_id, count(*) AS n, "
+                "max(json_extract(record, '$.principal.display.email')) "
+                f"FROM {LOG}{denied_where} GROUP BY principal_type, principal_id "
+                "ORDER BY n DESC, principal_type, principal_id LIMIT ?"
+            )
+            top_denied = [
+                {
+                    "principal": f"{ptype}:{pid}" if ptype else str(pid),
+                    "email": email,
+                    "count": int(n),
+                }
+                for ptype, pid, n, email in db.execute(denied_sql, [*params, int(top)])
+            ]
+        finally:
+            db.conn.execute("COMMIT")
+    return {
+        "since": start,
+        "until": end,
+        "total": int(total),
+        "by_effect": by_effect,
+        "by_kind": by_kind,
+        "by_action": by_action,
+        "by_rule": by_rule,
+        "by_principal_type": by_principal_type,
+        "top_denied_principals": top_denied,
+    }

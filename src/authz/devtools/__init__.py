@@ -1,0 +1,1 @@
+"""Development tools: the Heroku API simulator the demo and the tests run against."""

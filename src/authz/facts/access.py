@@ -1,0 +1,345 @@
+"""The app access-list cache, and the plain-dict access fact that policies see.
+
+Heroku's rule for add-on partners: never keep a list of authorized users longer than 5 minutes.
+:class:`AccessCache` keeps one :class:`~authz.facts.heroku.AccessList` per app and guarantees:
+
+- a fresh entry (younger than ``ttl``) is returned at once;
+- an entry still in use when it is older than ``refresh_ahead * ttl`` triggers ONE background
+  refresh, so busy apps rarely wait for Heroku (callers never wait for that refresh);
+- a missing or expired entry is fetched once however many callers ask at the same moment
+  (single-flight); each caller waits at most its ``deadline`` and then gets
+  :class:`AccessUnavailable`; the fetch itself keeps running and later callers join it;
+- an entry older than ``max_age`` (at most 300 s) is never returned, whatever happens upstream;
+  by default not even one older than ``ttl`` (``stale_if_error=True`` allows serving an expired
+  entry younger than ``max_age`` while Heroku is failing);
+- after a failure (5xx, 429, bad reply, unreachable, ...) the app is left alone for a backoff
+  window that doubles with each consecutive failure (capped at ``backoff_cap``) and is at least
+  the Retry-After Heroku asked for; inside the window callers fail fast with the last reason;
+- :meth:`AccessCache.invalidate` drops an app's entry at once; a fetch already in flight at that
+  moment can no longer insert its (possibly older) result: a generation counter per app says so.
+
+Ages are measured by the cache's own clock from the moment the fetch *started*, so an entry is
+never younger than the data in it. The cache runs on one asyncio event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from authz.clock import Clock, rfc3339, system_clock
+from authz.facts.heroku import ROLE_ORDER, AccessList, PlatformClient, PlatformError
+from authz.facts.oauth_tokens import TokenManager
+
+__all__ = [
+    "MAX_AGE",
+    "AccessCache",
+    "AccessUnavailable",
+    "PlatformAccessFetcher",
+    "access_fact",
+]
+
+MAX_AGE: Final = 300.0
+"""Heroku: every cached access-list entry is invalidated at least every 5 minutes."""
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[str, str], Awaitable[AccessList]]
+"""fetch(app_id, resource_id): one upstream fetch sequence for an app, via one of its add-ons."""
+
+
+class AccessUnavailable(Exception):
+    """The app's access list could not be had in time; ``reason`` says why (no secrets)."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Entry:
+    access: AccessList
+    born: float  # cache clock when the fetch that produced it started
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+    until: float = 0.0
+    reason: str = ""
+
+
+class AccessCache:
+    """Per-app access lists: TTL ≤ 300 s, single-flight, refresh-ahead, backoff on failure."""
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        ttl: float,
+        clock: Clock = system_clock,
+        max_age: float = MAX_AGE,
+        refresh_ahead: float = 0.8,
+        stale_if_error: bool = False,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        max_retry_after: float = MAX_AGE,
+        fetch_timeout: float = 30.0,
+        max_entries: int = 10_000,
+    ) -> None:
+        if not 0 < max_age <= MAX_AGE:
+            raise ValueError(f"max_age must be more than 0 and at most {MAX_AGE:g} seconds")
+        if not 0 < ttl <= max_age:
+            raise ValueError(
+                f"ttl={ttl:g} must be more than 0 and at most max_age={max_age:g} seconds "
+                "(Heroku: cached access lists are invalidated at least every 5 minutes)"
+            )
+        if not 0 < refresh_ahead <= 1:
+            raise ValueError("refresh_ahead must be in (0, 1]; 1 turns refresh-ahead off")
+        if backoff_base <= 0 or backoff_cap < backoff_base:
+            raise ValueError("need 0 < backoff_base <= backoff_cap")
+        if fetch_timeout <= 0 or max_entries < 1:
+            raise ValueError("fetch_timeout and max_entries must be positive")
+        self._fetch = fetch
+        self._ttl = float(ttl)
+        self._clock = clock
+        self._max_age = float(max_age)
+        self._refresh_at = float(refresh_ahead) * self._ttl if refresh_ahead < 1 else self._ttl
+        self._stale_if_error = stale_if_error
+        self._backoff_base = float(backoff_base)
+        self._backoff_cap = float(backoff_cap)
+        self._max_retry_after = float(max_retry_after)
+        self._fetch_timeout = float(fetch_timeout)
+        self._max_entries = max_entries
+        self._entries: dict[str, _Entry] = {}
+        self._inflight: dict[str, asyncio.Task[AccessList]] = {}
+        self._generation: dict[str, int] = {}
+        self._backoff: dict[str, _Backoff] = {}
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def get(self, app_id: str, resource_id: str, *, deadline: float) -> AccessList:
+        """The app's access list, fetched through ``resource_id``'s add-on when needed.
+
+        Waits at most ``deadline`` seconds (real time) for Heroku, then raises
+        :class:`AccessUnavailable`. Never returns an entry older than ``max_age``.
+        """
+        if not app_id:
+            raise AccessUnavailable("no app id")
+        now = self._clock()
+        entry = self._entries.get(app_id)
+        if entry is not None:
+            age = now - entry.born
+            if 0 <= age < self._ttl:
+                if age >= self._refresh_at and not self._busy(app_id, now):
+                    self._start(app_id, resource_id)  # refresh-ahead, nobody waits for it
+                return entry.access
+            if not self._servable_stale(entry, now):
+                # Expired (or the clock went backwards): never served again.
+                del self._entries[app_id]
+                entry = None
+
+        task = self._inflight.get(app_id)
+        if task is None:
+            backoff = self._backoff.get(app_id)
+            if backoff is not None and now < backoff.until:
+                if entry is not None:
+                    return entry.access
+                wait = backoff.until - now
+                raise AccessUnavailable(
+                    f"{backoff.reason} (not asking Heroku again for {wait:.1f}s)",
+                    retry_after=wait,
+                )
+            task = self._start(app_id, resource_id)
+
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=max(0.0, deadline))
+        except TimeoutError:
+            failure = AccessUnavailable(
+                f"Heroku did not answer within the {deadline:g}s deadline (fetch continues)"
+            )
+        except AccessUnavailable as exc:
+            failure = exc
+        if entry is not None and self._servable_stale(entry, self._clock()):
+            return entry.access
+        raise failure
+
+    def _servable_stale(self, entry: _Entry, now: float) -> bool:
+        return self._stale_if_error and 0 <= now - entry.born < self._max_age
+
+    def _busy(self, app_id: str, now: float) -> bool:
+        """A fetch is in flight, or the app is in a backoff window."""
+        if app_id in self._inflight:
+            return True
+        backoff = self._backoff.get(app_id)
+        return backoff is not None and now < backoff.until
+
+    # -- invalidation ----------------------------------------------------------------------
+
+    def invalidate(self, app_id: str) -> bool:
+        """Drop an app's entry now; a fetch in flight cannot re-insert. True if one was held."""
+        self._generation[app_id] = self._generation.get(app_id, 0) + 1
+        self._inflight.pop(app_id, None)  # later callers start a fetch of their own
+        return self._entries.pop(app_id, None) is not None
+
+    def clear(self) -> None:
+        for app_id in list(self._entries) + list(self._inflight):
+            self.invalidate(app_id)
+
+    async def aclose(self) -> None:
+        """Cancel fetches in flight (shutdown)."""
+        tasks = list(self._inflight.values())
+        self.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def _start(self, app_id: str, resource_id: str) -> asyncio.Task[AccessList]:
+        generation = self._generation.get(app_id, 0)
+        task = asyncio.create_task(
+            self._run(app_id, resource_id, generation, self._clock()),
+            name=f"access-list:{app_id}",
+        )
+        self._inflight[app_id] = task
+        task.add_done_callback(lambda t: self._done(app_id, t))
+        return task
+
+    def _done(self, app_id: str, task: asyncio.Task[AccessList]) -> None:
+        if self._inflight.get(app_id) is task:
+            del self._inflight[app_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed refresh-ahead nobody awaited is not "lost"
+
+    async def _run(self, app_id: str, resource_id: str, generation: int, born: float) -> AccessList:
+        retry_after: float | None = None
+        try:
+            access = await asyncio.wait_for(self._fetch(app_id, resource_id), self._fetch_timeout)
+        except PlatformError as exc:
+            reason, retry_after = str(exc), exc.retry_after
+        except AccessUnavailable as exc:
+            reason, retry_after = exc.reason, exc.retry_after
+        except TimeoutError:
+            reason = f"fetching the access list took longer than {self._fetch_timeout:g}s"
+        except Exception as exc:
+            log.warning("access list fetch for app %s failed", app_id, exc_info=True)
+            reason = f"access list fetch failed ({type(exc).__name__})"
+        else:
+            access = replace(access, fetched_at=born)
+            self._backoff.pop(app_id, None)
+            if self._generation.get(app_id, 0) == generation:
+                self._entries[app_id] = _Entry(access, born)
+                self._evict()
+            return access
+        wait = self._record_failure(app_id, reason, retry_after)
+        raise AccessUnavailable(reason, retry_after=wait)
+
+    def _record_failure(self, app_id: str, reason: str, retry_after: float | None) -> float:
+        backoff = self._backoff.setdefault(app_id, _Backoff())
+        backoff.failures += 1
+        delay = min(self._backoff_cap, self._backoff_base * 2.0 ** (backoff.failures - 1))
+        if retry_after:
+            delay = max(delay, min(retry_after, self._max_retry_after))
+        backoff.until = self._clock() + delay
+        backoff.reason = reason
+        return delay
+
+    def _evict(self) -> None:
+        if len(self._entries) <= self._max_entries:
+            return
+        now = self._clock()
+        for app_id, entry in list(self._entries.items()):
+            if not 0 <= now - entry.born < self._ttl:
+                del self._entries[app_id]
+        overflow = len(self._entries) - self._max_entries
+        if overflow > 0:
+            oldest = sorted(self._entries, key=lambda a: self._entries[a].born)[:overflow]
+            for app_id in oldest:
+                del self._entries[app_id]
+
+
+class PlatformAccessFetcher:
+    """The cache's ``fetch``: a stored (refreshed) token, the recipe, one retry after a 401."""
+
+    def __init__(self, client: PlatformClient, tokens: TokenManager) -> None:
+        self._client = client
+        self._tokens = tokens
+
+    async def __call__(self, app_id: str, resource_id: str) -> AccessList:
+        token = await self._tokens.access_token(resource_id)
+        try:
+            access = await self._client.fetch_access_list(resource_id, token)
+        except PlatformError as exc:
+            if exc.kind != "unauthorized":
+                raise
+            # Revoked or expired early: refresh once (shared with concurrent callers), retry once.
+            token = await self._tokens.on_unauthorized(resource_id, failed_token=token)
+            access = await self._client.fetch_access_list(resource_id, token)
+        if app_id and access.app_id != app_id:
+            raise PlatformError(
+                "app_mismatch",
+                f"add-on {resource_id} belongs to app {access.app_id}, not {app_id}",
+            )
+        return access
+
+
+def access_fact(
+    access: AccessList | None,
+    user_id: str,
+    now: float,
+    error: str = "",
+    *,
+    app_id: str = "",
+) -> dict[str, Any]:
+    """The access fact policies see: plain str/bool/float/list values only (fed to CEL).
+
+    ``role`` is the strongest of the user's roles in the order owner > admin > collaborator >
+    member > team_owner > team_admin > team_member, or "" when the user holds none of them;
+    ``has_role`` is ``role != ""``. Other roles (e.g. ``team_collaborator``) stay in ``roles``.
+    """
+    if access is None:
+        return {
+            "available": False,
+            "app_id": app_id,
+            "user_id": user_id,
+            "roles": [],
+            "role": "",
+            "has_role": False,
+            "team_role": "",
+            "permissions": [],
+            "fetched_at": "",
+            "age_seconds": -1.0,
+            "error": error or "access list unavailable",
+        }
+    member = access.members.get(user_id) if user_id else None
+    roles = [str(r) for r in member.roles] if member is not None else []
+    ranked = [r for r in ROLE_ORDER if r in roles]
+    role = ranked[0] if ranked else ""
+    return {
+        "available": True,
+        "app_id": access.app_id,
+        "user_id": user_id,
+        "roles": roles,
+        "role": role,
+        "has_role": role != "",
+        "team_role": (member.team_role or "") if member is not None else "",
+        "permissions": [str(p) for p in member.permissions] if member is not None else [],
+        "fetched_at": rfc3339(access.fetched_at),
+        "age_seconds": round(max(0.0, float(now - access.fetched_at)), 3),
+        "error": error,
+    }

@@ -1,0 +1,262 @@
+"""The add-on registry: which Heroku app owns each provisioned add-on resource.
+
+Heroku delivers provisioning at least once, so :meth:`AddonRegistry.register` is idempotent on the
+resource uuid. Choices made here, where Heroku's documentation is silent:
+
+- Resource ids must be canonical UUIDs (8-4-4-4-12 hex); upper case is accepted and stored lower.
+- A deprovisioned uuid is never provisioned again: Heroku never reuses uuids, so a provisioning
+  request for one is a late retry or a mistake, and silently resurrecting the resource would hand
+  its dashboard to whoever has access to the app named in that request.
+- For the same reason the owning ``app_id`` of a resource never changes through ``register``;
+  a different ``app_id`` is refused (``ADDON_APP_CONFLICT``). The app *name* may change (renames).
+- ``deprovision`` of an already deprovisioned resource succeeds and changes nothing (Heroku may
+  deliver the DELETE twice).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Final, Literal
+
+import sqlite_utils
+
+from authz.clock import Clock
+
+__all__ = [
+    "ADDON_APP_CONFLICT",
+    "ADDON_DEPROVISIONED",
+    "ADDON_MALFORMED",
+    "ADDON_UNKNOWN",
+    "Addon",
+    "AddonRegistry",
+    "AddonState",
+    "RegistryError",
+]
+
+ADDON_MALFORMED: Final = "ADDON_MALFORMED"
+ADDON_UNKNOWN: Final = "ADDON_UNKNOWN"
+ADDON_DEPROVISIONED: Final = "ADDON_DEPROVISIONED"
+ADDON_APP_CONFLICT: Final = "ADDON_APP_CONFLICT"
+
+AddonState = Literal["provisioned", "deprovisioned"]
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_MAX_FIELD_LENGTH = 1024
+_TABLE = "addons"
+_COLUMNS = "resource_id, app_id, app_name, plan, region, state, created_at, updated_at"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {_TABLE} (
+    resource_id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    app_name TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    region TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('provisioned', 'deprovisioned')),
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+
+
+class RegistryError(Exception):
+    """A registry operation was refused; ``code`` is one of the ``ADDON_*`` constants.
+
+    ``invalid_argument`` is True when the request itself is malformed (not a UUID, empty app id).
+    """
+
+    def __init__(self, code: str, message: str, invalid_argument: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.invalid_argument = invalid_argument
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Addon:
+    resource_id: str
+    app_id: str
+    app_name: str
+    plan: str
+    region: str
+    state: AddonState
+    created_at: float
+    updated_at: float
+
+
+class AddonRegistry:
+    """Provisioned add-on resources in the ``addons`` table of a SQLite database."""
+
+    def __init__(self, db: sqlite_utils.Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+        self._lock = threading.Lock()
+        with self._transaction() as conn:
+            conn.execute(_SCHEMA)
+
+    def register(
+        self, resource_id: str, app_id: str, app_name: str, plan: str, region: str
+    ) -> tuple[Addon, bool]:
+        """Record a provisioned resource; returns it and whether this call changed anything.
+
+        The same delivery again changes nothing (and keeps ``created_at``); a new plan, region or
+        app name updates the row. A deprovisioned uuid or a different ``app_id`` is refused.
+        """
+        resource_id = _resource_id(resource_id)
+        _text("app_id", app_id, required=True)
+        _text("app_name", app_name)
+        _text("plan", plan, required=True)
+        _text("region", region)
+        with self._transaction() as conn:
+            now = self._clock()
+            current = _select(conn, resource_id)
+            if current is None:
+                addon = Addon(resource_id, app_id, app_name, plan, region, "provisioned", now, now)
+                conn.execute(
+                    f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        addon.resource_id,
+                        addon.app_id,
+                        addon.app_name,
+                        addon.plan,
+                        addon.region,
+                        addon.state,
+                        addon.created_at,
+                        addon.updated_at,
+                    ),
+                )
+                return addon, True
+            _require_provisioned(current)
+            if current.app_id != app_id:
+                raise RegistryError(
+                    ADDON_APP_CONFLICT,
+                    f"add-on {resource_id} belongs to app {current.app_id}, but the request names "
+                    f"app {app_id}; the app that owns an add-on never changes, so the request was "
+                    "refused (check where it came from)",
+                )
+            if (current.app_name, current.plan, current.region) == (app_name, plan, region):
+                return current, False
+            conn.execute(
+                f"UPDATE {_TABLE} SET app_name = ?, plan = ?, region = ?, updated_at = ? "
+                "WHERE resource_id = ?",
+                (app_name, plan, region, now, resource_id),
+            )
+            updated = replace(current, app_name=app_name, plan=plan, region=region, updated_at=now)
+            return updated, True
+
+    def deprovision(self, resource_id: str) -> Addon:
+        """Mark a resource deprovisioned (idempotent); unknown ids raise ``ADDON_UNKNOWN``."""
+        resource_id = _resource_id(resource_id)
+        with self._transaction() as conn:
+            current = _require_known(conn, resource_id)
+            if current.state == "deprovisioned":
+                return current
+            now = self._clock()
+            conn.execute(
+                f"UPDATE {_TABLE} SET state = 'deprovisioned', updated_at = ? "
+                "WHERE resource_id = ?",
+                (now, resource_id),
+            )
+            return replace(current, state="deprovisioned", updated_at=now)
+
+    def get(self, resource_id: str) -> Addon | None:
+        """The resource, provisioned or deprovisioned; None if unknown (or not a UUID at all)."""
+        if not isinstance(resource_id, str) or not _UUID.fullmatch(resource_id.lower()):
+            return None
+        return _select(self._db.conn, resource_id.lower())
+
+    def change_plan(self, resource_id: str, plan: str) -> Addon:
+        """Record a plan change (Heroku's ``PUT {base}/{uuid}``) for a provisioned resource."""
+        resource_id = _resource_id(resource_id)
+        _text("plan", plan, required=True)
+        with self._transaction() as conn:
+            current = _require_known(conn, resource_id)
+            _require_provisioned(current)
+            if current.plan == plan:
+                return current
+            now = self._clock()
+            conn.execute(
+                f"UPDATE {_TABLE} SET plan = ?, updated_at = ? WHERE resource_id = ?",
+                (plan, now, resource_id),
+            )
+            return replace(current, plan=plan, updated_at=now)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so a read followed
+        by a write cannot interleave with another process; inside a transaction the caller already
+        holds, a savepoint instead."""
+        conn = self._db.conn
+        with self._lock:
+            if conn.in_transaction:
+                conn.execute("SAVEPOINT addon_registry")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK TO addon_registry")
+                    conn.execute("RELEASE addon_registry")
+                    raise
+                conn.execute("RELEASE addon_registry")
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+
+
+def _select(conn: sqlite3.Connection, resource_id: str) -> Addon | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM {_TABLE} WHERE resource_id = ?", (resource_id,)
+    ).fetchone()
+    return None if row is None else Addon(*row)
+
+
+def _require_known(conn: sqlite3.Connection, resource_id: str) -> Addon:
+    current = _select(conn, resource_id)
+    if current is None:
+        raise RegistryError(
+            ADDON_UNKNOWN,
+            f"add-on {resource_id} was never provisioned here (no provisioning request for this "
+            "uuid reached the service)",
+        )
+    return current
+
+
+def _require_provisioned(current: Addon) -> None:
+    if current.state != "provisioned":
+        raise RegistryError(
+            ADDON_DEPROVISIONED,
+            f"add-on {current.resource_id} was deprovisioned; Heroku never reuses add-on uuids, "
+            "so it cannot be provisioned or changed again",
+        )
+
+
+def _resource_id(value: str) -> str:
+    if isinstance(value, str) and _UUID.fullmatch(value.lower()):
+        return value.lower()
+    raise RegistryError(
+        ADDON_MALFORMED,
+        "resource_id must be the add-on's Heroku uuid (8-4-4-4-12 hex digits)",
+        invalid_argument=True,
+    )
+
+
+def _text(name: str, value: str, *, required: bool = False) -> None:
+    if not isinstance(value, str) or len(value) > _MAX_FIELD_LENGTH:
+        raise RegistryError(
+            ADDON_MALFORMED,
+            f"{name} must be text of at most {_MAX_FIELD_LENGTH} characters",
+            invalid_argument=True,
+        )
+    if required and not value.strip():
+        raise RegistryError(ADDON_MALFORMED, f"{name} must not be empty", invalid_argument=True)

@@ -1,0 +1,505 @@
+"""Heroku's identity service and Platform API for Partners: OAuth tokens and app access lists.
+
+One :class:`PlatformClient` serves every add-on; each call names the add-on's access token.
+It follows Heroku's own recipe for an add-on's access list, in this order::
+
+    GET /addons/{resource_id}        -> app {id, name}
+    GET /apps/{app_id}               -> owner {id, email}, team {id, name} | null
+    GET /apps/{app_id}/collaborators -> [{role, permissions, user {id, email}}]  (paginated)
+    GET /teams/{team_id}/members     -> [{role, user {id, email}}]   (team apps only, paginated)
+
+and returns an :class:`AccessList` keyed by Heroku user id (emails are display data only).
+
+Choices made where Heroku's documentation is silent, written down here:
+
+- A collaborator whose ``role`` is null gets the role ``collaborator``: being in the list is what
+  grants access to the app.
+- A team member's roles are prefixed ``team_`` (``team_admin``, ``team_member``...), so a policy
+  can tell app roles from team roles. Whether a plain team member without an app entry may use
+  the dashboard is a policy decision, not this module's.
+- Unknown fields are ignored; a missing or mistyped field the recipe needs is a ``bad_response``
+  (never a silently shorter list).
+- ``Ratelimit-Remaining: 0`` on a successful reply is honoured: the data of that reply is kept,
+  but when the recipe needs another request the client stops with ``rate_limited`` rather than
+  spending a call that Heroku would refuse.
+- Error messages name the request (method and path, which hold only resource and app ids) and
+  the HTTP status, never a token, a secret or a grant code; upstream error messages are not
+  copied (only Heroku's short error ``id``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+
+from authz.clock import Clock, system_clock
+
+__all__ = [
+    "HEROKU_ACCEPT",
+    "ROLE_ORDER",
+    "AccessList",
+    "AppMember",
+    "OAuthTokens",
+    "PlatformClient",
+    "PlatformError",
+]
+
+HEROKU_ACCEPT: Final = "application/vnd.heroku+json; version=3"
+ROLE_ORDER: Final = (
+    "owner",
+    "admin",
+    "collaborator",
+    "member",
+    "team_owner",
+    "team_admin",
+    "team_member",
+)
+"""Roles from strongest to weakest; other roles (e.g. ``viewer``) sort after these."""
+
+DEFAULT_RATE_LIMIT_WAIT: Final = 60.0
+"""Seconds to wait after a 429 without Retry-After (Heroku refills its budget gradually)."""
+_MAX_PAGES: Final = 100
+_ERROR_ID = re.compile(r"^[a-z0-9_]{1,40}$")
+
+
+class PlatformError(Exception):
+    """A Platform API or identity call failed.
+
+    ``kind`` is one of: ``unauthorized`` (401 or a refused grant/refresh), ``forbidden`` (403),
+    ``not_found`` (404), ``bad_request`` (other 4xx), ``rate_limited`` (429 or no calls left;
+    ``retry_after`` says how long to wait), ``upstream_error`` (5xx), ``bad_response`` (not the
+    JSON the recipe needs), ``unreachable`` (connection error or timeout), ``no_tokens`` (the
+    add-on has no OAuth tokens stored), ``app_mismatch`` (the add-on belongs to another app).
+    The message never holds a token, a secret or a grant code.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        status: int | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"PlatformError({self.kind!r}, {self.message!r}, status={self.status!r})"
+
+
+@dataclass(frozen=True)
+class OAuthTokens:
+    """One add-on's OAuth token pair. ``expires_at`` is Unix seconds; repr hides the tokens."""
+
+    access_token: str
+    refresh_token: str
+    expires_at: float
+    user_id: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"OAuthTokens(access_token=<hidden>, refresh_token=<hidden>, "
+            f"expires_at={self.expires_at!r}, user_id={self.user_id!r})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class AppMember:
+    """A Heroku user with some access to an app. ``email`` is for display only."""
+
+    user_id: str
+    email: str
+    roles: tuple[str, ...]
+    permissions: tuple[str, ...] = ()
+    team_role: str | None = None
+
+
+@dataclass(frozen=True)
+class AccessList:
+    """Who has access to one app, keyed by Heroku user id, as fetched at ``fetched_at``."""
+
+    app_id: str
+    app_name: str
+    team_id: str | None
+    owner_id: str
+    fetched_at: float
+    members: Mapping[str, AppMember] = field(default_factory=lambda: MappingProxyType({}))
+
+    def member(self, user_id: str) -> AppMember | None:
+        return self.members.get(user_id)
+
+
+def _role_key(role: str) -> tuple[int, str]:
+    return (ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER), role)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON checking: every field the recipe needs is checked, by name, without echoing values.
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PlatformError("bad_response", f"{what} is not a JSON object")
+    return value
+
+
+def _str(doc: Mapping[str, Any], key: str, what: str, *, optional: bool = False) -> str:
+    value = doc.get(key)
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str) or (not value and not optional):
+        raise PlatformError("bad_response", f"{what}: field {key!r} is missing or not a string")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise PlatformError("bad_response", f"{what} is not a JSON list")
+    return value
+
+
+def _retry_after(response: httpx.Response, default: float) -> float:
+    raw = response.headers.get("Retry-After", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+def _remaining(response: httpx.Response) -> int | None:
+    raw = response.headers.get("Ratelimit-Remaining")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+class _Sequence:
+    """State of one multi-request recipe: stop before a call Heroku would refuse."""
+
+    def __init__(self) -> None:
+        self.exhausted = False
+
+
+class PlatformClient:
+    """Async client for Heroku's OAuth endpoint and the Platform API for Partners."""
+
+    def __init__(
+        self,
+        api_url: str,
+        id_url: str,
+        client_secret: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+        clock: Clock = system_clock,
+        timeout: float = 5.0,
+    ) -> None:
+        self._api_url = api_url.rstrip("/")
+        self._id_url = id_url.rstrip("/")
+        self._client_secret = client_secret
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), follow_redirects=False
+        )
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"PlatformClient(api_url={self._api_url!r}, id_url={self._id_url!r})"
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> PlatformClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- OAuth -------------------------------------------------------------------------------
+
+    async def exchange_grant(self, code: str) -> OAuthTokens:
+        """Trade a provisioning ``oauth_grant.code`` for the add-on's token pair (single use)."""
+        if not code:
+            raise PlatformError("unauthorized", "no grant code given")
+        return await self._token_request(
+            {"grant_type": "authorization_code", "code": code}, "grant exchange"
+        )
+
+    async def refresh(self, refresh_token: str) -> OAuthTokens:
+        """A new access token from the add-on's refresh token."""
+        if not refresh_token:
+            raise PlatformError("unauthorized", "no refresh token given")
+        return await self._token_request(
+            {"grant_type": "refresh_token", "refresh_token": refresh_token}, "token refresh"
+        )
+
+    async def _token_request(self, form: dict[str, str], what: str) -> OAuthTokens:
+        if not self._client_secret:
+            raise PlatformError("unauthorized", f"{what}: no OAuth client secret configured")
+        started = self._clock()
+        url = f"{self._id_url}/oauth/token"
+        data = {**form, "client_secret": self._client_secret}
+        try:
+            response = await self._http.post(url, data=data, headers={"Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise PlatformError("unreachable", f"{what}: {type(exc).__name__}") from None
+        if response.status_code in (400, 401, 403):
+            # The identity service answers a bad, used or expired grant, a revoked refresh
+            # token or a wrong client secret alike; none of them is worth retrying.
+            raise PlatformError(
+                "unauthorized",
+                f"{what} refused (HTTP {response.status_code}{self._error_id(response)})",
+                response.status_code,
+            )
+        self._raise_for_status(response, f"POST /oauth/token ({what})")
+        doc = self._json(response, f"{what} reply")
+        body = _obj(doc, f"{what} reply")
+        expires_in = body.get("expires_in")
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+            raise PlatformError("bad_response", f"{what} reply: 'expires_in' is not a number")
+        if expires_in <= 0:
+            raise PlatformError("bad_response", f"{what} reply: 'expires_in' is not positive")
+        token_type = body.get("token_type", "Bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise PlatformError("bad_response", f"{what} reply: token_type is not Bearer")
+        return OAuthTokens(
+            access_token=_str(body, "access_token", f"{what} reply"),
+            refresh_token=_str(body, "refresh_token", f"{what} reply"),
+            # Measured from before the request, so the token is never thought younger than it is.
+            expires_at=started + float(expires_in),
+            user_id=_str(body, "user_id", f"{what} reply", optional=True),
+        )
+
+    # -- access list -------------------------------------------------------------------------
+
+    async def fetch_access_list(self, resource_id: str, access_token: str) -> AccessList:
+        """Heroku's 4-step recipe for the add-on's app, following ``Next-Range`` pagination."""
+        if not resource_id:
+            raise PlatformError("not_found", "no resource id given")
+        fetched_at = self._clock()
+        seq = _Sequence()
+        addon = _obj(
+            await self._get(f"/addons/{quote(resource_id, safe='')}", access_token, seq),
+            "add-on",
+        )
+        app_ref = _obj(addon.get("app"), "add-on 'app'")
+        app_id = _str(app_ref, "id", "add-on 'app'")
+        app_path = f"/apps/{quote(app_id, safe='')}"
+
+        app = _obj(await self._get(app_path, access_token, seq), "app")
+        if _str(app, "id", "app") != app_id:
+            raise PlatformError("bad_response", "app: id differs from the add-on's app id")
+        app_name = _str(app, "name", "app", optional=True) or _str(
+            app_ref, "name", "add-on 'app'", optional=True
+        )
+        owner = _obj(app.get("owner"), "app 'owner'")
+        owner_id = _str(owner, "id", "app 'owner'")
+        team_doc = app.get("team")
+        team_id: str | None = None
+        if team_doc is not None:
+            team_id = _str(_obj(team_doc, "app 'team'"), "id", "app 'team'")
+
+        builder = _MembersBuilder()
+        builder.add(owner_id, _str(owner, "email", "app 'owner'", optional=True), role="owner")
+
+        collaborators = await self._get_all(f"{app_path}/collaborators", access_token, seq)
+        for i, item in enumerate(collaborators):
+            what = f"collaborator #{i}"
+            entry = _obj(item, what)
+            user = _obj(entry.get("user"), f"{what} 'user'")
+            role = entry.get("role")
+            if role is not None and (not isinstance(role, str) or not role):
+                raise PlatformError("bad_response", f"{what}: field 'role' is not a string")
+            permissions = []
+            for perm in _list(entry.get("permissions") or [], f"{what} 'permissions'"):
+                if isinstance(perm, str):  # tolerate a bare name
+                    permissions.append(perm)
+                else:
+                    permissions.append(_str(_obj(perm, f"{what} permission"), "name", what))
+            builder.add(
+                _str(user, "id", f"{what} 'user'"),
+                _str(user, "email", f"{what} 'user'", optional=True),
+                role=role or "collaborator",
+                permissions=permissions,
+            )
+
+        if team_id is not None:
+            team_path = f"/teams/{quote(team_id, safe='')}/members"
+            for i, item in enumerate(await self._get_all(team_path, access_token, seq)):
+                what = f"team member #{i}"
+                entry = _obj(item, what)
+                user = _obj(entry.get("user"), f"{what} 'user'")
+                team_role = _str(entry, "role", what)
+                email = _str(user, "email", f"{what} 'user'", optional=True) or _str(
+                    entry, "email", what, optional=True
+                )
+                builder.add(
+                    _str(user, "id", f"{what} 'user'"),
+                    email,
+                    role=f"team_{team_role}",
+                    team_role=team_role,
+                )
+
+        return AccessList(
+            app_id=app_id,
+            app_name=app_name,
+            team_id=team_id,
+            owner_id=owner_id,
+            fetched_at=fetched_at,
+            members=MappingProxyType(builder.build()),
+        )
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def _get(self, path: str, access_token: str, seq: _Sequence) -> Any:
+        response = await self._send(path, access_token, seq, None)
+        if response.status_code != 200:
+            raise PlatformError(
+                "bad_response", f"GET {path}: unexpected HTTP {response.status_code}"
+            )
+        return self._json(response, f"GET {path}")
+
+    async def _get_all(self, path: str, access_token: str, seq: _Sequence) -> list[Any]:
+        """Every page of a list endpoint: ask for ``max=1000``, then echo ``Next-Range``."""
+        items: list[Any] = []
+        range_header: str | None = "id ..; max=1000"
+        seen: set[str] = set()
+        for _ in range(_MAX_PAGES):
+            response = await self._send(path, access_token, seq, range_header)
+            items.extend(_list(self._json(response, f"GET {path}"), f"GET {path} reply"))
+            if response.status_code == 200:
+                return items
+            if response.status_code != 206:
+                raise PlatformError(
+                    "bad_response", f"GET {path}: unexpected HTTP {response.status_code}"
+                )
+            next_range = response.headers.get("Next-Range")
+            if not next_range:
+                raise PlatformError("bad_response", f"GET {path}: 206 without Next-Range")
+            if next_range in seen:
+                raise PlatformError("bad_response", f"GET {path}: Next-Range repeats itself")
+            seen.add(next_range)
+            range_header = next_range
+        raise PlatformError("bad_response", f"GET {path}: more than {_MAX_PAGES} pages")
+
+    async def _send(
+        self, path: str, access_token: str, seq: _Sequence, range_header: str | None
+    ) -> httpx.Response:
+        if seq.exhausted:
+            raise PlatformError(
+                "rate_limited",
+                f"GET {path}: no API calls left (Ratelimit-Remaining: 0)",
+                retry_after=DEFAULT_RATE_LIMIT_WAIT,
+            )
+        headers = {"Accept": HEROKU_ACCEPT, "Authorization": f"Bearer {access_token}"}
+        if range_header:
+            headers["Range"] = range_header
+        try:
+            response = await self._http.get(f"{self._api_url}{path}", headers=headers)
+        except httpx.HTTPError as exc:
+            raise PlatformError("unreachable", f"GET {path}: {type(exc).__name__}") from None
+        self._raise_for_status(response, f"GET {path}")
+        if _remaining(response) == 0:
+            seq.exhausted = True
+        return response
+
+    def _raise_for_status(self, response: httpx.Response, what: str) -> None:
+        status = response.status_code
+        if status < 400 and not 300 <= status < 400:
+            return
+        detail = f"{what}: HTTP {status}{self._error_id(response)}"
+        if status == 429:
+            raise PlatformError(
+                "rate_limited",
+                detail,
+                status,
+                retry_after=_retry_after(response, DEFAULT_RATE_LIMIT_WAIT),
+            )
+        if status >= 500:
+            raise PlatformError(
+                "upstream_error", detail, status, retry_after=_retry_after(response, 0.0) or None
+            )
+        kind = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(status)
+        if kind is None:
+            kind = "bad_response" if status < 400 else "bad_request"
+        raise PlatformError(kind, detail, status)
+
+    @staticmethod
+    def _error_id(response: httpx.Response) -> str:
+        """Heroku's short error id (e.g. ``unauthorized``) when the body has a sane one."""
+        try:
+            doc = response.json()
+        except ValueError:
+            return ""
+        error_id = doc.get("id") if isinstance(doc, dict) else None
+        if isinstance(error_id, str) and _ERROR_ID.match(error_id):
+            return f", {error_id}"
+        return ""
+
+    @staticmethod
+    def _json(response: httpx.Response, what: str) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise PlatformError(
+                "bad_response", f"{what}: body is not valid JSON", response.status_code
+            ) from None
+
+
+class _MembersBuilder:
+    """Merges the owner, collaborators and team members into one entry per user id."""
+
+    def __init__(self) -> None:
+        self._emails: dict[str, str] = {}
+        self._roles: dict[str, set[str]] = {}
+        self._permissions: dict[str, set[str]] = {}
+        self._team_roles: dict[str, str] = {}
+
+    def add(
+        self,
+        user_id: str,
+        email: str,
+        *,
+        role: str,
+        permissions: list[str] | None = None,
+        team_role: str | None = None,
+    ) -> None:
+        if email or user_id not in self._emails:
+            self._emails[user_id] = email
+        self._roles.setdefault(user_id, set()).add(role)
+        self._permissions.setdefault(user_id, set()).update(permissions or ())
+        if team_role is not None:
+            self._team_roles[user_id] = team_role
+
+    def build(self) -> dict[str, AppMember]:
+        return {
+            user_id: AppMember(
+                user_id=user_id,
+                email=self._emails[user_id],
+                roles=tuple(sorted(roles, key=_role_key)),
+                permissions=tuple(sorted(self._permissions[user_id])),
+                team_role=self._team_roles.get(user_id),
+            )
+            for user_id, roles in self._roles.items()
+        }

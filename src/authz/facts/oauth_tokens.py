@@ -1,0 +1,281 @@
+"""Each add-on's Heroku OAuth tokens: encrypted at rest, refreshed before they expire.
+
+:class:`OAuthTokenStore` keeps one row per add-on resource id. The token pair is sealed with
+AES-256-GCM (``cryptography``'s AESGCM, no hand-written crypto):
+
+- the 256-bit key is derived from the configured key string (``AUTHZ_TOKEN_KEY``) with
+  HKDF-SHA256, so any string works as key material; a long random string is expected;
+- every write uses a fresh random 96-bit nonce;
+- the resource id is the associated data, so a row copied onto another add-on does not decrypt;
+- a short key fingerprint is stored beside each row, so a changed key is reported as such rather
+  than as corruption.
+
+Without a key the store refuses to store or read anything (:class:`TokenKeyMissing`); it never
+falls back to plaintext.
+
+:class:`TokenManager` hands out a valid access token per add-on: it refreshes when the token is
+within ``refresh_margin`` seconds of expiry, and at most one refresh per add-on runs at a time
+(concurrent callers share it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import threading
+from typing import Any, Final
+
+import sqlite_utils
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from authz.clock import Clock, system_clock
+from authz.facts.heroku import OAuthTokens, PlatformClient, PlatformError
+
+__all__ = [
+    "MIN_KEY_LENGTH",
+    "OAuthTokenStore",
+    "OAuthTokens",
+    "TokenKeyMissing",
+    "TokenManager",
+    "TokenStoreError",
+]
+
+MIN_KEY_LENGTH: Final = 16
+"""Characters of key material required; ``secrets.token_urlsafe(32)`` makes a good key."""
+
+_TABLE: Final = "heroku_oauth_tokens"
+_SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS {_TABLE} (
+    resource_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    expires_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+_AAD_PREFIX: Final = b"authz/heroku-oauth-tokens/v1:"
+
+
+class TokenStoreError(RuntimeError):
+    """Tokens could not be stored or read back; the message says why (never a token)."""
+
+
+class TokenKeyMissing(TokenStoreError):
+    """No usable encryption key is configured, so tokens are not stored at all."""
+
+
+def _derive(key: str, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"authz", info=info).derive(
+        key.encode("utf-8")
+    )
+
+
+class OAuthTokenStore:
+    """Per-add-on OAuth tokens in SQLite, sealed with AES-256-GCM."""
+
+    def __init__(self, db: sqlite_utils.Database, key: str, *, clock: Clock = system_clock) -> None:
+        self._db = db
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._aead: AESGCM | None = None
+        self._key_id = ""
+        self._key_problem = ""
+        if not key:
+            self._key_problem = (
+                "no token encryption key is configured (set AUTHZ_TOKEN_KEY or "
+                "AUTHZ_TOKEN_KEY_FILE); refusing to keep Heroku OAuth tokens unencrypted"
+            )
+        elif len(key) < MIN_KEY_LENGTH:
+            self._key_problem = (
+                f"the token encryption key (AUTHZ_TOKEN_KEY) is shorter than {MIN_KEY_LENGTH} "
+                "characters; use a long random string"
+            )
+        else:
+            self._aead = AESGCM(_derive(key, b"oauth-token-encryption"))
+            self._key_id = _derive(key, b"oauth-token-key-id")[:8].hex()
+        with self._lock, self._db.conn:
+            self._db.execute(_SCHEMA)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a usable key is configured (otherwise every operation raises)."""
+        return self._aead is not None
+
+    def _cipher(self) -> AESGCM:
+        if self._aead is None:
+            raise TokenKeyMissing(self._key_problem)
+        return self._aead
+
+    @staticmethod
+    def _aad(resource_id: str) -> bytes:
+        return _AAD_PREFIX + resource_id.encode("utf-8")
+
+    def put(self, resource_id: str, tokens: OAuthTokens) -> None:
+        """Store (or replace) an add-on's tokens, encrypted under a fresh nonce."""
+        if not resource_id:
+            raise ValueError("resource_id is required")
+        cipher = self._cipher()
+        plaintext = json.dumps(
+            {
+                "access_token": tokens.access_token,
+                "refresh_token": tokens.refresh_token,
+                "expires_at": tokens.expires_at,
+                "user_id": tokens.user_id,
+            }
+        ).encode("utf-8")
+        nonce = os.urandom(12)  # 96 random bits, fresh for every write
+        ciphertext = cipher.encrypt(nonce, plaintext, self._aad(resource_id))
+        row = {
+            "resource_id": resource_id,
+            "key_id": self._key_id,
+            "nonce": nonce,
+            "ciphertext": ciphertext,
+            "expires_at": float(tokens.expires_at),
+            "updated_at": self._clock(),
+        }
+        with self._lock, self._db.conn:
+            self._db.execute(
+                f"INSERT OR REPLACE INTO {_TABLE} "
+                "(resource_id, key_id, nonce, ciphertext, expires_at, updated_at) "
+                "VALUES (:resource_id, :key_id, :nonce, :ciphertext, :expires_at, :updated_at)",
+                row,
+            )
+
+    def get(self, resource_id: str) -> OAuthTokens | None:
+        """An add-on's tokens, or None when none are stored."""
+        cipher = self._cipher()
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT key_id, nonce, ciphertext FROM {_TABLE} WHERE resource_id = ?",
+                [resource_id],
+            ).fetchone()
+        if row is None:
+            return None
+        key_id, nonce, ciphertext = row
+        if key_id != self._key_id:
+            raise TokenStoreError(
+                f"OAuth tokens of add-on {resource_id} were stored under another encryption key "
+                f"(key id {key_id}, configured {self._key_id}); re-provision or restore the key"
+            )
+        try:
+            plaintext = cipher.decrypt(bytes(nonce), bytes(ciphertext), self._aad(resource_id))
+        except InvalidTag:
+            raise TokenStoreError(
+                f"OAuth tokens of add-on {resource_id} failed authentication (tampered or moved)"
+            ) from None
+        doc: dict[str, Any] = json.loads(plaintext)
+        return OAuthTokens(
+            access_token=doc["access_token"],
+            refresh_token=doc["refresh_token"],
+            expires_at=float(doc["expires_at"]),
+            user_id=doc.get("user_id", ""),
+        )
+
+    def delete(self, resource_id: str) -> bool:
+        """Forget an add-on's tokens (deprovisioning). True when a row was removed."""
+        with self._lock, self._db.conn:
+            cursor = self._db.execute(f"DELETE FROM {_TABLE} WHERE resource_id = ?", [resource_id])
+            return cursor.rowcount > 0
+
+    def has(self, resource_id: str) -> bool:
+        """Whether tokens are stored for an add-on (no decryption, works without a key)."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT 1 FROM {_TABLE} WHERE resource_id = ?", [resource_id]
+            ).fetchone()
+        return row is not None
+
+
+class TokenManager:
+    """A valid access token per add-on: stored, refreshed ahead of expiry, single-flight."""
+
+    def __init__(
+        self,
+        store: OAuthTokenStore,
+        client: PlatformClient,
+        clock: Clock = system_clock,
+        refresh_margin: float = 300.0,
+    ) -> None:
+        if refresh_margin < 0:
+            raise ValueError("refresh_margin must not be negative")
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._margin = float(refresh_margin)
+        self._inflight: dict[str, asyncio.Task[OAuthTokens]] = {}
+
+    async def register_grant(self, resource_id: str, code: str) -> OAuthTokens:
+        """Exchange a provisioning grant code (at once: it expires in minutes) and store it.
+
+        Heroku delivers provisioning at least once: when the exchange is refused (the code was
+        already used by the first delivery) and tokens are stored for this add-on, those are
+        kept and returned.
+        """
+        self._store._cipher()  # refuse before spending the single-use code
+        try:
+            tokens = await self._client.exchange_grant(code)
+        except PlatformError as exc:
+            stored = self._store.get(resource_id) if exc.kind == "unauthorized" else None
+            if stored is None:
+                raise
+            return stored
+        self._store.put(resource_id, tokens)
+        return tokens
+
+    def _stored(self, resource_id: str) -> OAuthTokens:
+        tokens = self._store.get(resource_id)
+        if tokens is None:
+            raise PlatformError("no_tokens", f"no OAuth tokens stored for add-on {resource_id}")
+        return tokens
+
+    async def access_token(self, resource_id: str) -> str:
+        """The add-on's access token, refreshed first when it expires within the margin."""
+        task = self._inflight.get(resource_id)
+        if task is not None:
+            return (await asyncio.shield(task)).access_token
+        tokens = self._stored(resource_id)
+        if self._clock() < tokens.expires_at - self._margin:
+            return tokens.access_token
+        return (await self._refresh(resource_id)).access_token
+
+    async def on_unauthorized(self, resource_id: str, failed_token: str | None = None) -> str:
+        """Heroku refused an access token: refresh once and return the new one.
+
+        When ``failed_token`` is given and another caller already replaced it, the stored
+        token is returned without a second refresh.
+        """
+        task = self._inflight.get(resource_id)
+        if task is not None:
+            return (await asyncio.shield(task)).access_token
+        if failed_token is not None:
+            current = self._stored(resource_id)
+            if not hmac.compare_digest(current.access_token.encode(), failed_token.encode()):
+                return current.access_token
+        return (await self._refresh(resource_id)).access_token
+
+    async def _refresh(self, resource_id: str) -> OAuthTokens:
+        task = self._inflight.get(resource_id)
+        if task is None:
+            task = asyncio.create_task(self._do_refresh(resource_id))
+            self._inflight[resource_id] = task
+            task.add_done_callback(lambda t: self._forget(resource_id, t))
+        # Shielded: a caller giving up (its deadline) must not abort a refresh half way.
+        return await asyncio.shield(task)
+
+    def _forget(self, resource_id: str, task: asyncio.Task[OAuthTokens]) -> None:
+        if self._inflight.get(resource_id) is task:
+            del self._inflight[resource_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure nobody awaited is not logged as lost
+
+    async def _do_refresh(self, resource_id: str) -> OAuthTokens:
+        current = self._stored(resource_id)
+        fresh = await self._client.refresh(current.refresh_token)
+        self._store.put(resource_id, fresh)
+        return fresh

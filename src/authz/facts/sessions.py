@@ -1,0 +1,175 @@
+"""Sessions issued after a verified Heroku SSO login.
+
+A session carries identity only (the Heroku user id and the add-on resource it was opened for);
+what that user may do is decided afresh from the app's current access list on every request, as
+Heroku requires. The bearer token is shown to the caller once and never stored: the table is keyed
+by its SHA-256, so a copy of the database does not contain a usable token. ``session_id`` is a
+separate random id that is safe to log. ``email`` is display data and never a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Final
+
+import sqlite_utils
+
+from authz.clock import Clock
+
+__all__ = ["TOKEN_PREFIX", "Session", "SessionStore"]
+
+TOKEN_PREFIX: Final = "azs_"
+"""Bearer tokens start with this, so a leaked one is recognisable (e.g. by secret scanners)."""
+SESSION_ID_PREFIX: Final = "ses_"
+DEFAULT_TTL: Final = 8 * 3600.0
+_MAX_FIELD_LENGTH = 1024
+
+_TABLE = "sessions"
+_COLUMNS = "session_id, user_id, resource_id, email, issued_at, expires_at, revoked_at"
+_SCHEMA = (
+    f"""
+    CREATE TABLE IF NOT EXISTS {_TABLE} (
+        token_sha256 TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL UNIQUE,
+        user_id TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        email TEXT NOT NULL,
+        issued_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        revoked_at REAL
+    )
+    """,
+    f"CREATE INDEX IF NOT EXISTS {_TABLE}_resource_id ON {_TABLE} (resource_id)",
+    f"CREATE INDEX IF NOT EXISTS {_TABLE}_expires_at ON {_TABLE} (expires_at)",
+)
+
+
+@dataclass(frozen=True)
+class Session:
+    """A session as stored; it holds no token, so it is safe to log."""
+
+    session_id: str
+    user_id: str
+    resource_id: str
+    email: str
+    """Display only: never used to decide anything."""
+    issued_at: float
+    expires_at: float
+    revoked_at: float | None
+
+
+class SessionStore:
+    """Sessions in the ``sessions`` table of a SQLite database."""
+
+    def __init__(self, db: sqlite_utils.Database, clock: Clock, ttl: float = DEFAULT_TTL) -> None:
+        if not (math.isfinite(ttl) and ttl > 0):
+            raise ValueError(f"ttl={ttl!r} must be a positive number of seconds")
+        self._db = db
+        self._clock = clock
+        self._ttl = float(ttl)
+        for statement in _SCHEMA:
+            _write(db.conn, statement, ())
+
+    def issue(self, user_id: str, resource_id: str, email: str) -> tuple[str, Session]:
+        """Start a session; returns the bearer token (shown once, never stored) and the session."""
+        _require("user_id", user_id)
+        _require("resource_id", resource_id)
+        if not isinstance(email, str) or len(email) > _MAX_FIELD_LENGTH:
+            raise ValueError(f"email must be text of at most {_MAX_FIELD_LENGTH} characters")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = self._clock()
+        session = Session(
+            session_id=SESSION_ID_PREFIX + secrets.token_hex(16),
+            user_id=user_id,
+            resource_id=resource_id,
+            email=email,
+            issued_at=now,
+            expires_at=now + self._ttl,
+            revoked_at=None,
+        )
+        _write(
+            self._db.conn,
+            f"INSERT INTO {_TABLE} (token_sha256, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                _token_hash(token),
+                session.session_id,
+                session.user_id,
+                session.resource_id,
+                session.email,
+                session.issued_at,
+                session.expires_at,
+                session.revoked_at,
+            ),
+        )
+        return token, session
+
+    def resolve(self, token: str) -> Session | None:
+        """The live session for ``token``; None if unknown, expired or revoked.
+
+        The same work whatever the token looks like: hash it, one lookup by the hash.
+        """
+        now = self._clock()
+        row = self._db.conn.execute(
+            f"SELECT {_COLUMNS} FROM {_TABLE} WHERE token_sha256 = ?", (_token_hash(token),)
+        ).fetchone()
+        if row is None:
+            return None
+        session = Session(*row)
+        if session.revoked_at is not None or now >= session.expires_at:
+            return None
+        return session
+
+    def revoke(self, token: str) -> bool:
+        """End the session for ``token``; True if this call ended a live session."""
+        now = self._clock()
+        changed = _write(
+            self._db.conn,
+            f"UPDATE {_TABLE} SET revoked_at = ? "
+            "WHERE token_sha256 = ? AND revoked_at IS NULL AND expires_at > ?",
+            (now, _token_hash(token), now),
+        )
+        return changed > 0
+
+    def revoke_for_resource(self, resource_id: str) -> int:
+        """End every live session opened for ``resource_id`` (e.g. on deprovision); how many."""
+        now = self._clock()
+        return _write(
+            self._db.conn,
+            f"UPDATE {_TABLE} SET revoked_at = ? "
+            "WHERE resource_id = ? AND revoked_at IS NULL AND expires_at > ?",
+            (now, resource_id, now),
+        )
+
+    def purge_expired(self) -> int:
+        """Delete sessions past their expiry (revoked ones go when they expire); how many."""
+        return _write(
+            self._db.conn, f"DELETE FROM {_TABLE} WHERE expires_at <= ?", (self._clock(),)
+        )
+
+
+def _token_hash(token: str) -> str:
+    # surrogatepass: hashing never raises, whatever text arrives.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _require(name: str, value: str) -> None:
+    if not isinstance(value, str) or not value or len(value) > _MAX_FIELD_LENGTH:
+        raise ValueError(f"{name} must be non-empty text of at most {_MAX_FIELD_LENGTH} characters")
+
+
+def _write(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:
+    """Run one write statement and return its rowcount.
+
+    Works on the autocommit connections :func:`authz.store.open_database` makes, joins a
+    transaction the caller already has open, and commits the implicit transaction that a
+    connection in the sqlite3 module's legacy mode would otherwise leave open.
+    """
+    outer = conn.in_transaction
+    rowcount = conn.execute(sql, params).rowcount
+    if not outer and conn.in_transaction:
+        conn.commit()
+    return rowcount

@@ -1,0 +1,157 @@
+"""Heroku add-on SSO login: verify the form, then let the policies decide, then issue a session.
+
+The policy decision (`session.login` on `addon:<resource_id>`) goes through the one decision path
+(Decider.check), so a login is evaluated and audited like every other decision; refusals that
+happen before the policies are consulted are audited too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from authz.clock import Clock, system_clock
+from authz.config import Settings
+from authz.decide import ADDON, HEROKU_USER, Decider, Entity, Item, Subject, sso_subject
+from authz.facts.addons import AddonRegistry
+from authz.facts.replay import ReplayGuard
+from authz.facts.sessions import Session, SessionStore
+from authz.facts.sso import SsoError, verify_sso_form
+
+LOGIN_ACTION = "session.login"
+
+
+class LoginRefused(Exception):
+    """A login was refused; `code` is a stable machine-readable reason (e.g. SSO_REPLAYED)."""
+
+    def __init__(self, code: str, message: str, decision_id: str, invalid_argument: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.decision_id = decision_id
+        self.invalid_argument = invalid_argument
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    token: str
+    session: Session
+    decision_id: str
+
+
+class SsoLogins:
+    def __init__(
+        self,
+        decider: Decider,
+        settings: Settings,
+        *,
+        registry: AddonRegistry,
+        replay: ReplayGuard,
+        sessions: SessionStore,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.decider = decider
+        self.settings = settings
+        self.registry = registry
+        self.replay = replay
+        self.sessions = sessions
+        self.clock = clock
+
+    async def exchange(
+        self, form: Mapping[str, str], *, request_id: str = "", caller: str = ""
+    ) -> LoginResult:
+        claimed_user = _clip(form.get("user_id", ""))
+        claimed_resource = _clip(form.get("resource_id", ""))
+        try:
+            login = verify_sso_form(
+                form,
+                salts=self.settings.sso_salts,
+                now=self.clock(),
+                max_age=self.settings.sso_max_age,
+                max_future=self.settings.sso_max_future,
+                allow_sha1=self.settings.sso_allow_sha1,
+            )
+        except SsoError as exc:
+            await self._refuse(
+                exc.code,
+                exc.message,
+                claimed_user,
+                claimed_resource,
+                request_id,
+                caller,
+                invalid_argument=exc.invalid_argument,
+            )
+        addon = self.registry.get(login.resource_id)
+        if addon is None:
+            await self._refuse(
+                "ADDON_UNKNOWN",
+                "this add-on resource is not provisioned here (unknown resource_id)",
+                login.user_id,
+                login.resource_id,
+                request_id,
+                caller,
+            )
+        if addon.state != "provisioned":
+            await self._refuse(
+                "ADDON_DEPROVISIONED",
+                "this add-on was deprovisioned; it can no longer be opened",
+                login.user_id,
+                login.resource_id,
+                request_id,
+                caller,
+            )
+        if not self.replay.claim(login.replay_key, login.expires_at):
+            await self._refuse(
+                "SSO_REPLAYED",
+                "this SSO form was already used; open the add-on again from the "
+                "Heroku dashboard to get a fresh one",
+                login.user_id,
+                login.resource_id,
+                request_id,
+                caller,
+            )
+        subject = sso_subject(login.user_id, login.resource_id, "", self.clock(), login.email)
+        [outcome] = await self.decider.check(
+            subject,
+            [Item(LOGIN_ACTION, Entity(ADDON, login.resource_id))],
+            request_id=request_id,
+            caller=caller,
+            kind="sso",
+        )
+        if not outcome.decision.allowed:
+            raise LoginRefused(
+                "LOGIN_DENIED", "; ".join(outcome.decision.reasons), outcome.decision_id
+            )
+        token, session = self.sessions.issue(login.user_id, login.resource_id, login.email)
+        return LoginResult(token, session, outcome.decision_id)
+
+    async def _refuse(
+        self,
+        code: str,
+        message: str,
+        user_id: str,
+        resource_id: str,
+        request_id: str,
+        caller: str,
+        *,
+        invalid_argument: bool = False,
+    ) -> Any:
+        subject = Subject(
+            {"type": HEROKU_USER, "id": user_id, "attributes": {}, "auth": {"method": "none"}}, {}
+        )
+        decision_id = await self.decider.record_refusal(
+            kind="sso",
+            subject=subject,
+            action=LOGIN_ACTION,
+            resource=Entity(ADDON, resource_id),
+            reason=f"{code}: {message}",
+            request_id=request_id,
+            caller=caller,
+        )
+        raise LoginRefused(code, message, decision_id, invalid_argument)
+
+
+def _clip(value: str) -> str:
+    """Unverified form values go to the audit log only as short, printable text."""
+    return "".join(ch for ch in str(value)[:128] if ch.isprintable())

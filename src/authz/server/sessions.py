@@ -1,0 +1,71 @@
+"""SessionService: Heroku SSO exchange and logout."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from authz.audit.errors import AuditUnavailable
+from authz.login import LoginRefused, SsoLogins
+from authz.server import convert
+from authz.server.authorization import caller_of
+from authz.server.convert import BadRequest
+from authz.server.errors import abort, abort_unrecorded
+from authz.v1 import session_pb2 as pb
+from authz.v1 import session_pb2_grpc as pb_grpc
+
+MAX_FORM_FIELDS = 32
+
+
+class SessionServicer(pb_grpc.SessionServiceServicer):
+    def __init__(self, logins: SsoLogins) -> None:
+        self.logins = logins
+
+    async def ExchangeSso(  # noqa: N802 (gRPC method name)
+        self, request: pb.ExchangeSsoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExchangeSsoResponse:
+        try:
+            if len(request.form) > MAX_FORM_FIELDS:
+                raise BadRequest(f"form has {len(request.form)} fields; Heroku sends fewer than 16")
+            request_id = convert.request_id_of(request.request_id)
+        except BadRequest as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), "SSO_MALFORMED")
+        try:
+            result = await self.logins.exchange(
+                dict(request.form), request_id=request_id, caller=caller_of(context)
+            )
+        except AuditUnavailable as exc:
+            await abort_unrecorded(context, exc)
+        except LoginRefused as refused:
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if refused.invalid_argument
+                else grpc.StatusCode.PERMISSION_DENIED
+            )
+            await abort(
+                context,
+                code,
+                f"SSO login refused: {refused.message}",
+                refused.code,
+                {"decision_id": refused.decision_id},
+            )
+        expires_at = timestamp_pb2.Timestamp()
+        expires_at.FromNanoseconds(int(result.session.expires_at * 1e9))
+        return pb.ExchangeSsoResponse(
+            session_token=result.token,
+            expires_at=expires_at,
+            principal_id=result.session.user_id,
+            resource_id=result.session.resource_id,
+            decision_id=result.decision_id,
+        )
+
+    async def RevokeSession(  # noqa: N802
+        self, request: pb.RevokeSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeSessionResponse:
+        if not request.session_token:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "session_token is empty; send the token ExchangeSso returned",
+            )
+        return pb.RevokeSessionResponse(revoked=self.logins.sessions.revoke(request.session_token))

@@ -1,0 +1,181 @@
+"""Sessions issued after Heroku SSO (authz.facts.sessions)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from authz.facts.sessions import TOKEN_PREFIX, Session, SessionStore
+from authz.store import open_database
+
+T0 = 1_700_000_000.0
+TTL = 8 * 3600.0
+USER = "038df634-6962-43b9-a1ec-9ff09b8ce665"
+OTHER_USER = "11111111-2222-3333-4444-555555555555"
+RESOURCE = "01234567-89ab-cdef-0123-456789abcdef"
+OTHER_RESOURCE = "fedcba98-7654-3210-fedc-ba9876543210"
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> sqlite_utils.Database:
+    return open_database(tmp_path / "authz.db")
+
+
+@pytest.fixture
+def store(db: sqlite_utils.Database, clock: FakeClock) -> SessionStore:
+    return SessionStore(db, clock)
+
+
+def test_issue_and_resolve(store: SessionStore) -> None:
+    token, session = store.issue(USER, RESOURCE, "user@example.com")
+    assert token.startswith(TOKEN_PREFIX) and len(token) > len(TOKEN_PREFIX) + 40
+    assert session == Session(
+        session_id=session.session_id,
+        user_id=USER,
+        resource_id=RESOURCE,
+        email="user@example.com",
+        issued_at=T0,
+        expires_at=T0 + TTL,
+        revoked_at=None,
+    )
+    assert session.session_id and session.session_id not in token and token not in repr(session)
+    assert store.resolve(token) == session
+
+
+def test_tokens_and_session_ids_are_unique(store: SessionStore) -> None:
+    issued = [store.issue(USER, RESOURCE, "user@example.com") for _ in range(50)]
+    assert len({t for t, _ in issued}) == 50
+    assert len({s.session_id for _, s in issued}) == 50
+
+
+@pytest.mark.parametrize(
+    "token", ["", "azs_", "not-a-token", "azs_" + "A" * 43, "x" * 10_000, "\ud800"]
+)
+def test_unknown_tokens_resolve_to_none(store: SessionStore, token: str) -> None:
+    store.issue(USER, RESOURCE, "user@example.com")
+    assert store.resolve(token) is None
+    assert store.revoke(token) is False
+
+
+def test_session_expires(store: SessionStore, clock: FakeClock) -> None:
+    token, session = store.issue(USER, RESOURCE, "user@example.com")
+    clock.advance(TTL - 1)
+    assert store.resolve(token) == session
+    clock.advance(1)
+    assert store.resolve(token) is None
+    assert store.revoke(token) is False
+
+
+def test_custom_ttl(db: sqlite_utils.Database, clock: FakeClock) -> None:
+    store = SessionStore(db, clock, ttl=60)
+    token, session = store.issue(USER, RESOURCE, "")
+    assert session.expires_at == T0 + 60
+    clock.advance(60)
+    assert store.resolve(token) is None
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf")])
+def test_ttl_must_be_positive(db: sqlite_utils.Database, clock: FakeClock, ttl: float) -> None:
+    with pytest.raises(ValueError):
+        SessionStore(db, clock, ttl=ttl)
+
+
+def test_revoke(store: SessionStore) -> None:
+    token, _ = store.issue(USER, RESOURCE, "user@example.com")
+    other, other_session = store.issue(USER, RESOURCE, "user@example.com")
+    assert store.revoke(token) is True
+    assert store.resolve(token) is None
+    assert store.revoke(token) is False
+    assert store.resolve(other) == other_session
+
+
+def test_revoke_for_resource(store: SessionStore) -> None:
+    a, _ = store.issue(USER, RESOURCE, "user@example.com")
+    b, _ = store.issue(OTHER_USER, RESOURCE, "other@example.com")
+    c, c_session = store.issue(USER, OTHER_RESOURCE, "user@example.com")
+    assert store.revoke(a)
+    assert store.revoke_for_resource(RESOURCE) == 1  # a was already revoked
+    assert store.resolve(a) is None and store.resolve(b) is None
+    assert store.resolve(c) == c_session
+    assert store.revoke_for_resource(RESOURCE) == 0
+    assert store.revoke_for_resource("unknown") == 0
+
+
+def test_purge_expired(store: SessionStore, db: sqlite_utils.Database, clock: FakeClock) -> None:
+    old, _ = store.issue(USER, RESOURCE, "")
+    clock.advance(3600)
+    new, new_session = store.issue(USER, RESOURCE, "")
+    clock.advance(TTL - 1800)
+    assert store.purge_expired() == 1
+    assert db["sessions"].count == 1
+    assert store.resolve(new) == new_session
+    assert store.purge_expired() == 0
+
+
+def test_database_never_holds_the_raw_token(store: SessionStore, db: sqlite_utils.Database) -> None:
+    token, session = store.issue(USER, RESOURCE, "user@example.com")
+    store.revoke(store.issue(USER, RESOURCE, "user@example.com")[0])
+    dump = "\n".join(db.conn.iterdump())
+    secret_part = token.removeprefix(TOKEN_PREFIX)
+    assert token not in dump and secret_part not in dump
+    assert session.session_id in dump
+    hashed = hashlib.sha256(token.encode()).hexdigest()
+    rows = db["sessions"].rows_where("session_id = ?", [session.session_id])
+    assert [row["token_sha256"] for row in rows] == [hashed]
+
+
+def test_email_is_display_only(store: SessionStore) -> None:
+    a, a_session = store.issue(USER, RESOURCE, "shared@example.com")
+    b, b_session = store.issue(OTHER_USER, RESOURCE, "shared@example.com")
+    c, c_session = store.issue(USER, RESOURCE, "renamed@example.com")
+    assert store.resolve(a) == a_session and store.resolve(b) == b_session
+    assert store.resolve(c) == c_session
+    assert store.resolve(b).user_id == OTHER_USER  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("user_id", "resource_id", "email"),
+    [("", RESOURCE, ""), (USER, "", ""), (USER, RESOURCE, "x" * 1025), ("u" * 1025, RESOURCE, "")],
+)
+def test_issue_validates(store: SessionStore, user_id: str, resource_id: str, email: str) -> None:
+    with pytest.raises(ValueError):
+        store.issue(user_id, resource_id, email)
+
+
+def test_sessions_persist_and_tables_are_created_idempotently(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "s.db"
+    token, session = SessionStore(open_database(path), clock).issue(USER, RESOURCE, "")
+    again = SessionStore(open_database(path), clock)
+    SessionStore(open_database(path), clock)
+    assert again.resolve(token) == session
+    assert again.revoke(token)
+    assert SessionStore(open_database(path), clock).resolve(token) is None
+
+
+def test_works_on_a_plain_sqlite_utils_database(clock: FakeClock, tmp_path: Path) -> None:
+    # Not the autocommit connection open_database makes: writes must still be committed.
+    path = tmp_path / "plain.db"
+    store = SessionStore(sqlite_utils.Database(path), clock)
+    token, session = store.issue(USER, RESOURCE, "")
+    assert SessionStore(open_database(path), clock).resolve(token) == session
