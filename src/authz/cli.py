@@ -162,6 +162,13 @@ def _problem_json(problem: Any) -> dict[str, Any]:
     }
 
 
+def cmd_heroku_sim(args: argparse.Namespace) -> int:
+    from authz.devtools.heroku_sim import serve_forever
+
+    serve_forever(args.host, args.port, args.fixture)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from authz.demo import main as demo_main
 
@@ -207,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("directory", nargs="?")
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(func=cmd_policy_validate)
+
+    from authz.audit.commands import add_audit_commands
+
+    add_audit_commands(sub)
+
+    dev = sub.add_parser("dev", help="development tools").add_subparsers(
+        dest="dev_command", required=True
+    )
+    sim = dev.add_parser("heroku-sim", help="run the Heroku Platform API simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=5800)
+    sim.add_argument("--fixture", help="YAML world (default: the bundled demo fixture)")
+    sim.set_defaults(func=cmd_heroku_sim)
 
     demo = sub.add_parser("demo", help="run a server and a scripted partner client against it")
     demo.add_argument("--policies", default="policies")

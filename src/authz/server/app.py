@@ -121,6 +121,7 @@ async def start_service(
             sessions=facts.sessions,
             access=facts.access,
             tokens=tokens,
+            token_store=token_store,
             audit_path=audit.path,
         ),
         server,
