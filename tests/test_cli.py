@@ -80,3 +80,11 @@ def test_check_exit_codes(start: Callable[..., RunningService], base_settings: S
     )
     assert unreachable.returncode == 1
     assert "UNAVAILABLE" in unreachable.stderr
+
+
+def test_policy_status(start: Callable[..., RunningService], base_settings: Settings) -> None:
+    svc = start(base_settings)
+    result = authz("policy", "status", "--server", svc.address)
+    assert result.returncode == 0, result.stderr
+    assert f"serving revision {svc.service.policies.current.revision}" in result.stdout
+    assert "no change refused since start" in result.stdout

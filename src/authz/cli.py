@@ -125,41 +125,32 @@ def format_decision(response: Any) -> str:
     return "\n".join(lines)
 
 
-def cmd_policy_validate(args: argparse.Namespace) -> int:
-    from authz.policy.compile import load_and_compile
-    from authz.policy.load import PolicyError
+def cmd_policy_status(args: argparse.Namespace) -> int:
+    import grpc
 
-    directory = Path(args.directory or os.environ.get("AUTHZ_POLICY_DIR") or "policies")
-    try:
-        policy_set = load_and_compile(directory)
-    except PolicyError as exc:
-        if args.json:
-            print(json.dumps([_problem_json(p) for p in exc.problems], indent=2))
-        else:
-            for problem in exc.problems:
-                print(f"{directory}/{problem}" if problem.source.line else str(problem))
-            print(f"{len(exc.problems)} problem(s); policy set refused", file=sys.stderr)
-        return EXIT_ERROR
-    if args.json:
-        print(json.dumps([]))
+    from authz.v1 import admin_pb2, admin_pb2_grpc
+
+    with grpc.insecure_channel(args.server) as channel:
+        try:
+            status = admin_pb2_grpc.AdminServiceStub(channel).GetPolicyStatus(
+                admin_pb2.GetPolicyStatusRequest(), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"authz: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return EXIT_ERROR
+    loaded = status.loaded_at.ToDatetime().isoformat(timespec="seconds")
+    print(
+        f"serving revision {status.policy_revision} from {status.policy_dir} "
+        f"({status.policy_count} policies, {status.rule_count} rules), loaded {loaded}Z"
+    )
+    if status.HasField("last_refused_at"):
+        refused = status.last_refused_at.ToDatetime().isoformat(timespec="seconds")
+        print(f"last refused change at {refused}Z:")
+        for error in status.last_refused_errors:
+            print(f"  {error}")
     else:
-        print(
-            f"ok: {len(policy_set.policies)} policies, {policy_set.rule_count} rules, "
-            f"{len(policy_set.catalogue)} catalogued actions, revision {policy_set.revision}"
-        )
+        print("no change refused since start")
     return 0
-
-
-def _problem_json(problem: Any) -> dict[str, Any]:
-    return {
-        "file": problem.source.file,
-        "line": problem.source.line,
-        "column": problem.column,
-        "severity": problem.severity,
-        "rule_id": problem.rule_id,
-        "message": problem.message,
-        "hint": problem.hint,
-    }
 
 
 def cmd_heroku_sim(args: argparse.Namespace) -> int:
@@ -210,10 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     policy = sub.add_parser("policy", help="work on policy files").add_subparsers(
         dest="policy_command", required=True
     )
-    validate = policy.add_parser("validate", help="load and type-check a policy directory")
-    validate.add_argument("directory", nargs="?")
-    validate.add_argument("--json", action="store_true")
-    validate.set_defaults(func=cmd_policy_validate)
+    from authz.policy.commands import add_policy_commands, add_validate_arguments, cmd_validate
+
+    validate = policy.add_parser("validate", help="load, type-check and lint a policy directory")
+    add_validate_arguments(validate)
+    validate.set_defaults(func=cmd_validate)
+    add_policy_commands(policy)
+    status = policy.add_parser("status", help="ask a running server which policy revision serves")
+    status.add_argument("--server", default=os.environ.get("AUTHZ_SERVER", "127.0.0.1:50051"))
+    status.add_argument("--timeout", type=float, default=5.0)
+    status.set_defaults(func=cmd_policy_status)
 
     from authz.audit.commands import add_audit_commands
 

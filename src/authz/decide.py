@@ -139,7 +139,7 @@ class Decider:
             return Subject(
                 {"type": HEROKU_USER, "id": "", "attributes": {}, "auth": {"method": "none"}},
                 {},
-                refusal="session token is unknown, expired or revoked",
+                refusal="SESSION_UNKNOWN: the session token is unknown, expired or revoked",
             )
         return sso_subject(
             session.user_id,

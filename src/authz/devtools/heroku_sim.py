@@ -239,7 +239,8 @@ def load_fixture(path: str | Path | None = None) -> dict[str, Any]:
     else:
         text = Path(path).read_text()
         source = str(path)
-    data = yaml.safe_load(text)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when built
+    data = yaml.load(text, Loader=loader)  # a safe loader either way
     if not isinstance(data, dict):
         raise FixtureError(f"{source}: the fixture must be a YAML mapping")
     return data

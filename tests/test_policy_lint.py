@@ -1,0 +1,319 @@
+"""Lints: each finding fires on its case, with file:line and a hint, and not on the shipped set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+
+from authz.policy.commands import add_policy_commands, add_validate_arguments, cmd_validate
+from authz.policy.lint import lint, lint_report
+from authz.policy.load import Problem
+from tests.conftest import SHIPPED_POLICIES
+
+PolicyDir = Callable[[dict[str, str]], Path]
+
+CATALOGUE = """
+name: catalogue
+actions:
+  doc.read: Read a document
+  doc.write: Write a document
+  doc.delete: Delete a document
+  account.login_password: Log in with a password
+"""
+
+
+def codes(problems: list[Problem]) -> list[tuple[str, str, str]]:
+    return [(getattr(p, "code", ""), p.severity, p.rule_id) for p in problems]
+
+
+# Covers every catalogued action, so that unused-action stays quiet unless a test wants it.
+BASE = """
+- id: banned
+  effect: deny
+  actions: ["*"]
+  when: principal.attributes.banned == true
+  reason: banned users do nothing
+"""
+
+
+def rules(text: str, *, base: bool = True) -> dict[str, str]:
+    """A catalogue and p.yaml holding these rules; the first rule starts at p.yaml:3."""
+    body = dedent(text).strip() + "\n" + (BASE.lstrip() if base else "")
+    return {"catalogue.yaml": CATALOGUE, "p.yaml": "name: p\nrules:\n" + body}
+
+
+def test_shipped_policies_are_lint_clean() -> None:
+    assert lint(SHIPPED_POLICIES) == []
+
+
+def test_a_clean_set_has_no_findings(policy_dir: PolicyDir) -> None:
+    text = """
+      - id: readers
+        effect: allow
+        actions: ["doc.*", account.login_password]
+        when: principal.attributes.role == "reader"
+        reason: r
+    """
+    assert lint(policy_dir(rules(text))) == []
+
+
+def test_unknown_exact_action_is_an_error_with_line_column_and_suggestion(
+    policy_dir: PolicyDir,
+) -> None:
+    text = """
+      - id: readers
+        effect: allow
+        actions: [doc.read, doc.raed]
+        reason: r
+    """
+    problems = lint(policy_dir(rules(text)))
+    assert codes(problems) == [("unknown-action", "error", "readers")]
+    problem = problems[0]
+    assert (problem.source.file, problem.source.line, problem.column) == ("p.yaml", 5, 23)
+    assert "'doc.raed' is not in the action catalogue" in problem.message
+    assert problem.hint == "did you mean 'doc.read'?"
+    assert str(problem).startswith("p.yaml:5:23: error [readers]: ")
+
+
+def test_glob_matching_no_catalogued_action_can_never_match(policy_dir: PolicyDir) -> None:
+    text = """
+      - id: billing
+        effect: allow
+        actions: ["billing.*", doc.read]
+        reason: r
+    """
+    problems = lint(policy_dir(rules(text)))
+    assert codes(problems) == [("glob-matches-nothing", "warning", "billing")]
+    assert "can never match" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    "condition",
+    ["false", "1 == 2", 'principal.id == "x" && false', '"a" in ["b", "c"]', "size('ab') > 5"],
+)
+def test_constant_false_condition_can_never_match(policy_dir: PolicyDir, condition: str) -> None:
+    text = f"""
+      - id: never
+        effect: allow
+        actions: [doc.read]
+        when: {json.dumps(condition)}
+        reason: r
+    """
+    problems = lint(policy_dir(rules(text)))
+    assert codes(problems) == [("constant-false", "warning", "never")]
+    assert "can never match" in problems[0].message
+    assert problems[0].source.line == 6
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        'principal.id == "x"',
+        "now > timestamp('2020-01-01T00:00:00Z')",
+        'access.roles.exists(r, r == "owner") && 1 == 1',
+        "has(context.ticket) || principal.attributes.admin == true",
+    ],
+)
+def test_conditions_that_read_the_input_are_not_constant(
+    policy_dir: PolicyDir, condition: str
+) -> None:
+    text = f"""
+      - id: depends
+        effect: allow
+        actions: [doc.read]
+        when: {json.dumps(condition)}
+        reason: r
+    """
+    assert lint(policy_dir(rules(text))) == []
+
+
+def test_constant_true_and_always_erroring_conditions_are_flagged(policy_dir: PolicyDir) -> None:
+    text = """
+      - id: always
+        effect: allow
+        actions: [doc.read]
+        when: 1 == 1 || principal.id == "x"
+        reason: r
+      - id: broken
+        effect: allow
+        actions: [doc.write]
+        when: 1 / 0 == 1
+        reason: r
+    """
+    problems = lint(policy_dir(rules(text)))
+    assert codes(problems) == [
+        ("constant-true", "warning", "always"),
+        ("always-errors", "warning", "broken"),
+    ]
+    assert "never matches" in problems[1].message
+
+
+def test_allow_shadowed_by_unconditional_deny(policy_dir: PolicyDir) -> None:
+    text = """
+      - id: readers
+        effect: allow
+        actions: [doc.read, "doc.*"]
+        resource_types: [doc]
+        when: principal.attributes.role == "reader"
+        reason: r
+      - id: nobody-touches-docs
+        effect: deny
+        actions: ["doc.*", account.login_password]
+        reason: d
+    """
+    problems = lint(policy_dir(rules(text)))
+    assert codes(problems) == [("shadowed-allow", "warning", "readers")]
+    assert "'nobody-touches-docs' (p.yaml:9)" in problems[0].message
+    assert problems[0].source.line == 3
+
+
+@pytest.mark.parametrize(
+    "deny",
+    [
+        # a condition: the deny does not always apply
+        'actions: ["*"]\n        when: principal.attributes.banned == true',
+        # narrower resource types than the allow (which applies to every type)
+        'actions: ["*"]\n        resource_types: [addon]',
+        # does not cover every action the allow covers
+        "actions: [doc.read]",
+        # a glob that is not a superset of the allow's glob
+        'actions: ["doc.r*"]',
+    ],
+)
+def test_allow_not_shadowed_when_the_deny_is_narrower(policy_dir: PolicyDir, deny: str) -> None:
+    text = f"""
+      - id: readers
+        effect: allow
+        actions: [doc.read, "doc.*"]
+        reason: r
+      - id: some-deny
+        effect: deny
+        {deny}
+        reason: d
+    """
+    assert "shadowed-allow" not in [c for c, _, _ in codes(lint(policy_dir(rules(text))))]
+
+
+def test_constant_true_deny_shadows_too(policy_dir: PolicyDir) -> None:
+    text = """
+      - id: readers
+        effect: allow
+        actions: [doc.read]
+        reason: r
+      - id: deny-all
+        effect: deny
+        actions: ["*"]
+        when: "true"
+        reason: d
+    """
+    found = codes(lint(policy_dir(rules(text))))
+    assert ("shadowed-allow", "warning", "readers") in found
+
+
+def test_unused_catalogue_entry_is_a_warning_at_its_line(policy_dir: PolicyDir) -> None:
+    text = """
+      - id: readers
+        effect: allow
+        actions: ["doc.*"]
+        reason: r
+    """
+    problems = lint(policy_dir(rules(text, base=False)))
+    assert codes(problems) == [("unused-action", "warning", "")]
+    assert problems[0].source.file == "catalogue.yaml"
+    assert problems[0].source.line == 6
+    assert "'account.login_password'" in problems[0].message
+
+
+def test_without_a_catalogue_actions_are_not_checked_but_that_is_said(
+    policy_dir: PolicyDir,
+) -> None:
+    directory = policy_dir(
+        {"p.yaml": "name: p\nrules:\n  - {id: r, effect: allow, actions: [x.y], reason: r}\n"}
+    )
+    assert codes(lint(directory)) == [("no-catalogue", "warning", "")]
+
+
+def test_loader_and_compiler_errors_are_errors(policy_dir: PolicyDir) -> None:
+    text = """
+      - id: bad-cel
+        effect: allow
+        actions: [doc.read]
+        when: principal.id ==
+        reason: r
+    """
+    report = lint_report(policy_dir(rules(text)))
+    assert report.policy_set is None
+    assert [(p.severity, p.rule_id) for p in report.errors] == [("error", "bad-cel")]
+    assert str(report.errors[0]).startswith("p.yaml:6:")
+    broken = lint(policy_dir({"p.yaml": "name: p\nrules:\n  - id: [unclosed\n"}))
+    assert broken[0].severity == "error" and "YAML syntax error" in broken[0].message
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="authz")
+    group = parser.add_subparsers(dest="command", required=True)
+    policy = group.add_parser("policy").add_subparsers(dest="policy_command", required=True)
+    add_validate_arguments(policy.add_parser("validate"))
+    add_policy_commands(policy)
+    args = parser.parse_args(argv)
+    if args.policy_command == "validate":
+        args.func = cmd_validate
+    return int(args.func(args))
+
+
+WARNS = """
+  - id: readers
+    effect: allow
+    actions: ["doc.*", account.login_password]
+    when: "false"
+    reason: r
+"""
+
+
+def test_lint_command_prints_dir_file_line_and_exit_codes(
+    policy_dir: PolicyDir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = policy_dir(rules(WARNS))
+    assert run(["policy", "lint", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"{directory}/p.yaml:6:10: warning [readers]: condition is always false, so this rule "
+        "can never match (hint: fix the condition, or remove the rule)"
+    ) in out
+    assert "ok: 2 policies, 2 rules, 4 catalogued actions" in out
+    assert run(["policy", "lint", "--strict", str(directory)]) == 1
+    assert run(["policy", "validate", "--strict", str(directory)]) == 1
+    capsys.readouterr()
+    assert run(["policy", "lint", "--json", str(directory)]) == 0
+    [finding] = json.loads(capsys.readouterr().out)
+    assert finding == {
+        "file": "p.yaml",
+        "line": 6,
+        "column": 10,
+        "severity": "warning",
+        "code": "constant-false",
+        "rule_id": "readers",
+        "message": "condition is always false, so this rule can never match",
+        "hint": "fix the condition, or remove the rule",
+    }
+
+
+def test_validate_fails_on_errors_and_names_them(
+    policy_dir: PolicyDir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = policy_dir(rules(WARNS.replace("account.login_password", "account.login")))
+    assert run(["policy", "validate", str(directory)]) == 1
+    captured = capsys.readouterr()
+    assert f"{directory}/p.yaml:5:22: error [readers]: action 'account.login'" in captured.out
+    assert "1 error(s), 1 warning(s); policy set refused" in captured.err
+    assert run(["policy", "validate", str(SHIPPED_POLICIES)]) == 0
+    assert re.match(r"ok: 3 policies, \d+ rules, \d+ catalogued actions", capsys.readouterr().out)

@@ -1,0 +1,241 @@
+"""Replay: recorded decisions re-decided with a candidate policy set; exactly the flips it causes.
+
+The audit log is written by the real decision path (Decider.check / record_refusal, with stub fact
+sources) into the real AuditLog, so the records have exactly the server's format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from authz.audit import AuditLog
+from authz.decide import Decider, Entity, Facts, Item, Subject, direct_subject, sso_subject
+from authz.facts.heroku import AccessList, AppMember
+from authz.policies_runtime import PolicyHolder
+from authz.policy.commands import add_policy_commands
+from authz.policy.replay import format_report, replay, skip_reason
+from tests.conftest import SHIPPED_POLICIES
+
+T0 = 1_750_000_000.0
+DAY = 86400.0
+ADDON_ID = "01234567-89ab-cdef-0123-456789ab0001"
+APP_ID = "app-shop"
+ALLOW_RULE = "app-ownership/app-members-use-addon"
+NOT_MEMBER = "app-ownership/not-a-member-of-the-app"
+
+
+class Registry:
+    def get(self, resource_id: str) -> Any:
+        if resource_id != ADDON_ID:
+            return None
+        return SimpleNamespace(
+            state="provisioned", app_id=APP_ID, app_name="shop", plan="basic", region="us"
+        )
+
+
+class Access:
+    """The app's access list, fetched 20 s before each decision."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+
+    async def get(self, app_id: str, resource_id: str, deadline: float) -> AccessList:
+        members = {
+            "user-owner": AppMember("user-owner", "o@example.com", ("owner",)),
+            "user-tess": AppMember("user-tess", "t@example.com", ("team_admin",), (), "admin"),
+            "user-vic": AppMember("user-vic", "v@example.com", ("viewer",)),
+        }
+        return AccessList(
+            app_id, "shop", "team-1", "user-owner", self.clock[0] - 20, MappingProxyType(members)
+        )
+
+
+def sso(user: str) -> Subject:
+    return sso_subject(user, ADDON_ID, f"session-{user}", T0 - 60, f"{user}@example.com")
+
+
+@pytest.fixture
+def audit_db(tmp_path: Path) -> Path:
+    """An audit log holding the decisions below, all decided under the shipped policies."""
+    path = tmp_path / "data" / "audit.db"
+    path.parent.mkdir()
+    clock = [T0 - 10 * DAY]
+    log = AuditLog(path).start()
+    decider = Decider(
+        PolicyHolder.load(SHIPPED_POLICIES),
+        facts=Facts(addons=Registry(), access=Access(clock)),
+        audit=log,
+        clock=lambda: clock[0],
+    )
+
+    async def decide(subject: Subject, action: str, kind: str = "check") -> str:
+        [outcome] = await decider.check(
+            subject, [Item(action, Entity("addon", ADDON_ID))], caller="web", kind=kind
+        )
+        return outcome.decision.effect.value
+
+    async def record_all() -> list[str]:
+        effects = [await decide(sso("user-tess"), "dashboard.view")]  # ten days ago: ALLOW
+        clock[0] = T0
+        effects += [
+            await decide(sso("user-owner"), "dashboard.view"),  # ALLOW, unchanged
+            await decide(sso("user-tess"), "dashboard.view"),  # ALLOW -> DENY
+            await decide(sso("user-tess"), "session.login", kind="sso"),  # ALLOW -> DENY
+            await decide(sso("user-tess"), "addon.read_data"),  # ALLOW -> DENY
+            await decide(sso("user-vic"), "dashboard.view"),  # DENY -> ALLOW
+            await decide(sso("user-owner"), "account.change_password"),  # DENY, unchanged
+            await decide(direct_subject(Entity("service", "billing")), "addon.read_data"),
+        ]
+        # Refused before the policies were consulted: skipped.
+        await decider.record_refusal(
+            kind="sso",
+            subject=direct_subject(Entity("heroku_user", "user-tess")),
+            action="session.login",
+            resource=Entity("addon", ADDON_ID),
+            reason="SSO_REPLAYED: this SSO form was already used",
+        )
+        unknown = decider.subject_from_session("no-such-token")
+        effects.append(await decide(unknown, "dashboard.view"))
+        return effects
+
+    try:
+        effects = asyncio.run(record_all())
+        # A record of some other kind (not a policy decision): skipped.
+        log.record_blocking(
+            {"decision_id": "admin-1", "time": T0, "kind": "admin", "effect": "ALLOW"}
+        )
+    finally:
+        log.close()
+    assert effects == ["ALLOW", "ALLOW", "ALLOW", "ALLOW", "ALLOW", "DENY", "DENY", "DENY", "DENY"]
+    return path
+
+
+@pytest.fixture
+def candidate(tmp_path: Path) -> Path:
+    """Team admins lose the add-on; app viewers gain it."""
+    directory = tmp_path / "candidate"
+    shutil.copytree(SHIPPED_POLICIES, directory)
+    path = directory / "app_ownership.yaml"
+    text = path.read_text()
+    assert '"team_admin", "team_owner"' in text
+    path.write_text(text.replace('"team_admin", "team_owner"', '"viewer"'))
+    return directory
+
+
+def groups(items: list[Any]) -> dict[tuple[str, str], int]:
+    return {(g.direction, g.key): g.count for g in items}
+
+
+def test_replay_finds_exactly_the_flips_of_a_policy_change(audit_db: Path, candidate: Path) -> None:
+    report = replay(audit_db, candidate, since=T0 - DAY)
+    assert report.read == 10
+    assert report.skipped == {
+        "refused before policy evaluation": 2,
+        "kind 'admin' is not a policy decision": 1,
+    }
+    assert report.replayed == 7
+    assert report.unchanged == 3
+    flips = {(f.principal, f.action, f.kind, f.direction) for f in report.flips}
+    assert flips == {
+        ("heroku_user:user-tess", "dashboard.view", "check", "ALLOW->DENY"),
+        ("heroku_user:user-tess", "session.login", "sso", "ALLOW->DENY"),
+        ("heroku_user:user-tess", "addon.read_data", "check", "ALLOW->DENY"),
+        ("heroku_user:user-vic", "dashboard.view", "check", "DENY->ALLOW"),
+    }
+    assert groups(report.by_action()) == {
+        ("ALLOW->DENY", "dashboard.view"): 1,
+        ("ALLOW->DENY", "session.login"): 1,
+        ("ALLOW->DENY", "addon.read_data"): 1,
+        ("DENY->ALLOW", "dashboard.view"): 1,
+    }
+    assert groups(report.by_rule()) == {
+        ("ALLOW->DENY", NOT_MEMBER): 3,
+        ("DENY->ALLOW", ALLOW_RULE): 1,
+    }
+    tess = next(f for f in report.flips if f.action == "session.login")
+    assert tess.before_rules == (ALLOW_RULE,)
+    assert tess.after_rules == (NOT_MEMBER,)
+    [deny_group] = [g for g in report.by_rule() if g.direction == "ALLOW->DENY"]
+    assert len(deny_group.examples) == 3
+    assert set(deny_group.examples) == {
+        f.decision_id for f in report.flips if f.direction == "ALLOW->DENY"
+    }
+    text = format_report(report)
+    assert "4 would flip, 3 unchanged, 3 skipped" in text
+    assert f"1  {ALLOW_RULE}  e.g. " in text
+
+
+def test_since_none_replays_everything(audit_db: Path, candidate: Path) -> None:
+    report = replay(audit_db, candidate, since=None)
+    assert report.read == 11
+    assert len(report.allow_to_deny) == 4 and len(report.deny_to_allow) == 1
+
+
+def test_the_same_policies_flip_nothing(audit_db: Path) -> None:
+    report = replay(audit_db, SHIPPED_POLICIES)
+    assert report.flips == []
+    assert report.unchanged == report.replayed == 8
+    assert report.with_errors == 0
+    assert "no decision would change" in format_report(report)
+
+
+def test_skip_reasons() -> None:
+    base = {
+        "kind": "check",
+        "matched_rules": [],
+        "reasons": ["no allow rule matched action 'x' (default deny)"],
+        "input": {
+            "principal": {},
+            "resource": {},
+            "action": "x",
+            "access": {},
+            "now": "2025-01-01T00:00:00.000000Z",
+        },
+    }
+    assert skip_reason(base) is None
+    assert skip_reason({**base, "reasons": ["ADDON_UNKNOWN: not here"]}) == (
+        "refused before policy evaluation"
+    )
+    no_access = {**base, "input": {k: v for k, v in base["input"].items() if k != "access"}}
+    assert skip_reason(no_access) == "refused before policy evaluation"
+    assert skip_reason({**base, "input": None}) == "no recorded input"
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="authz")
+    policy = parser.add_subparsers(dest="policy_command", required=True)
+    add_policy_commands(policy)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_replay_command_exit_codes(
+    audit_db: Path, candidate: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = str(audit_db.parent)
+    since = datetime.fromtimestamp(T0 - DAY, tz=UTC).isoformat()
+    argv = ["replay", "--candidate", str(candidate), "--data-dir", data_dir, "--since", since]
+    assert run(argv) == 4
+    assert "ALLOW -> DENY: 3" in capsys.readouterr().out
+    assert run([*argv, "--json"]) == 4
+    data = json.loads(capsys.readouterr().out)
+    assert (data["flips"], data["allow_to_deny"], data["deny_to_allow"]) == (4, 3, 1)
+    assert data["skipped"] == 3
+    same = ["replay", "--candidate", str(SHIPPED_POLICIES), "--data-dir", data_dir]
+    assert run(same) == 0
+    missing = ["replay", "--candidate", str(candidate), "--data-dir", str(tmp_path / "nope")]
+    assert run(missing) == 1
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "p.yaml").write_text("name: p\nrules: [\n")
+    assert run(["replay", "--candidate", str(broken), "--data-dir", data_dir]) == 1
+    assert run([*argv[:-2], "--since", "yesterday-ish"]) == 1
