@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from authz.audit.errors import AuditRecordInvalid, AuditTampered
-from authz.audit.record import INDEX_COLUMNS, index_columns, matched_rules
+from authz.audit.record import INDEX_COLUMNS, RuleRow, index_columns, matched_rules
 from authz.audit.schema import ANCHORS, GENESIS_HASH, HEAD, LOG, RULES, open_audit_db
 from authz.clock import Clock, rfc3339, system_clock
 
@@ -117,7 +117,8 @@ def _check_row(
     row: tuple[object, ...],
     prev: str,
     anchor: tuple[int, str] | None,
-) -> _Finding | None:
+) -> _Finding | tuple[RuleRow, ...]:
+    """The first problem with one row, or (when it is sound) the matched rules of its record."""
     seq = int(row[0])  # type: ignore[call-overload]
     columns = row[1 : 1 + len(INDEX_COLUMNS)]
     record_json, prev_hash, stored_hash = (str(v) for v in row[1 + len(INDEX_COLUMNS) :])
@@ -160,7 +161,8 @@ def _check_row(
         )
     try:
         record = json.loads(record_json)
-        expected = index_columns(record)
+        rules = matched_rules(record)
+        expected = index_columns(record, rules)
     except (ValueError, AuditRecordInvalid) as exc:
         return _Finding("edited", seq, decision_id, f"record seq {seq} is unreadable: {exc}")
     for name, have, want in zip(INDEX_COLUMNS, columns, expected, strict=True):
@@ -172,7 +174,7 @@ def _check_row(
                 f"record seq {seq} (decision {decision_id}) was edited: column {name} says "
                 f"{have!r} but the record says {want!r}",
             )
-    return None
+    return rules
 
 
 @dataclass(slots=True)
@@ -219,8 +221,9 @@ def _walk(conn: sqlite3.Connection, upto: int) -> _Walk:
                 f"(decision {decision_id})",
             )
             return walk
-        walk.finding = _check_row(conn, row, walk.last_hash, walk.anchor)
-        if walk.finding is not None:
+        checked = _check_row(conn, row, walk.last_hash, walk.anchor)
+        if isinstance(checked, _Finding):
+            walk.finding = checked
             return walk
         # The audit_rule rows of this record must be exactly its matched rules.
         if pending is not None and pending[0] < seq:
@@ -228,11 +231,11 @@ def _walk(conn: sqlite3.Connection, upto: int) -> _Walk:
                 "edited", pending[0], None, f"audit_rule rows for seq {pending[0]} have no record"
             )
             return walk
-        have: list[tuple[str, ...]] = []
+        have: list[tuple[str, ...]] = []  # the audit_rule rows of this record
         if pending is not None and pending[0] == seq:
             have = pending[1]
             pending = next(rules, None)
-        want = [tuple(r) for r in matched_rules(json.loads(str(row[-3])))]
+        want = list(checked)
         if have != want:
             walk.finding = _Finding(
                 "edited",
@@ -310,64 +313,117 @@ def verify(path: Path | str) -> VerifyReport:
     )
 
 
+PRUNE_CHUNK = 2000
+"""Records deleted per write transaction, so a running service's writer is never held up long."""
+
+
+def _anchor_seq(conn: sqlite3.Connection) -> int:
+    (seq,) = conn.execute(f"SELECT max(seq) FROM {ANCHORS}").fetchone()
+    return int(seq or 0)
+
+
+def _anchor_hash(conn: sqlite3.Connection, end: int) -> str | None:
+    """The hash the chain continues from after seq `end`: that record's hash or, if it is gone
+    (force), the prev_hash of the next record or the head."""
+    row = conn.execute(f"SELECT hash FROM {LOG} WHERE seq = ?", (end,)).fetchone()
+    if row is None:
+        row = conn.execute(
+            f"SELECT prev_hash FROM {LOG} WHERE seq > ? ORDER BY seq LIMIT 1", (end,)
+        ).fetchone()
+    if row is None:
+        row = conn.execute(f"SELECT hash FROM {HEAD} WHERE id = 1 AND seq = ?", (end,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def prune(
     path: Path | str,
     older_than_seconds: float,
     clock: Clock = system_clock,
     *,
     force: bool = False,
+    chunk: int = PRUNE_CHUNK,
 ) -> int:
     """Delete the records older than `older_than_seconds` and anchor the chain; returns how many.
 
     Only a prefix of the chain is deleted: everything before the first record that is recent
-    enough. The seq and hash of the last deleted record are kept in audit_anchor, where verify
-    starts. The part to be deleted is verified first; if it was tampered with, AuditTampered is
-    raised rather than erasing the evidence (force=True prunes anyway).
+    enough (a later record with an earlier time is kept). The seq and hash of the last deleted
+    record are kept in audit_anchor, where verify starts. Works in chunks: each is verified in a
+    read snapshot, then deleted in a short write transaction, so a service writing to the same
+    file keeps committing. If a chunk was tampered with, AuditTampered is raised rather than
+    erase the evidence (earlier, intact chunks stay pruned); force=True prunes anyway.
     """
     if older_than_seconds < 0:
         raise ValueError("older_than_seconds must not be negative")
+    if chunk < 1:
+        raise ValueError("chunk must be at least 1")
     now = clock()
     cutoff = now - older_than_seconds
     db = open_audit_db(path)
     conn = db.conn
+    total = 0
+    run_anchor: int | None = None  # the audit_anchor row this prune moves forward
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            (first_kept,) = conn.execute(
-                f"SELECT min(seq) FROM {LOG} WHERE time >= ?", (cutoff,)
-            ).fetchone()
-            if first_kept is None:
-                (boundary,) = conn.execute(f"SELECT max(seq) FROM {LOG}").fetchone()
-            else:
-                boundary = int(first_kept) - 1
-            (lowest,) = conn.execute(f"SELECT min(seq) FROM {LOG}").fetchone()
-            if boundary is None or lowest is None or boundary < lowest:
+        # One statement, one snapshot: records committed meanwhile are recent, never pruned.
+        first_kept, last = conn.execute(
+            f"SELECT (SELECT min(seq) FROM {LOG} WHERE time >= ?), (SELECT max(seq) FROM {LOG})",
+            (cutoff,),
+        ).fetchone()
+        boundary = last if first_kept is None else int(first_kept) - 1
+        while boundary is not None:
+            # 1. Verify the next chunk in a read snapshot, without holding up the writer.
+            conn.execute("BEGIN")
+            try:
+                start = _anchor_seq(conn)
+                end = min(start + chunk, boundary)
+                walk = None if force or start >= boundary else _walk(conn, end)
+            finally:
                 conn.execute("COMMIT")
-                return 0
-            finding = _walk(conn, boundary).finding
-            if finding is not None and not force:
-                raise AuditTampered(
-                    f"not pruning: {finding.message}; run `authz audit verify` and keep a copy "
-                    "of the database as evidence (or prune with force=True)"
-                )
-            row = conn.execute(f"SELECT hash FROM {LOG} WHERE seq = ?", (boundary,)).fetchone()
-            if row is None:
-                raise AuditTampered(f"not pruning: record seq {boundary} is missing")
-            deleted = conn.execute(f"DELETE FROM {LOG} WHERE seq <= ?", (boundary,)).rowcount
-            conn.execute(f"DELETE FROM {RULES} WHERE seq <= ?", (boundary,))
-            conn.execute(
-                f"INSERT OR REPLACE INTO {ANCHORS} (seq, hash, pruned_at, cutoff, pruned_count) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (boundary, row[0], now, cutoff, deleted),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            if start >= boundary:
+                break
+            if walk is not None:
+                finding = walk.finding
+                if finding is None and walk.last != end:
+                    finding = _Finding(
+                        "deleted", walk.last + 1, None, f"record seq {walk.last + 1} was deleted"
+                    )
+                if finding is not None:
+                    raise AuditTampered(
+                        f"not pruning: {finding.message}; run `authz audit verify` and keep a "
+                        "copy of the database as evidence (or prune with force)"
+                    )
+            # 2. Delete it in a short write transaction, if nothing moved in between.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if _anchor_seq(conn) != start:  # another prune got there first: start over
+                    conn.execute("ROLLBACK")
+                    continue
+                anchor_hash = _anchor_hash(conn, end)
+                if anchor_hash is None or (walk is not None and anchor_hash != walk.last_hash):
+                    raise AuditTampered(f"not pruning: record seq {end} changed while pruning")
+                deleted = conn.execute(f"DELETE FROM {LOG} WHERE seq <= ?", (end,)).rowcount
+                conn.execute(f"DELETE FROM {RULES} WHERE seq <= ?", (end,))
+                if run_anchor is None:
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {ANCHORS} "
+                        "(seq, hash, pruned_at, cutoff, pruned_count) VALUES (?, ?, ?, ?, ?)",
+                        (end, anchor_hash, now, cutoff, deleted),
+                    )
+                else:
+                    conn.execute(
+                        f"UPDATE {ANCHORS} SET seq = ?, hash = ?, "
+                        "pruned_count = pruned_count + ? WHERE seq = ?",
+                        (end, anchor_hash, deleted, run_anchor),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            run_anchor = end
+            total += int(deleted)
     finally:
         conn.close()
-    return int(deleted)
+    return total
 
 
 def describe_anchor(path: Path | str) -> str | None:

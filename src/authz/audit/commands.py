@@ -272,7 +272,7 @@ def explain(entry: AuditEntry) -> str:
     access = facts.get("access")
     if isinstance(access, dict):
         role = access.get("role", access.get("roles"))
-        text = f"  access:   role {role!r}" if role is not None else "  access:   no role"
+        text = f"  access:    role {role!r}" if role is not None else "  access:    no role"
         age = access.get("age_seconds")
         fetched = access.get("fetched_at")
         if isinstance(age, int | float):
@@ -284,14 +284,14 @@ def explain(entry: AuditEntry) -> str:
         lines.append(text)
         others = {k: v for k, v in access.items() if k not in ("role", "age_seconds", "fetched_at")}
         if others:
-            lines.append(f"            {_jsonish(others)}")
+            lines.append(f"             {_jsonish(others)}")
     elif access is not None:
-        lines.append(f"  access:   {_jsonish(access)}")
+        lines.append(f"  access:    {_jsonish(access)}")
     else:
-        lines.append("  access:   (no access fact was used)")
+        lines.append("  access:    (no access fact was used)")
     for key in sorted(facts):
         if key != "access":
-            lines.append(f"  {key + ':':<9} {_jsonish(facts[key])}")
+            lines.append(f"  {key + ':':<10} {_jsonish(facts[key])}")
 
     lines.append("")
     lines.append(f"Chain: seq {entry.seq}, hash {entry.hash}, previous {entry.prev_hash}")

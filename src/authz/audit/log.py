@@ -76,6 +76,12 @@ def _settle(pairs: list[tuple[asyncio.Future[None], BaseException | None]]) -> N
             future.set_exception(error)
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a failure as seen even if its caller stopped waiting (the writer logged it)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -151,7 +157,7 @@ class AuditLog:
         self._closed = False
         self._failing = False
         self._dead: BaseException | None = None
-        self._last_error: BaseException | None = None
+        self._last_error = ""  # a message only: the exception would keep the batch alive
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
 
@@ -302,6 +308,9 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         durable = self.mode == "durable"
         items = [_Item(p, loop, loop.create_future()) if durable else _Item(p) for p in prepared]
+        for item in items:
+            if item.future is not None:
+                item.future.add_done_callback(_retrieve)
         await self._put_async(loop, items)
         if durable:
             message = f"audit record not committed within {self.wait_timeout:g} s"
@@ -473,46 +482,53 @@ class AuditLog:
             raise
 
     def _process(self, batch: list[_Item]) -> None:
+        """Commit one batch and settle its waiters; in async mode retry until it commits."""
         delay = _RETRY_FIRST
         give_up_at: float | None = None
         while True:
             try:
                 self._write(batch)
             except sqlite3.IntegrityError as exc:
-                if len(batch) > 1:  # find the offending record; commit the others
-                    for item in batch:
-                        self._process([item])
+                if "decision_id" in str(exc):  # a duplicate: the caller's bug, not an outage
+                    if len(batch) == 1:
+                        self._reject(batch[0])
+                    else:  # commit the others, one by one
+                        for item in batch:
+                            self._process([item])
                     return
-                self._reject(batch[0], exc)
-                return
+                error: Exception = exc  # e.g. a seq clash after tampering: an outage
             except Exception as exc:
-                self.failed_commits += 1
-                self._last_error = exc
-                self._set_failing(True)
-                if self.mode == "durable":
-                    log.error("audit commit of %d records failed: %s", len(batch), exc)
-                    self.records_failed += len(batch)
-                    self._resolve(batch, exc)
+                error = exc
+            else:
+                self._committed(batch)
+                return
+            self.failed_commits += 1
+            self._last_error = f"{type(error).__name__}: {error}"
+            self._set_failing(True)
+            if self.mode == "durable":
+                log.error("audit commit of %d records failed: %s", len(batch), self._last_error)
+                self.records_failed += len(batch)
+                self._resolve(batch, error)
+                return
+            # async: these records were acknowledged, so retry until they are written.
+            if self._closing:
+                now = time.monotonic()
+                give_up_at = give_up_at or now + self.commit_timeout
+                if now >= give_up_at:
+                    self._lose(batch, error)
                     return
-                # async: these records were acknowledged, so retry until they are written.
-                if self._closing:
-                    now = time.monotonic()
-                    give_up_at = give_up_at or now + self.commit_timeout
-                    if now >= give_up_at:
-                        self._lose(batch, exc)
-                        return
-                log.warning("audit commit failed, retrying in %.2f s: %s", delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
-                continue
-            self.records_written += len(batch)
-            self.commits += 1
-            self.largest_batch = max(self.largest_batch, len(batch))
-            if self._failing:
-                log.info("audit commits succeed again")
-                self._set_failing(False)
-            self._resolve(batch, None)
-            return
+            log.warning("audit commit failed, retrying in %.2f s: %s", delay, self._last_error)
+            time.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
+
+    def _committed(self, batch: list[_Item]) -> None:
+        self.records_written += len(batch)
+        self.commits += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        if self._failing:
+            log.info("audit commits succeed again")
+            self._set_failing(False)
+        self._resolve(batch, None)
 
     def _set_failing(self, failing: bool) -> None:
         with self._lock:
@@ -521,17 +537,14 @@ class AuditLog:
             self._not_full.notify_all()
         self._wake_space(waiters)  # let blocked callers re-decide how long to wait
 
-    def _reject(self, item: _Item, exc: sqlite3.IntegrityError) -> None:
+    def _reject(self, item: _Item) -> None:
+        """A record whose decision_id is already in the log: a bug in the caller, not an outage."""
         self.records_rejected += 1
         decision_id = item.prepared.decision_id
-        if "decision_id" in str(exc):
-            error: BaseException = AuditRecordInvalid(
-                f"decision {decision_id} is already in the audit log"
-            )
-        else:
-            error = AuditUnavailable(f"the audit log refused decision {decision_id}: {exc}")
-        log.error("audit record %s rejected: %s", decision_id, exc)
-        self._resolve([item], error)
+        log.error("audit record %s rejected: its decision_id is already in the log", decision_id)
+        self._resolve(
+            [item], AuditRecordInvalid(f"decision {decision_id} is already in the audit log")
+        )
 
     def _lose(self, batch: list[_Item], exc: BaseException) -> None:
         """Closing with commits still failing: give up on this batch and everything queued."""
@@ -540,7 +553,9 @@ class AuditLog:
             self._items.clear()
         self.records_lost += lost
         log.critical(
-            "audit log closing: %d acknowledged records could not be written: %s", lost, exc
+            "audit log closing: %d acknowledged records could not be written: %s",
+            lost,
+            self._last_error,
         )
 
     def _resolve(self, batch: list[_Item], error: BaseException | None) -> None:

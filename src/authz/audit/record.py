@@ -40,15 +40,20 @@ RuleRow = tuple[str, str, str]
 """(policy, rule_id, effect) of one matched rule."""
 
 
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+_NUMBER = (int, float)
+_SEQUENCE = (list, tuple)
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, ASCII only, no NaN/Infinity: one text per value.
 
     Floats use Python's shortest round-trip form, so json.loads(canonical_json(v)) == v for
     every JSON value and re-encoding gives the same text.
     """
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
+    return _ENCODER.encode(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +77,18 @@ def _optional_str(value: Any, field: str) -> str | None:
 def _mapping(value: Any, field: str) -> Mapping[str, Any]:
     if value is None:
         return {}
-    if isinstance(value, Mapping):
+    if isinstance(value, dict | Mapping):
         return value
     raise AuditRecordInvalid(f"audit record field {field} must be an object, not {value!r}")
 
 
 def matched_rules(record: Mapping[str, Any]) -> tuple[RuleRow, ...]:
     raw = record.get("matched_rules") or ()
-    if not isinstance(raw, list | tuple):
+    if not isinstance(raw, _SEQUENCE):
         raise AuditRecordInvalid(f"audit record field matched_rules must be a list, not {raw!r}")
     rules: list[RuleRow] = []
     for i, item in enumerate(raw):
-        rule = _mapping(item, f"matched_rules[{i}]")
+        rule = item if type(item) is dict else _mapping(item, f"matched_rules[{i}]")
         rule_id = rule.get("rule_id")
         if not isinstance(rule_id, str) or not rule_id:
             raise AuditRecordInvalid(f"audit record matched_rules[{i}] has no rule_id")
@@ -93,13 +98,16 @@ def matched_rules(record: Mapping[str, Any]) -> tuple[RuleRow, ...]:
     return tuple(rules)
 
 
-def index_columns(record: Mapping[str, Any]) -> IndexRow:
-    """The values of INDEX_COLUMNS for a record; raises AuditRecordInvalid when it is malformed."""
+def index_columns(record: Mapping[str, Any], rules: tuple[RuleRow, ...] | None = None) -> IndexRow:
+    """The values of INDEX_COLUMNS for a record; raises AuditRecordInvalid when it is malformed.
+
+    `rules` is matched_rules(record) when the caller already has it.
+    """
     decision_id = record.get("decision_id")
     if not isinstance(decision_id, str) or not decision_id:
         raise AuditRecordInvalid("audit record needs a decision_id (a non-empty string)")
     time = record.get("time")
-    if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
+    if isinstance(time, bool) or not isinstance(time, _NUMBER) or not math.isfinite(time):
         raise AuditRecordInvalid(f"audit record {decision_id}: time must be Unix seconds")
     kind = record.get("kind")
     if not isinstance(kind, str) or not kind:
@@ -107,9 +115,14 @@ def index_columns(record: Mapping[str, Any]) -> IndexRow:
     effect = record.get("effect")
     if effect not in EFFECTS:
         raise AuditRecordInvalid(f"audit record {decision_id}: effect must be ALLOW or DENY")
-    principal = _mapping(record.get("principal"), "principal")
-    resource = _mapping(record.get("resource"), "resource")
-    rules = matched_rules(record)
+    principal = record.get("principal")
+    if type(principal) is not dict:
+        principal = _mapping(principal, "principal")
+    resource = record.get("resource")
+    if type(resource) is not dict:
+        resource = _mapping(resource, "resource")
+    if rules is None:
+        rules = matched_rules(record)
     return (
         decision_id,
         float(time),
@@ -133,13 +146,14 @@ def prepare(record: Mapping[str, Any], clock: Clock) -> PreparedRecord:
 
     A record without "time" is stamped with `clock()`; the caller's dict is never modified.
     """
-    if not isinstance(record, Mapping):
+    if not isinstance(record, dict | Mapping):
         raise AuditRecordInvalid(f"an audit record is a dict, not {type(record).__name__}")
     if "time" not in record:
         record = {**record, "time": clock()}
-    columns = index_columns(record)
+    rules = matched_rules(record)
+    columns = index_columns(record, rules)
     try:
-        text = canonical_json(record)
+        text = _ENCODER.encode(record)
     except (TypeError, ValueError) as exc:
         raise AuditRecordInvalid(f"audit record {columns[0]} is not plain JSON: {exc}") from None
-    return PreparedRecord(columns[0], columns, matched_rules(record), text)
+    return PreparedRecord(columns[0], columns, rules, text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import sqlite_utils
@@ -97,19 +96,21 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
 def open_audit_db(
     path: Path | str, *, create: bool = False, busy_timeout_ms: int = 5000
 ) -> sqlite_utils.Database:
-    """Open the audit database (WAL, synchronous=FULL) with its schema in place.
+    """Open the audit database (WAL, synchronous=FULL); create=True also creates the schema.
 
-    Review commands pass create=False so a mistyped --data-dir is an error, not a new empty log.
+    Review commands pass create=False: a mistyped --data-dir, or a file that is not an audit
+    log, is an error (AuditLogNotFound) rather than a new empty log.
     """
     path = Path(path)
     if not create and not path.is_file():
         raise AuditLogNotFound(f"no audit log at {path} (check --data-dir / AUTHZ_DATA_DIR)")
     db = open_database(path, busy_timeout_ms=busy_timeout_ms)
     try:
-        if not create and LOG in db.table_names():
-            return db
-        ensure_schema(db)
-    except sqlite3.Error:
+        if create:
+            ensure_schema(db)
+        elif LOG not in db.table_names():
+            raise AuditLogNotFound(f"{path} is not an audit log (it has no {LOG} table)")
+    except BaseException:
         db.conn.close()
         raise
     return db
