@@ -33,6 +33,8 @@ _SECRET_KEY = re.compile(r"token|secret|password|passwd|salt|authorization|cooki
 class AuditSink(Protocol):
     async def record(self, rec: dict[str, Any]) -> None: ...
 
+    async def record_many(self, recs: list[dict[str, Any]]) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Entity:
@@ -195,7 +197,7 @@ class Decider:
         for rec in records:
             rec["duration_ms"] = round(elapsed_ms, 3)
         if self.audit is not None:
-            await asyncio.gather(*(self.audit.record(rec) for rec in records))
+            await self.audit.record_many(records)
         return outcomes
 
     async def record_refusal(

@@ -163,6 +163,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def QueryDecisions(  # noqa: N802
         self, request: pb.QueryDecisionsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.QueryDecisionsResponse]:
+        from authz.audit.errors import AuditLogNotFound
         from authz.audit.query import query
 
         if request.limit < 0 or request.limit > MAX_QUERY_LIMIT:
@@ -182,7 +183,15 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             "rule": request.rule or None,
             "limit": request.limit or 100,
         }
-        records = await asyncio.to_thread(query, self.audit_path, **filters)
+        try:
+            records = await asyncio.to_thread(query, self.audit_path, **filters)
+        except AuditLogNotFound:
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "there is no audit log to query (AUTHZ_AUDIT_MODE=off keeps none)",
+                "AUDIT_LOG_MISSING",
+            )
         for rec in records:
             yield pb.QueryDecisionsResponse(
                 decision_id=rec["decision_id"],
