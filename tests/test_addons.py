@@ -1,8 +1,9 @@
-"""The add-on registry (authz.facts.addons)."""
+"""The add-on registry (authz.facts.addons), on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from authz.facts.addons import (
     AddonRegistry,
     RegistryError,
 )
-from authz.store import open_database
+from authz.store import Database, open_database
+from tests.pg import BACKENDS, Backend, use_backend
 
 T0 = 1_700_000_000.0
 RID = "01234567-89ab-cdef-0123-456789abcdef"
@@ -42,13 +44,19 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> sqlite_utils.Database:
-    return open_database(tmp_path / "authz.db")
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with use_backend(request.param, tmp_path) as chosen:
+        yield chosen
 
 
 @pytest.fixture
-def registry(db: sqlite_utils.Database, clock: FakeClock) -> AddonRegistry:
+def db(backend: Backend) -> Database:
+    return backend.open()
+
+
+@pytest.fixture
+def registry(db: Database, clock: FakeClock) -> AddonRegistry:
     return AddonRegistry(db, clock)
 
 
@@ -166,18 +174,17 @@ def test_resources_are_independent(registry: AddonRegistry) -> None:
     assert registry.get(OTHER_RID).state == "provisioned"  # type: ignore[union-attr]
 
 
-def test_persists_and_tables_are_created_idempotently(tmp_path: Path, clock: FakeClock) -> None:
-    path = tmp_path / "a.db"
-    addon, _ = AddonRegistry(open_database(path), clock).register(RID, APP_ID, "a", "t", REGION)
-    AddonRegistry(open_database(path), clock)
-    assert AddonRegistry(open_database(path), clock).get(RID) == addon
+def test_persists_and_tables_are_created_idempotently(backend: Backend, clock: FakeClock) -> None:
+    addon, _ = AddonRegistry(backend.open(), clock).register(RID, APP_ID, "a", "t", REGION)
+    AddonRegistry(backend.open(), clock)
+    assert AddonRegistry(backend.open(), clock).get(RID) == addon
 
 
-def test_concurrent_deliveries_register_once(tmp_path: Path, clock: FakeClock) -> None:
-    path = tmp_path / "race.db"
-    AddonRegistry(open_database(path), clock)
+def test_concurrent_deliveries_register_once(backend: Backend, clock: FakeClock) -> None:
+    # Every registry has its own connection (PostgreSQL: its own pool), as replicas would.
+    AddonRegistry(backend.open(), clock)
     n = 8
-    registries = [AddonRegistry(open_database(path), clock) for _ in range(n)]
+    registries = [AddonRegistry(backend.open(), clock) for _ in range(n)]
     barrier = threading.Barrier(n)
     changed: list[bool] = []
     lock = threading.Lock()
@@ -196,8 +203,61 @@ def test_concurrent_deliveries_register_once(tmp_path: Path, clock: FakeClock) -
     assert sorted(changed) == [False] * (n - 1) + [True]
 
 
-def test_inside_a_callers_transaction(db: sqlite_utils.Database, registry: AddonRegistry) -> None:
-    # A failed call inside the caller's transaction rolls back only its own savepoint.
+def test_concurrent_plan_changes_are_serialised(backend: Backend, clock: FakeClock) -> None:
+    # Read-then-write under the per-resource lock: of racing changes to the same plan, exactly
+    # one changes anything (updated_at moves once).
+    AddonRegistry(backend.open(), clock).register(RID, APP_ID, "my-app", "test", REGION)
+    clock.advance(10)
+    n = 6
+    registries = [AddonRegistry(backend.open(), clock) for _ in range(n)]
+    barrier = threading.Barrier(n)
+    results: list[Addon] = []
+    lock = threading.Lock()
+
+    def run(registry: AddonRegistry) -> None:
+        barrier.wait()
+        addon = registry.change_plan(RID, "premium")
+        with lock:
+            results.append(addon)
+
+    workers = [threading.Thread(target=run, args=(r,)) for r in registries]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert {(a.plan, a.updated_at) for a in results} == {("premium", T0 + 10)}
+    assert registries[0].get(RID) == results[0]
+
+
+def test_inside_a_callers_transaction(db: Database, registry: AddonRegistry) -> None:
+    # A failed call inside the caller's transaction rolls back only its own savepoint; the
+    # caller's rollback then takes the successful one back too.
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort), db.transaction():
+        registry.register(RID, APP_ID, "my-app", "test", REGION)
+        with pytest.raises(RegistryError):
+            registry.register(RID, "other-app", "my-app", "test", REGION)
+        assert registry.get(RID) is not None  # still there, inside the transaction
+        raise Abort
+    assert registry.get(RID) is None
+
+
+@pytest.mark.parametrize("bad", ["nul\x00byte", "lone \ud800 surrogate"])
+def test_text_both_backends_can_store(registry: AddonRegistry, bad: str) -> None:
+    with pytest.raises(RegistryError) as info:
+        registry.register(RID, APP_ID, bad, "test", REGION)
+    assert info.value.code == ADDON_MALFORMED and info.value.invalid_argument
+    assert registry.get(RID) is None
+
+
+# -- the SQLite compatibility path: stores also take a sqlite_utils.Database ------------------
+
+
+def test_inside_a_callers_sqlite_transaction(tmp_path: Path, clock: FakeClock) -> None:
+    db = open_database(tmp_path / "authz.db")
+    registry = AddonRegistry(db, clock)
     db.conn.execute("BEGIN")
     registry.register(RID, APP_ID, "my-app", "test", REGION)
     with pytest.raises(RegistryError):

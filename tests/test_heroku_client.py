@@ -4,7 +4,6 @@ real simulator over HTTP."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from authz.facts.oauth_tokens import (
     TokenStoreError,
 )
 from authz.store import open_database
+from tests.pg import BACKENDS, Backend, dump, use_backend
 
 T = TypeVar("T")
 KEY = "test-token-key-0123456789abcdef"
@@ -225,53 +225,64 @@ def test_no_calls_left_stops_the_recipe_early() -> None:
 # -- token store ---------------------------------------------------------------------------
 
 
-def test_tokens_are_encrypted_at_rest(sim: HerokuSimulator, tmp_path: Path) -> None:
-    path = tmp_path / "tokens.db"
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with use_backend(request.param, tmp_path) as chosen:
+        yield chosen
+
+
+def test_tokens_are_encrypted_at_rest(
+    sim: HerokuSimulator, backend: Backend, tmp_path: Path
+) -> None:
     resource = rid(sim, ACME)
 
     async def scenario() -> OAuthTokens:
         async with client_for(sim) as client:
-            manager = TokenManager(OAuthTokenStore(open_database(path), KEY), client)
+            manager = TokenManager(OAuthTokenStore(backend.open(), KEY), client)
             return await manager.register_grant(resource, sim.create_grant(resource))
 
     tokens = run(scenario)
-    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("tokens.db"))
-    assert raw, "the database files exist"
+    db = backend.open()
+    everything = dump(db)
+    if backend.name == "sqlite":  # the files themselves, WAL included
+        raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("authz.db"))
+        assert raw, "the database files exist"
+        everything += raw.decode("latin-1")
+    assert resource in everything
     for secret in (tokens.access_token, tokens.refresh_token):
-        assert secret.encode() not in raw
-    store = OAuthTokenStore(open_database(path), KEY)
+        assert secret not in everything
+    store = OAuthTokenStore(db, KEY)
     assert store.get(resource) == tokens
     assert store.has(resource) and store.get("no-such-addon") is None
 
-    conn = sqlite3.connect(path)
-    nonce1 = conn.execute("SELECT nonce FROM heroku_oauth_tokens").fetchone()[0]
+    nonce1 = db.execute("SELECT nonce FROM heroku_oauth_tokens").scalar()
     store.put(resource, tokens)
-    nonce2 = conn.execute("SELECT nonce FROM heroku_oauth_tokens").fetchone()[0]
+    nonce2 = db.execute("SELECT nonce FROM heroku_oauth_tokens").scalar()
     assert len(nonce1) == 12 and nonce1 != nonce2  # a fresh nonce per write
+    assert store.get(resource) == tokens
 
     # The resource id is bound in: a row copied onto another add-on does not decrypt.
-    conn.execute(
+    db.execute(
         "INSERT INTO heroku_oauth_tokens SELECT 'other-addon', key_id, nonce, ciphertext, "
         "expires_at, updated_at FROM heroku_oauth_tokens WHERE resource_id = ?",
-        [resource],
+        (resource,),
     )
-    conn.commit()
-    conn.close()
     with pytest.raises(TokenStoreError):
         store.get("other-addon")
     with pytest.raises(TokenStoreError, match="another encryption key"):
-        OAuthTokenStore(open_database(path), "a-different-key-of-enough-length").get(resource)
+        OAuthTokenStore(backend.open(), "a-different-key-of-enough-length").get(resource)
     assert store.delete(resource) and store.get(resource) is None and not store.delete(resource)
 
 
-def test_store_refuses_without_a_key(sim: HerokuSimulator, tmp_path: Path) -> None:
-    store = OAuthTokenStore(open_database(tmp_path / "t.db"), "")
+def test_store_refuses_without_a_key(sim: HerokuSimulator, backend: Backend) -> None:
+    store = OAuthTokenStore(backend.open(), "")
     assert not store.enabled
     tokens = OAuthTokens("access", "refresh", 0.0)
     with pytest.raises(TokenKeyMissing, match="AUTHZ_TOKEN_KEY"):
         store.put("addon", tokens)
     with pytest.raises(TokenKeyMissing):
-        OAuthTokenStore(open_database(tmp_path / "u.db"), "short").put("addon", tokens)
+        OAuthTokenStore(backend.open(), "short").put("addon", tokens)
+    assert not store.has("addon")
     code = sim.create_grant(rid(sim, ACME))
 
     async def scenario() -> None:
@@ -281,6 +292,18 @@ def test_store_refuses_without_a_key(sim: HerokuSimulator, tmp_path: Path) -> No
     with pytest.raises(TokenKeyMissing):
         run(scenario)
     assert sim.count("POST", "/oauth/token") == 0  # the single-use code was not spent
+
+
+def test_tokens_put_through_one_database_are_read_through_another(backend: Backend) -> None:
+    # Two replicas: one stores (or refreshes) an add-on's tokens, the other reads them at once.
+    first, second = OAuthTokenStore(backend.open(), KEY), OAuthTokenStore(backend.open(), KEY)
+    tokens = OAuthTokens("access-1", "refresh-1", 1_800_000_600.0, "user-1")
+    first.put("addon", tokens)
+    assert second.get("addon") == tokens
+    refreshed = OAuthTokens("access-2", "refresh-1", 1_800_001_200.0, "user-1")
+    second.put("addon", refreshed)
+    assert first.get("addon") == refreshed
+    assert first.delete("addon") and not second.has("addon")
 
 
 def test_token_manager_refreshes_near_expiry_once(sim: HerokuSimulator, tmp_path: Path) -> None:

@@ -1,15 +1,17 @@
-"""Sessions issued after Heroku SSO (authz.facts.sessions)."""
+"""Sessions issued after Heroku SSO (authz.facts.sessions), on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlite_utils
 
 from authz.facts.sessions import TOKEN_PREFIX, Session, SessionStore
-from authz.store import open_database
+from authz.store import Database, open_database
+from tests.pg import BACKENDS, Backend, count, dump, use_backend
 
 T0 = 1_700_000_000.0
 TTL = 8 * 3600.0
@@ -35,13 +37,19 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> sqlite_utils.Database:
-    return open_database(tmp_path / "authz.db")
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with use_backend(request.param, tmp_path) as chosen:
+        yield chosen
 
 
 @pytest.fixture
-def store(db: sqlite_utils.Database, clock: FakeClock) -> SessionStore:
+def db(backend: Backend) -> Database:
+    return backend.open()
+
+
+@pytest.fixture
+def store(db: Database, clock: FakeClock) -> SessionStore:
     return SessionStore(db, clock)
 
 
@@ -85,7 +93,7 @@ def test_session_expires(store: SessionStore, clock: FakeClock) -> None:
     assert store.revoke(token) is False
 
 
-def test_custom_ttl(db: sqlite_utils.Database, clock: FakeClock) -> None:
+def test_custom_ttl(db: Database, clock: FakeClock) -> None:
     store = SessionStore(db, clock, ttl=60)
     token, session = store.issue(USER, RESOURCE, "")
     assert session.expires_at == T0 + 60
@@ -94,7 +102,7 @@ def test_custom_ttl(db: sqlite_utils.Database, clock: FakeClock) -> None:
 
 
 @pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf")])
-def test_ttl_must_be_positive(db: sqlite_utils.Database, clock: FakeClock, ttl: float) -> None:
+def test_ttl_must_be_positive(db: Database, clock: FakeClock, ttl: float) -> None:
     with pytest.raises(ValueError):
         SessionStore(db, clock, ttl=ttl)
 
@@ -120,27 +128,29 @@ def test_revoke_for_resource(store: SessionStore) -> None:
     assert store.revoke_for_resource("unknown") == 0
 
 
-def test_purge_expired(store: SessionStore, db: sqlite_utils.Database, clock: FakeClock) -> None:
+def test_purge_expired(store: SessionStore, db: Database, clock: FakeClock) -> None:
     old, _ = store.issue(USER, RESOURCE, "")
     clock.advance(3600)
     new, new_session = store.issue(USER, RESOURCE, "")
     clock.advance(TTL - 1800)
     assert store.purge_expired() == 1
-    assert db["sessions"].count == 1
+    assert count(db, "sessions") == 1
     assert store.resolve(new) == new_session
     assert store.purge_expired() == 0
 
 
-def test_database_never_holds_the_raw_token(store: SessionStore, db: sqlite_utils.Database) -> None:
+def test_database_never_holds_the_raw_token(store: SessionStore, db: Database) -> None:
     token, session = store.issue(USER, RESOURCE, "user@example.com")
     store.revoke(store.issue(USER, RESOURCE, "user@example.com")[0])
-    dump = "\n".join(db.conn.iterdump())
+    everything = dump(db)
     secret_part = token.removeprefix(TOKEN_PREFIX)
-    assert token not in dump and secret_part not in dump
-    assert session.session_id in dump
+    assert token not in everything and secret_part not in everything
+    assert session.session_id in everything
     hashed = hashlib.sha256(token.encode()).hexdigest()
-    rows = db["sessions"].rows_where("session_id = ?", [session.session_id])
-    assert [row["token_sha256"] for row in rows] == [hashed]
+    rows = db.execute(
+        "SELECT token_sha256 FROM sessions WHERE session_id = ?", (session.session_id,)
+    ).rows
+    assert rows == [(hashed,)]
 
 
 def test_email_is_display_only(store: SessionStore) -> None:
@@ -161,16 +171,22 @@ def test_issue_validates(store: SessionStore, user_id: str, resource_id: str, em
         store.issue(user_id, resource_id, email)
 
 
+@pytest.mark.parametrize("bad", ["nul\x00byte", "lone \ud800 surrogate"])
+def test_issue_refuses_text_a_backend_cannot_store(store: SessionStore, bad: str) -> None:
+    for args in ((bad, RESOURCE, ""), (USER, bad, ""), (USER, RESOURCE, bad)):
+        with pytest.raises(ValueError):
+            store.issue(*args)
+
+
 def test_sessions_persist_and_tables_are_created_idempotently(
-    tmp_path: Path, clock: FakeClock
+    backend: Backend, clock: FakeClock
 ) -> None:
-    path = tmp_path / "s.db"
-    token, session = SessionStore(open_database(path), clock).issue(USER, RESOURCE, "")
-    again = SessionStore(open_database(path), clock)
-    SessionStore(open_database(path), clock)
+    token, session = SessionStore(backend.open(), clock).issue(USER, RESOURCE, "")
+    again = SessionStore(backend.open(), clock)
+    SessionStore(backend.open(), clock)
     assert again.resolve(token) == session
     assert again.revoke(token)
-    assert SessionStore(open_database(path), clock).resolve(token) is None
+    assert SessionStore(backend.open(), clock).resolve(token) is None
 
 
 def test_works_on_a_plain_sqlite_utils_database(clock: FakeClock, tmp_path: Path) -> None:

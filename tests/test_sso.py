@@ -6,7 +6,7 @@ import hashlib
 import multiprocessing
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,8 @@ from authz.facts.sso import (
     user_scoped_resource_token,
     verify_sso_form,
 )
-from authz.store import open_database
+from authz.store import Database, open_store
+from tests.pg import BACKENDS, Backend, count, use_backend
 
 # The reference document's sha256 test vector.
 SALT = "2f97bfa52ca102f8874716e2eb1d3b4920ad0be4"
@@ -511,17 +512,18 @@ def test_tampering_with_a_signed_form_is_never_accepted(field: str, value: str, 
     assert value == original or (kind == "sha1" and field in ("user_id", "email"))
 
 
-# --- replay guard -----------------------------------------------------------------------------
+# --- replay guard (on SQLite and on PostgreSQL) ------------------------------------------------
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "authz.db"
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with use_backend(request.param, tmp_path) as chosen:
+        yield chosen
 
 
-def test_second_claim_is_refused(db_path: Path) -> None:
+def test_second_claim_is_refused(backend: Backend) -> None:
     clock = FakeClock(TS)
-    guard = ReplayGuard(open_database(db_path), clock)
+    guard = ReplayGuard(backend.open(), clock)
     login = verify_sso_form(sha256_form(), salts=[SALT], now=clock())
     assert guard.claim(login.replay_key, login.expires_at) is True
     assert guard.claim(login.replay_key, login.expires_at) is False
@@ -533,9 +535,9 @@ def test_second_claim_is_refused(db_path: Path) -> None:
     assert guard.claim(other.replay_key, other.expires_at) is True
 
 
-def test_claim_works_again_after_expiry(db_path: Path) -> None:
+def test_claim_works_again_after_expiry(backend: Backend) -> None:
     clock = FakeClock(TS)
-    guard = ReplayGuard(open_database(db_path), clock)
+    guard = ReplayGuard(backend.open(), clock)
     assert guard.claim("k", TS + 300)
     clock.advance(300)
     assert not guard.claim("k", TS + 300)
@@ -544,50 +546,51 @@ def test_claim_works_again_after_expiry(db_path: Path) -> None:
     assert not guard.claim("k", TS + 600)
 
 
-def test_claim_keeps_a_key_at_least_a_minute(db_path: Path) -> None:
+def test_claim_keeps_a_key_at_least_a_minute(backend: Backend) -> None:
     # A form verified just before its window closed must not be claimable twice just after.
     clock = FakeClock(TS + 301)
-    guard = ReplayGuard(open_database(db_path), clock)
+    guard = ReplayGuard(backend.open(), clock)
     assert guard.claim("late", TS + 300)
     assert not guard.claim("late", TS + 300)
     clock.advance(61)
     assert guard.claim("late", TS + 300)
 
 
-def test_claim_is_shared_between_connections_and_persists(db_path: Path) -> None:
+def test_claim_is_shared_between_connections_and_persists(backend: Backend) -> None:
     clock = FakeClock(TS)
-    assert ReplayGuard(open_database(db_path), clock).claim("k", TS + 300)
-    assert not ReplayGuard(open_database(db_path), clock).claim("k", TS + 300)
+    assert ReplayGuard(backend.open(), clock).claim("k", TS + 300)
+    assert not ReplayGuard(backend.open(), clock).claim("k", TS + 300)
 
 
-def test_purge_expired(db_path: Path) -> None:
+def test_purge_expired(backend: Backend) -> None:
     clock = FakeClock(TS)
-    db = open_database(db_path)
+    db = backend.open()
     guard = ReplayGuard(db, clock)
     for i in range(5):
         assert guard.claim(f"k{i}", TS + 100 + i * 100)
     clock.advance(250)
     assert guard.purge_expired() == 2
-    assert db["sso_replay"].count == 3
+    assert count(db, "sso_replay") == 3
     # Claims purge opportunistically too.
     clock.advance(1000)
     assert guard.claim("fresh", clock() + 300)
-    assert [r["replay_key"] for r in db["sso_replay"].rows] == ["fresh"]
+    assert db.execute("SELECT replay_key FROM sso_replay").rows == [("fresh",)]
 
 
-def test_claim_rejects_bad_arguments(db_path: Path) -> None:
-    guard = ReplayGuard(open_database(db_path), FakeClock(TS))
+def test_claim_rejects_bad_arguments(backend: Backend) -> None:
+    guard = ReplayGuard(backend.open(), FakeClock(TS))
     with pytest.raises(ValueError):
         guard.claim("", TS + 300)
     with pytest.raises(ValueError):
         guard.claim("k", float("nan"))
 
 
-def test_racing_threads_exactly_one_wins(db_path: Path) -> None:
+def test_racing_threads_exactly_one_wins(backend: Backend) -> None:
+    # Every guard has its own connection (PostgreSQL: its own pool), as replicas would.
     threads_n, keys = 8, 25
     clock = FakeClock(TS)
-    ReplayGuard(open_database(db_path), clock)  # create the table before the race
-    guards = [ReplayGuard(open_database(db_path), clock) for _ in range(threads_n)]
+    ReplayGuard(backend.open(), clock)  # create the table before the race
+    guards = [ReplayGuard(backend.open(), clock) for _ in range(threads_n)]
     barrier = threading.Barrier(threads_n)
     wins: list[list[bool]] = [[] for _ in range(threads_n)]
 
@@ -605,24 +608,54 @@ def test_racing_threads_exactly_one_wins(db_path: Path) -> None:
         assert sum(wins[i][k] for i in range(threads_n)) == 1
 
 
-def _claim_in_process(path: str, barrier: object, keys: int, out: object) -> None:
-    guard = ReplayGuard(open_database(path), lambda: float(TS))
+def test_racing_for_an_expired_key_exactly_one_takes_it_over(backend: Backend) -> None:
+    # The take-over branch (ON CONFLICT ... DO UPDATE ... WHERE expired) races too.
+    threads_n, keys = 4, 12
+    clock = FakeClock(TS)
+    seed = ReplayGuard(backend.open(), clock)
+    for k in range(keys):
+        assert seed.claim(f"key-{k}", TS + 100)
+    clock.advance(200)  # every key's window has closed; the rows are still there
+    guards = [ReplayGuard(backend.open(), clock) for _ in range(threads_n)]
+    for guard in guards:
+        guard._next_purge = float("inf")  # no purge: race the take-over, not a fresh insert
+    barrier = threading.Barrier(threads_n)
+    wins: list[list[bool]] = [[] for _ in range(threads_n)]
+
+    def run(i: int) -> None:
+        for k in range(keys):
+            barrier.wait()
+            wins[i].append(guards[i].claim(f"key-{k}", clock() + 300))
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads_n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for k in range(keys):
+        assert sum(wins[i][k] for i in range(threads_n)) == 1
+
+
+def _claim_in_process(target: str, barrier: object, keys: int, out: object) -> None:
+    db: Database = open_store(target)
+    guard = ReplayGuard(db, lambda: float(TS))
     results = []
     for k in range(keys):
         barrier.wait()  # type: ignore[attr-defined]
         results.append(guard.claim(f"key-{k}", TS + 300))
+    db.close()
     out.put(results)  # type: ignore[attr-defined]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses the fork start method")
-def test_racing_processes_exactly_one_wins(db_path: Path) -> None:
+def test_racing_processes_exactly_one_wins(backend: Backend) -> None:
     processes_n, keys = 4, 20
-    ReplayGuard(open_database(db_path), FakeClock(TS))
+    ReplayGuard(backend.open(), FakeClock(TS))  # create the table before the race
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(processes_n)
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_claim_in_process, args=(str(db_path), barrier, keys, out))
+        ctx.Process(target=_claim_in_process, args=(backend.target, barrier, keys, out))
         for _ in range(processes_n)
     ]
     for p in procs:

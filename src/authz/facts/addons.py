@@ -11,21 +11,21 @@ resource uuid. Choices made here, where Heroku's documentation is silent:
   a different ``app_id`` is refused (``ADDON_APP_CONFLICT``). The app *name* may change (renames).
 - ``deprovision`` of an already deprovisioned resource succeeds and changes nothing (Heroku may
   deliver the DELETE twice).
+
+Every change reads the row and writes it in one transaction locked on the resource id, so
+concurrent deliveries (also to different replicas sharing a PostgreSQL database) change it once.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
-import sqlite_utils
-
 from authz.clock import Clock
+from authz.store import Database, StoreLike, ensure_schema
 
 __all__ = [
     "ADDON_APP_CONFLICT",
@@ -49,18 +49,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _MAX_FIELD_LENGTH = 1024
 _TABLE = "addons"
 _COLUMNS = "resource_id, app_id, app_name, plan, region, state, created_at, updated_at"
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {_TABLE} (
-    resource_id TEXT PRIMARY KEY,
-    app_id TEXT NOT NULL,
-    app_name TEXT NOT NULL,
-    plan TEXT NOT NULL,
-    region TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('provisioned', 'deprovisioned')),
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-)
-"""
+# The table is created by schema migration 1 (authz.store.migrations).
 
 
 class RegistryError(Exception):
@@ -92,14 +81,11 @@ class Addon:
 
 
 class AddonRegistry:
-    """Provisioned add-on resources in the ``addons`` table of a SQLite database."""
+    """Provisioned add-on resources in the ``addons`` table (SQLite or PostgreSQL)."""
 
-    def __init__(self, db: sqlite_utils.Database, clock: Clock) -> None:
-        self._db = db
+    def __init__(self, db: StoreLike, clock: Clock) -> None:
+        self._db = ensure_schema(db)
         self._clock = clock
-        self._lock = threading.Lock()
-        with self._transaction() as conn:
-            conn.execute(_SCHEMA)
 
     def register(
         self, resource_id: str, app_id: str, app_name: str, plan: str, region: str
@@ -114,7 +100,7 @@ class AddonRegistry:
         _text("app_name", app_name)
         _text("plan", plan, required=True)
         _text("region", region)
-        with self._transaction() as conn:
+        with self._transaction(resource_id) as conn:
             now = self._clock()
             current = _select(conn, resource_id)
             if current is None:
@@ -154,7 +140,7 @@ class AddonRegistry:
     def deprovision(self, resource_id: str) -> Addon:
         """Mark a resource deprovisioned (idempotent); unknown ids raise ``ADDON_UNKNOWN``."""
         resource_id = _resource_id(resource_id)
-        with self._transaction() as conn:
+        with self._transaction(resource_id) as conn:
             current = _require_known(conn, resource_id)
             if current.state == "deprovisioned":
                 return current
@@ -170,13 +156,13 @@ class AddonRegistry:
         """The resource, provisioned or deprovisioned; None if unknown (or not a UUID at all)."""
         if not isinstance(resource_id, str) or not _UUID.fullmatch(resource_id.lower()):
             return None
-        return _select(self._db.conn, resource_id.lower())
+        return _select(self._db, resource_id.lower())
 
     def change_plan(self, resource_id: str, plan: str) -> Addon:
         """Record a plan change (Heroku's ``PUT {base}/{uuid}``) for a provisioned resource."""
         resource_id = _resource_id(resource_id)
         _text("plan", plan, required=True)
-        with self._transaction() as conn:
+        with self._transaction(resource_id) as conn:
             current = _require_known(conn, resource_id)
             _require_provisioned(current)
             if current.plan == plan:
@@ -189,39 +175,22 @@ class AddonRegistry:
             return replace(current, plan=plan, updated_at=now)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so a read followed
-        by a write cannot interleave with another process; inside a transaction the caller already
-        holds, a savepoint instead."""
-        conn = self._db.conn
-        with self._lock:
-            if conn.in_transaction:
-                conn.execute("SAVEPOINT addon_registry")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK TO addon_registry")
-                    conn.execute("RELEASE addon_registry")
-                    raise
-                conn.execute("RELEASE addon_registry")
-            else:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+    def _transaction(self, resource_id: str) -> Iterator[Database]:
+        """A write transaction locked on the resource: a read followed by a write cannot
+        interleave with another call, process or replica working on the same add-on; inside a
+        transaction the caller already holds, a savepoint instead."""
+        with self._db.transaction(lock=f"addon:{resource_id}") as tx:
+            yield tx
 
 
-def _select(conn: sqlite3.Connection, resource_id: str) -> Addon | None:
+def _select(conn: Database, resource_id: str) -> Addon | None:
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM {_TABLE} WHERE resource_id = ?", (resource_id,)
     ).fetchone()
     return None if row is None else Addon(*row)
 
 
-def _require_known(conn: sqlite3.Connection, resource_id: str) -> Addon:
+def _require_known(conn: Database, resource_id: str) -> Addon:
     current = _select(conn, resource_id)
     if current is None:
         raise RegistryError(
@@ -260,3 +229,21 @@ def _text(name: str, value: str, *, required: bool = False) -> None:
         )
     if required and not value.strip():
         raise RegistryError(ADDON_MALFORMED, f"{name} must not be empty", invalid_argument=True)
+    if not _storable(value):
+        raise RegistryError(
+            ADDON_MALFORMED,
+            f"{name} must be valid Unicode text without NUL characters",
+            invalid_argument=True,
+        )
+
+
+def _storable(value: str) -> bool:
+    """Text both backends store as it is (PostgreSQL text holds no NUL; neither holds lone
+    surrogates)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

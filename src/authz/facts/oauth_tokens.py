@@ -24,10 +24,8 @@ import asyncio
 import hmac
 import json
 import os
-import threading
 from typing import Any, Final
 
-import sqlite_utils
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from authz.clock import Clock, system_clock
 from authz.facts.heroku import OAuthTokens, PlatformClient, PlatformError
+from authz.store import StoreLike, ensure_schema
 
 __all__ = [
     "MIN_KEY_LENGTH",
@@ -49,16 +48,7 @@ MIN_KEY_LENGTH: Final = 16
 """Characters of key material required; ``secrets.token_urlsafe(32)`` makes a good key."""
 
 _TABLE: Final = "heroku_oauth_tokens"
-_SCHEMA: Final = f"""
-CREATE TABLE IF NOT EXISTS {_TABLE} (
-    resource_id TEXT PRIMARY KEY,
-    key_id TEXT NOT NULL,
-    nonce BLOB NOT NULL,
-    ciphertext BLOB NOT NULL,
-    expires_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-)
-"""
+# The table is created by schema migration 4 (authz.store.migrations).
 _AAD_PREFIX: Final = b"authz/heroku-oauth-tokens/v1:"
 
 
@@ -77,12 +67,11 @@ def _derive(key: str, info: bytes) -> bytes:
 
 
 class OAuthTokenStore:
-    """Per-add-on OAuth tokens in SQLite, sealed with AES-256-GCM."""
+    """Per-add-on OAuth tokens (SQLite or PostgreSQL), sealed with AES-256-GCM."""
 
-    def __init__(self, db: sqlite_utils.Database, key: str, *, clock: Clock = system_clock) -> None:
-        self._db = db
+    def __init__(self, db: StoreLike, key: str, *, clock: Clock = system_clock) -> None:
+        self._db = ensure_schema(db)
         self._clock = clock
-        self._lock = threading.Lock()
         self._aead: AESGCM | None = None
         self._key_id = ""
         self._key_problem = ""
@@ -99,8 +88,6 @@ class OAuthTokenStore:
         else:
             self._aead = AESGCM(_derive(key, b"oauth-token-encryption"))
             self._key_id = _derive(key, b"oauth-token-key-id")[:8].hex()
-        with self._lock, self._db.conn:
-            self._db.execute(_SCHEMA)
 
     @property
     def enabled(self) -> bool:
@@ -131,30 +118,30 @@ class OAuthTokenStore:
         ).encode("utf-8")
         nonce = os.urandom(12)  # 96 random bits, fresh for every write
         ciphertext = cipher.encrypt(nonce, plaintext, self._aad(resource_id))
-        row = {
-            "resource_id": resource_id,
-            "key_id": self._key_id,
-            "nonce": nonce,
-            "ciphertext": ciphertext,
-            "expires_at": float(tokens.expires_at),
-            "updated_at": self._clock(),
-        }
-        with self._lock, self._db.conn:
-            self._db.execute(
-                f"INSERT OR REPLACE INTO {_TABLE} "
-                "(resource_id, key_id, nonce, ciphertext, expires_at, updated_at) "
-                "VALUES (:resource_id, :key_id, :nonce, :ciphertext, :expires_at, :updated_at)",
-                row,
-            )
+        self._db.execute(
+            f"INSERT INTO {_TABLE} "
+            "(resource_id, key_id, nonce, ciphertext, expires_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (resource_id) DO UPDATE SET key_id = excluded.key_id, "
+            "nonce = excluded.nonce, ciphertext = excluded.ciphertext, "
+            "expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+            (
+                resource_id,
+                self._key_id,
+                nonce,
+                ciphertext,
+                float(tokens.expires_at),
+                self._clock(),
+            ),
+        )
 
     def get(self, resource_id: str) -> OAuthTokens | None:
         """An add-on's tokens, or None when none are stored."""
         cipher = self._cipher()
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT key_id, nonce, ciphertext FROM {_TABLE} WHERE resource_id = ?",
-                [resource_id],
-            ).fetchone()
+        row = self._db.execute(
+            f"SELECT key_id, nonce, ciphertext FROM {_TABLE} WHERE resource_id = ?",
+            (resource_id,),
+        ).fetchone()
         if row is None:
             return None
         key_id, nonce, ciphertext = row
@@ -179,16 +166,14 @@ class OAuthTokenStore:
 
     def delete(self, resource_id: str) -> bool:
         """Forget an add-on's tokens (deprovisioning). True when a row was removed."""
-        with self._lock, self._db.conn:
-            cursor = self._db.execute(f"DELETE FROM {_TABLE} WHERE resource_id = ?", [resource_id])
-            return cursor.rowcount > 0
+        deleted = self._db.execute(f"DELETE FROM {_TABLE} WHERE resource_id = ?", (resource_id,))
+        return deleted.rowcount > 0
 
     def has(self, resource_id: str) -> bool:
         """Whether tokens are stored for an add-on (no decryption, works without a key)."""
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT 1 FROM {_TABLE} WHERE resource_id = ?", [resource_id]
-            ).fetchone()
+        row = self._db.execute(
+            f"SELECT 1 FROM {_TABLE} WHERE resource_id = ?", (resource_id,)
+        ).fetchone()
         return row is not None
 
 

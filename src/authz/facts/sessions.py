@@ -12,13 +12,11 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from typing import Final
 
-import sqlite_utils
-
 from authz.clock import Clock
+from authz.store import StoreLike, ensure_schema
 
 __all__ = ["TOKEN_PREFIX", "Session", "SessionStore"]
 
@@ -30,22 +28,7 @@ _MAX_FIELD_LENGTH = 1024
 
 _TABLE = "sessions"
 _COLUMNS = "session_id, user_id, resource_id, email, issued_at, expires_at, revoked_at"
-_SCHEMA = (
-    f"""
-    CREATE TABLE IF NOT EXISTS {_TABLE} (
-        token_sha256 TEXT PRIMARY KEY,
-        session_id TEXT NOT NULL UNIQUE,
-        user_id TEXT NOT NULL,
-        resource_id TEXT NOT NULL,
-        email TEXT NOT NULL,
-        issued_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        revoked_at REAL
-    )
-    """,
-    f"CREATE INDEX IF NOT EXISTS {_TABLE}_resource_id ON {_TABLE} (resource_id)",
-    f"CREATE INDEX IF NOT EXISTS {_TABLE}_expires_at ON {_TABLE} (expires_at)",
-)
+# The table is created by schema migration 2 (authz.store.migrations).
 
 
 @dataclass(frozen=True)
@@ -63,16 +46,18 @@ class Session:
 
 
 class SessionStore:
-    """Sessions in the ``sessions`` table of a SQLite database."""
+    """Sessions in the ``sessions`` table (SQLite or PostgreSQL).
 
-    def __init__(self, db: sqlite_utils.Database, clock: Clock, ttl: float = DEFAULT_TTL) -> None:
+    Every call is one statement on the shared table, so a session issued or revoked through one
+    replica is seen by every other at once.
+    """
+
+    def __init__(self, db: StoreLike, clock: Clock, ttl: float = DEFAULT_TTL) -> None:
         if not (math.isfinite(ttl) and ttl > 0):
             raise ValueError(f"ttl={ttl!r} must be a positive number of seconds")
-        self._db = db
+        self._db = ensure_schema(db)
         self._clock = clock
         self._ttl = float(ttl)
-        for statement in _SCHEMA:
-            _write(db.conn, statement, ())
 
     def issue(self, user_id: str, resource_id: str, email: str) -> tuple[str, Session]:
         """Start a session; returns the bearer token (shown once, never stored) and the session."""
@@ -80,6 +65,7 @@ class SessionStore:
         _require("resource_id", resource_id)
         if not isinstance(email, str) or len(email) > _MAX_FIELD_LENGTH:
             raise ValueError(f"email must be text of at most {_MAX_FIELD_LENGTH} characters")
+        _storable("email", email)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = self._clock()
         session = Session(
@@ -91,8 +77,7 @@ class SessionStore:
             expires_at=now + self._ttl,
             revoked_at=None,
         )
-        _write(
-            self._db.conn,
+        self._db.execute(
             f"INSERT INTO {_TABLE} (token_sha256, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 _token_hash(token),
@@ -113,7 +98,7 @@ class SessionStore:
         The same work whatever the token looks like: hash it, one lookup by the hash.
         """
         now = self._clock()
-        row = self._db.conn.execute(
+        row = self._db.execute(
             f"SELECT {_COLUMNS} FROM {_TABLE} WHERE token_sha256 = ?", (_token_hash(token),)
         ).fetchone()
         if row is None:
@@ -126,29 +111,27 @@ class SessionStore:
     def revoke(self, token: str) -> bool:
         """End the session for ``token``; True if this call ended a live session."""
         now = self._clock()
-        changed = _write(
-            self._db.conn,
+        changed = self._db.execute(
             f"UPDATE {_TABLE} SET revoked_at = ? "
             "WHERE token_sha256 = ? AND revoked_at IS NULL AND expires_at > ?",
             (now, _token_hash(token), now),
-        )
+        ).rowcount
         return changed > 0
 
     def revoke_for_resource(self, resource_id: str) -> int:
         """End every live session opened for ``resource_id`` (e.g. on deprovision); how many."""
         now = self._clock()
-        return _write(
-            self._db.conn,
+        return self._db.execute(
             f"UPDATE {_TABLE} SET revoked_at = ? "
             "WHERE resource_id = ? AND revoked_at IS NULL AND expires_at > ?",
             (now, resource_id, now),
-        )
+        ).rowcount
 
     def purge_expired(self) -> int:
         """Delete sessions past their expiry (revoked ones go when they expire); how many."""
-        return _write(
-            self._db.conn, f"DELETE FROM {_TABLE} WHERE expires_at <= ?", (self._clock(),)
-        )
+        return self._db.execute(
+            f"DELETE FROM {_TABLE} WHERE expires_at <= ?", (self._clock(),)
+        ).rowcount
 
 
 def _token_hash(token: str) -> str:
@@ -159,17 +142,14 @@ def _token_hash(token: str) -> str:
 def _require(name: str, value: str) -> None:
     if not isinstance(value, str) or not value or len(value) > _MAX_FIELD_LENGTH:
         raise ValueError(f"{name} must be non-empty text of at most {_MAX_FIELD_LENGTH} characters")
+    _storable(name, value)
 
 
-def _write(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:
-    """Run one write statement and return its rowcount.
-
-    Works on the autocommit connections :func:`authz.store.open_database` makes, joins a
-    transaction the caller already has open, and commits the implicit transaction that a
-    connection in the sqlite3 module's legacy mode would otherwise leave open.
-    """
-    outer = conn.in_transaction
-    rowcount = conn.execute(sql, params).rowcount
-    if not outer and conn.in_transaction:
-        conn.commit()
-    return rowcount
+def _storable(name: str, value: str) -> None:
+    """Both backends store it as it is: PostgreSQL text holds no NUL, neither lone surrogates."""
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} must be valid Unicode text") from None

@@ -1,0 +1,75 @@
+"""InvalidateAccess reaches every replica: two caches, two listeners, one PostgreSQL database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from authz.facts.access import AccessCache
+from authz.facts.heroku import AccessList
+from authz.facts.invalidation import AccessInvalidations
+from tests.pg import postgres
+
+
+def replica() -> tuple[AccessCache, list[str]]:
+    """A cache whose upstream answers at once and counts its calls (one replica's view)."""
+    fetches: list[str] = []
+
+    async def fetch(app_id: str, resource_id: str) -> AccessList:
+        fetches.append(app_id)
+        return AccessList(app_id, "app", None, "owner", time.time())
+
+    return AccessCache(fetch, ttl=300), fetches
+
+
+async def until(predicate: object, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "not invalidated in time"
+        await asyncio.sleep(0.02)
+
+
+def test_invalidation_reaches_the_other_replica() -> None:
+    server = postgres()
+    if server.url is None:
+        pytest.skip(server.skip_reason)
+
+    async def scenario() -> None:
+        (cache_a, fetches_a), (cache_b, fetches_b) = replica(), replica()
+        bus_a = AccessInvalidations(cache_a, server.url, channel="authz_test_inval")
+        bus_b = AccessInvalidations(cache_b, server.url, channel="authz_test_inval")
+        await bus_a.start()
+        await bus_b.start()
+        try:
+            for cache in (cache_a, cache_b):
+                await cache.get("app-1", "res-1", deadline=1)
+                await cache.get("app-2", "res-2", deadline=1)
+            assert await bus_a.publish("app-1")
+            await until(lambda: bus_b.received >= 1)
+            await cache_b.get("app-1", "res-1", deadline=1)
+            await cache_b.get("app-2", "res-2", deadline=1)
+            assert fetches_b == ["app-1", "app-2", "app-1"]  # only app-1 was dropped on B
+            await cache_a.get("app-1", "res-1", deadline=1)
+            assert fetches_a == ["app-1", "app-2", "app-1"]
+        finally:
+            await bus_a.aclose()
+            await bus_b.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_without_postgres_invalidation_is_local() -> None:
+    async def scenario() -> None:
+        cache, fetches = replica()
+        bus = AccessInvalidations(cache, None)
+        await bus.start()
+        await cache.get("app-1", "res-1", deadline=1)
+        assert await bus.publish("app-1")
+        assert not await bus.publish("app-1")
+        await cache.get("app-1", "res-1", deadline=1)
+        assert fetches == ["app-1", "app-1"]
+        await bus.aclose()
+
+    asyncio.run(scenario())
