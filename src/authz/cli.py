@@ -29,14 +29,42 @@ def _settings(args: argparse.Namespace) -> Any:
     return replace(settings, **overrides)
 
 
+_SERVE_ENV = {
+    "tls_cert": "AUTHZ_TLS_CERT",
+    "tls_key": "AUTHZ_TLS_KEY",
+    "client_ca": "AUTHZ_CLIENT_CA",
+    "caller_tokens": "AUTHZ_CALLER_TOKENS",
+    "admins": "AUTHZ_ADMINS",
+}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from authz.config import ConfigError, Settings
     from authz.server.app import serve
 
     logging.basicConfig(
         level=os.environ.get("AUTHZ_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(serve(_settings(args)))
+    # Flags mirror the environment variables and win over them.
+    env = dict(os.environ)
+    for attr, name in _SERVE_ENV.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            env[name] = value
+    overrides: dict[str, Any] = {"insecure": bool(args.insecure)}
+    if args.listen:
+        overrides["listen"] = args.listen
+    if args.policies:
+        overrides["policy_dir"] = Path(args.policies)
+    if args.data_dir:
+        overrides["data_dir"] = Path(args.data_dir)
+    try:
+        settings = replace(Settings.from_env(env), **overrides)
+        asyncio.run(serve(settings))
+    except (ConfigError, OSError) as exc:
+        print(f"authz serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_ERROR
     return 0
 
 
@@ -179,6 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--data-dir", help="embedded store directory (default AUTHZ_DATA_DIR or ./data)"
+    )
+    serve.add_argument("--tls-cert", help="server certificate chain, PEM (AUTHZ_TLS_CERT)")
+    serve.add_argument("--tls-key", help="server private key, PEM (AUTHZ_TLS_KEY)")
+    serve.add_argument(
+        "--client-ca", help="CA of client certificates; turns on mutual TLS (AUTHZ_CLIENT_CA)"
+    )
+    serve.add_argument(
+        "--caller-tokens",
+        help="file of 'name sha256-hex-of-token' lines for bearer tokens (AUTHZ_CALLER_TOKENS)",
+    )
+    serve.add_argument(
+        "--admins", help="comma-separated caller identities allowed on AdminService (AUTHZ_ADMINS)"
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address (or PORT) without caller authentication",
     )
     serve.set_defaults(func=cmd_serve)
 

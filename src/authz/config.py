@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +20,120 @@ class ConfigError(ValueError):
 
 
 def _read_secret(env: Mapping[str, str], name: str) -> str:
-    """A secret comes from NAME, or from the file named by NAME_FILE (for mounted secrets)."""
+    """A secret comes from NAME, or from the file named by NAME_FILE (for mounted secrets).
+
+    Messages name the variable and the file, never the value.
+    """
+    file_name = env.get(f"{name}_FILE")
+    if env.get(name) and file_name:
+        raise ConfigError(f"both {name} and {name}_FILE are set; keep one")
     if env.get(name):
         return env[name]
-    file_name = env.get(f"{name}_FILE")
     if file_name:
         try:
             return Path(file_name).read_text().strip()
         except OSError as exc:
             raise ConfigError(f"{name}_FILE: cannot read {file_name}: {exc.strerror}") from None
     return ""
+
+
+MAX_CALLER_NAME = 128
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class CallerToken:
+    """One entry of the AUTHZ_CALLER_TOKENS file: a caller's name and its token's SHA-256."""
+
+    name: str
+    digest: bytes = field(repr=False)
+    source: str = ""  # file:line, for messages
+
+    @classmethod
+    def of(cls, name: str, token: str, source: str = "") -> CallerToken:
+        """An entry for a plain token (for tests and tooling; files hold only the hash)."""
+        return cls(name, hashlib.sha256(token.encode()).digest(), source)
+
+
+def parse_caller_tokens(text: str, source: str) -> tuple[CallerToken, ...]:
+    """Lines of `name sha256-hex-of-token`; `#` starts a comment; blank lines are skipped.
+
+    Every malformed line is refused with its `source:line`, so a typo never silently locks a
+    service out (or in). The same name may appear more than once (token rotation); the same
+    hash may not (one token would then name two callers).
+    """
+    entries: list[CallerToken] = []
+    problems: list[str] = []
+    seen: dict[bytes, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        where = f"{source}:{number}"
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            problems.append(
+                f"{where}: expected 'name sha256-hex-of-token' (2 fields), found {len(fields)}"
+            )
+            continue
+        name, hex_digest = fields
+        if len(name) > MAX_CALLER_NAME or not name.isprintable():
+            problems.append(
+                f"{where}: the caller name must be printable and at most {MAX_CALLER_NAME} "
+                "characters"
+            )
+            continue
+        if not _SHA256_HEX.fullmatch(hex_digest):
+            problems.append(
+                f"{where}: the second field must be the token's SHA-256 as 64 hex digits "
+                "(store the hash, never the token: printf %s TOKEN | sha256sum)"
+            )
+            continue
+        digest = bytes.fromhex(hex_digest)
+        if digest in seen:
+            problems.append(f"{where}: the same token hash is already listed at {seen[digest]}")
+            continue
+        seen[digest] = where
+        entries.append(CallerToken(name, digest, where))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if not entries:
+        raise ConfigError(
+            f"{source}: AUTHZ_CALLER_TOKENS names a file with no tokens; add "
+            "'name sha256-hex-of-token' lines or unset it"
+        )
+    return tuple(entries)
+
+
+def load_caller_tokens(path: Path | str) -> tuple[CallerToken, ...]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"AUTHZ_CALLER_TOKENS: cannot read {path}: {reason}") from None
+    return parse_caller_tokens(text, str(path))
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    return Path(raw) if raw else None
+
+
+def _names(raw: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in raw.split(",") if n.strip())
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < 1:
+        raise ConfigError(f"{name}={value} must be at least 1")
+    return value
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -52,7 +158,7 @@ class Settings:
     policy_dir: Path = Path("policies")
     data_dir: Path = Path("data")
     # SSO: several salts may be active at once so a salt can be rotated.
-    sso_salts: tuple[str, ...] = ()
+    sso_salts: tuple[str, ...] = field(default=(), repr=False)
     sso_allow_sha1: bool = True
     sso_max_age: float = MAX_SSO_PAST_SECONDS
     sso_max_future: float = MAX_SSO_FUTURE_SECONDS
@@ -66,6 +172,33 @@ class Settings:
     facts_deadline: float = 2.0
     # Audit.
     audit_mode: str = "durable"
+    # Who may call: TLS (server certificate), mutual TLS (AUTHZ_CLIENT_CA), bearer tokens.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    caller_tokens: tuple[CallerToken, ...] = field(default=(), repr=False)
+    admins: frozenset[str] = frozenset()
+    insecure: bool = False  # --insecure: allow a non-loopback bind without caller credentials
+    max_concurrent_rpcs: int = 1000
+    request_timeout: float = 10.0  # seconds a call may take to deliver its request message
+
+    @property
+    def authenticates_callers(self) -> bool:
+        """True when callers must prove who they are (mutual TLS or bearer tokens)."""
+        return self.client_ca is not None or bool(self.caller_tokens)
+
+    def check_transport(self) -> None:
+        """Refuse TLS settings that cannot work together; see authz.server.callers for binds."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "AUTHZ_TLS_CERT and AUTHZ_TLS_KEY go together: set both (the server's certificate "
+                "chain and its private key, PEM files) or neither"
+            )
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ConfigError(
+                "AUTHZ_CLIENT_CA turns on mutual TLS, which needs the server's own certificate: "
+                "set AUTHZ_TLS_CERT and AUTHZ_TLS_KEY too"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,7 +210,8 @@ class Settings:
         audit_mode = env.get("AUTHZ_AUDIT_MODE", "durable")
         if audit_mode not in ("durable", "async", "off"):
             raise ConfigError(f"AUTHZ_AUDIT_MODE={audit_mode!r} must be durable, async or off")
-        return cls(
+        tokens_file = _path(env, "AUTHZ_CALLER_TOKENS")
+        settings = cls(
             listen=listen or cls.listen,
             policy_dir=Path(env.get("AUTHZ_POLICY_DIR") or cls.policy_dir),
             data_dir=Path(env.get("AUTHZ_DATA_DIR") or cls.data_dir),
@@ -108,4 +242,15 @@ class Settings:
                 "AUTHZ_FACTS_DEADLINE", _float(env, "AUTHZ_FACTS_DEADLINE", 2.0), 30.0
             ),
             audit_mode=audit_mode,
+            tls_cert=_path(env, "AUTHZ_TLS_CERT"),
+            tls_key=_path(env, "AUTHZ_TLS_KEY"),
+            client_ca=_path(env, "AUTHZ_CLIENT_CA"),
+            caller_tokens=load_caller_tokens(tokens_file) if tokens_file else (),
+            admins=_names(env.get("AUTHZ_ADMINS", "")),
+            max_concurrent_rpcs=_positive_int(env, "AUTHZ_MAX_CONCURRENT_RPCS", 1000),
+            request_timeout=_bounded(
+                "AUTHZ_REQUEST_TIMEOUT", _float(env, "AUTHZ_REQUEST_TIMEOUT", 10.0), 60.0
+            ),
         )
+        settings.check_transport()
+        return settings

@@ -27,6 +27,7 @@ from authz.login import SsoLogins
 from authz.policies_runtime import PolicyHolder, watch_policies
 from authz.server.admin import AdminServicer
 from authz.server.authorization import AuthorizationServicer
+from authz.server.callers import Transport, log_transport, plan_transport
 from authz.server.sessions import SessionServicer
 from authz.store import open_database
 from authz.v1 import (
@@ -39,6 +40,31 @@ from authz.v1 import (
 )
 
 log = logging.getLogger("authz.server")
+
+# Limits that keep one slow, stuck or hostile client from exhausting the server. grpc.aio has no
+# worker pool to run out of: every call is a coroutine, so what is bounded is calls in flight
+# (Settings.max_concurrent_rpcs; beyond it calls get RESOURCE_EXHAUSTED at once rather than queue),
+# how long a call may take to send its request (Settings.request_timeout, enforced by the
+# interceptor in authz.server.callers), message and metadata sizes, and how long connections
+# may sit idle or in their handshake. There is deliberately no per-connection stream limit: gRPC
+# clients that burst past it when a connection opens get REFUSED_STREAM (UNAVAILABLE) instead of
+# waiting. Batch size, attribute depth and string lengths are checked in authz.server.convert.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", 1 << 20),
+    ("grpc.max_send_message_length", 4 << 20),
+    ("grpc.max_metadata_size", 16 << 10),
+    ("grpc.so_reuseport", 0),
+    # A TCP connection that never finishes its HTTP/2 (or TLS) handshake is dropped after 10 s.
+    ("grpc.server_handshake_timeout_ms", 10_000),
+    # Idle connections are closed after 5 minutes (clients reconnect transparently).
+    ("grpc.max_connection_idle_ms", 5 * 60_000),
+    # Ping quiet connections every minute and drop peers that stopped answering within 20 s.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # Clients may keep connections alive with pings, but not more often than every 10 s.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+)
 
 SERVICE_NAMES = (
     authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name,
@@ -81,7 +107,12 @@ async def start_service(
     clock: Clock = system_clock,
     watch_interval: float | None = 1.0,
 ) -> Service:
-    """Open the stores, start the audit writer and the gRPC server; `Service.stop` undoes it."""
+    """Open the stores, start the audit writer and the gRPC server; `Service.stop` undoes it.
+
+    Raises ConfigError before anything is opened when the listen address and the caller
+    credentials do not go together (see authz.server.callers.plan_transport).
+    """
+    transport = plan_transport(settings)
     policies = policies or PolicyHolder.load(settings.policy_dir)
     closers: list[Any] = []
     state = open_database(settings.data_dir / "state.db")
@@ -104,11 +135,9 @@ async def start_service(
         clock=clock,
     )
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", 1 << 20),
-            ("grpc.max_send_message_length", 4 << 20),
-            ("grpc.so_reuseport", 0),
-        ]
+        interceptors=transport.interceptors,
+        options=list(SERVER_OPTIONS),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
         AuthorizationServicer(decider), server
@@ -130,9 +159,7 @@ async def start_service(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
+    port = _bind(server, settings.listen, transport)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -149,7 +176,21 @@ async def start_service(
         policies.current.rule_count,
         settings.audit_mode,
     )
+    log_transport(settings, transport, service.address)
     return service
+
+
+def _bind(server: grpc.aio.Server, listen: str, transport: Transport) -> int:
+    try:
+        if transport.credentials is not None:
+            port = server.add_secure_port(listen, transport.credentials)
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {listen}: {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    return port
 
 
 def _platform_facts(

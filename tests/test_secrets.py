@@ -1,0 +1,292 @@
+"""Issue 8, secrets: after a full run, no secret is in any log line, error, audit record or file.
+
+The run goes through a real server and the Heroku simulator: provisioning with OAuth grants, SSO
+logins (good and refused), checks with sessions, CheckBatch, refusals of bad caller tokens,
+revocation, deprovisioning, a Platform API 401 that makes authz refresh the add-on's OAuth token,
+an upstream failure and the admin's audit queries. Every log record (root logger, DEBUG) is kept.
+Then every secret is looked for, verbatim, in: every log line, every gRPC error (message, ErrorInfo
+and debug string), every admin answer, and the raw bytes of every file in the data directory
+(audit.db, state.db and their WAL/SHM files), read both while serving and after the stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from authz.config import CallerToken, ConfigError, Settings
+from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
+from authz.devtools.sso_forms import heroku_sso_form
+from authz.server.errors import error_info
+from authz.v1 import admin_pb2, session_pb2
+from authz.v1 import authorization_pb2 as pb
+from authz.v1 import authorization_pb2_grpc as pb_grpc
+from tests.conftest import RecordingHandler, RunningService, with_bearer
+from tests.heroku_world import SALT, TOKEN_KEY, World, world_settings
+
+ACME = "authz-curved-12345"
+GLOBEX = "authz-spherical-67890"
+
+
+@pytest.fixture
+def sim() -> Iterator[HerokuSimulator]:
+    with HerokuSimulator(load_fixture()) as simulator:
+        yield simulator
+
+
+class Run:
+    """The full run's world, with every secret it handed out and every error it saw."""
+
+    def __init__(self, sim: HerokuSimulator, svc: RunningService, tokens: dict[str, str]) -> None:
+        self.sim = sim
+        self.svc = svc
+        self.caller_tokens = tokens
+        self.plain_channel = svc.channel
+        svc.channel = with_bearer(svc.channel, tokens["ops"])  # closed with the service
+        self.ops = World(sim, svc)
+        self.web_channel = with_bearer(grpc.insecure_channel(svc.address), tokens["web"])
+        self.web = World(sim, _Facade(svc, self.web_channel))
+        self.secrets: dict[str, str] = {
+            "sso salt": SALT,
+            "oauth client secret": sim.client_secret,
+            "token encryption key": TOKEN_KEY,
+            **{f"caller token {k}": v for k, v in tokens.items()},
+        }
+        self.errors: list[str] = []
+        self.answers: list[str] = []
+
+    def keep(self, kind: str, value: str) -> str:
+        self.secrets[f"{kind} #{len(self.secrets)}"] = value
+        return value
+
+    def failed(self, call: Callable[[], object]) -> grpc.RpcError:
+        try:
+            call()
+        except grpc.RpcError as exc:
+            info = error_info(exc)
+            self.errors.append(
+                f"{exc.code().name} {exc.details()} {info} {exc.debug_error_string()}"  # type: ignore[attr-defined]
+            )
+            return exc
+        raise AssertionError("the call was expected to fail")
+
+    def provision(self, name: str) -> str:
+        info = self.sim.addon(name)
+        app = self.sim.app(info["app"]["id"])
+        code = self.keep("oauth grant code", self.sim.create_grant(info["id"]))
+        self.ops.admin.RegisterAddon(
+            admin_pb2.RegisterAddonRequest(
+                resource_id=info["id"],
+                app_id=app["id"],
+                app_name=app["name"],
+                plan="authz:basic",
+                region="us",
+                oauth_grant_code=code,
+            )
+        )
+        return info["id"]
+
+    def form(self, resource_id: str, handle: str, **kwargs: object) -> dict[str, str]:
+        form = self.ops.form(resource_id, handle, **kwargs)
+        for field in ("user_scoped_resource_token", "resource_token"):
+            if field in form:
+                self.keep(f"sso form {field}", form[field])
+        return form
+
+    def login(self, resource_id: str, handle: str, **kwargs: object) -> str:
+        token = self.web.exchange(self.form(resource_id, handle, **kwargs)).session_token
+        return self.keep("session token", token)
+
+    def oauth_tokens(self) -> None:
+        """Every OAuth access and refresh token the simulator ever issued (it keeps them all)."""
+        with self.sim._lock:
+            for token in self.sim._access_tokens:
+                self.keep("oauth access token", token)
+            for token in self.sim._refresh_tokens:
+                self.keep("oauth refresh token", token)
+
+
+class _Facade:
+    """What World needs of a RunningService, over another channel."""
+
+    def __init__(self, svc: RunningService, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.address = svc.address
+
+
+def data_files(directory: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_no_secret_in_logs_errors_audit_or_state(
+    sim: HerokuSimulator,
+    start: Callable[..., RunningService],
+    base_settings: Settings,
+    root_log: RecordingHandler,
+) -> None:
+    tokens = {name: secrets.token_urlsafe(24) for name in ("ops", "web")}
+    settings = world_settings(
+        base_settings,
+        sim,
+        caller_tokens=tuple(CallerToken.of(n, t) for n, t in tokens.items()),
+        admins=frozenset({"ops"}),
+    )
+    assert not any(v in repr(settings) for v in (SALT, TOKEN_KEY, sim.client_secret))
+    run = Run(sim, start(settings), tokens)
+    web = run.web
+
+    # Provisioning with OAuth grants, and SSO logins.
+    acme, globex = run.provision(ACME), run.provision(GLOBEX)
+    alice = run.login(acme, "alice")
+    bob = run.login(acme, "bob", token="sha1")
+    erin = run.login(globex, "erin")
+
+    # Refused logins: forged, replayed, stale, a stranger, a legacy form, an unknown add-on.
+    forged = run.form(acme, "alice")
+    forged["user_scoped_resource_token"] = run.keep("forged token", secrets.token_hex(32))
+    run.failed(lambda: web.exchange(forged))
+    replayed = run.form(acme, "carol")
+    web.exchange(replayed)
+    run.failed(lambda: web.exchange(replayed))
+    stale = run.form(acme, "alice", timestamp=int(time.time()) - 3600)
+    run.failed(lambda: web.exchange(stale))
+    run.failed(lambda: web.exchange(run.form(acme, "mallory")))
+    run.failed(lambda: web.exchange({"id": acme, "token": secrets.token_hex(20), "timestamp": "1"}))
+    unknown = heroku_sso_form("0" * 8, sim.user("alice")["id"], "a@x", SALT)
+    run.failed(lambda: web.exchange(unknown))
+
+    # Checks with sessions, batches, a bogus session, secrets a caller put in the context.
+    assert web.check(alice, "dashboard.view", acme).allowed
+    assert not web.check(alice, "account.change_password", acme).allowed
+    assert web.check(erin, "dashboard.configure", globex).allowed
+    bogus = run.keep("bogus session token", "azs_" + secrets.token_urlsafe(32))
+    assert not web.check(bogus, "dashboard.view", acme).allowed
+    batch = pb.CheckBatchRequest(
+        session_token=bob,
+        items=[
+            pb.CheckItem(action=a, resource=pb.Resource(type="addon", id=acme))
+            for a in ("dashboard.view", "billing.update", "addon.read_data")
+        ],
+    )
+    batch.context.update({"session_token": alice, "authorization": f"Bearer {tokens['web']}"})
+    assert [r.allowed for r in web.authz.CheckBatch(batch).results] == [True, False, True]
+
+    # Callers with bad credentials.
+    request = pb.CheckRequest(
+        session_token=alice, action="dashboard.view", resource=pb.Resource(type="addon", id=acme)
+    )
+    unauthenticated = pb_grpc.AuthorizationServiceStub(run.plain_channel)
+    for metadata in (
+        (("authorization", f"Bearer {tokens['web']}x"),),
+        (("authorization", f"Basic {tokens['ops']}"),),
+        (("authorization", tokens["ops"]),),
+        (),
+    ):
+        error = run.failed(
+            lambda md=metadata: unauthenticated.Check(request, metadata=md, timeout=5)
+        )
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    run.failed(lambda: web.admin.GetPolicyStatus(admin_pb2.GetPolicyStatusRequest()))
+
+    # A Platform API 401: the access token expired early at Heroku, authz refreshes it once.
+    refreshes = sim.count("POST", "/oauth/token")
+    sim.expire_access_tokens()
+    run.ops.admin.InvalidateAccess(
+        admin_pb2.InvalidateAccessRequest(app_id=sim.addon(ACME)["app"]["id"])
+    )
+    assert web.check(bob, "dashboard.view", acme).allowed
+    assert sim.count("POST", "/oauth/token") == refreshes + 1
+    # An upstream failure: denied, with a reason that names the request, not the token.
+    sim.add_fault("error", path_prefix="/apps", status=503)
+    run.ops.admin.InvalidateAccess(
+        admin_pb2.InvalidateAccessRequest(app_id=sim.addon(GLOBEX)["app"]["id"])
+    )
+    failing = web.check(erin, "dashboard.view", globex)
+    assert not failing.allowed
+    assert "access-list-unavailable" in {m.rule_id for m in failing.matched_rules}
+    sim.clear_faults()
+
+    # Revocations: one session, then every session of a deprovisioned add-on.
+    assert web.sessions.RevokeSession(session_pb2.RevokeSessionRequest(session_token=alice)).revoked
+    assert not web.check(alice, "dashboard.view", acme).allowed
+    run.ops.admin.DeprovisionAddon(admin_pb2.DeprovisionAddonRequest(resource_id=globex))
+    assert not web.check(erin, "dashboard.view", globex).allowed
+
+    # What an admin sees: policy status and the audit log through the API.
+    run.answers.append(str(run.ops.admin.GetPolicyStatus(admin_pb2.GetPolicyStatusRequest())))
+    for reply in run.ops.admin.QueryDecisions(admin_pb2.QueryDecisionsRequest(limit=1000)):
+        run.answers.append(str(reply))
+    assert len(run.answers) > 20
+    run.oauth_tokens()
+    assert sum(k.startswith("oauth access token") for k in run.secrets) >= 3  # incl. refreshed
+    assert sum(k.startswith("session token") for k in run.secrets) == 3
+
+    while_serving = data_files(settings.data_dir)
+    run.web_channel.close()
+    run.svc.stop()
+    run.svc.stop = lambda: None  # type: ignore[method-assign]  # the fixture stops it too
+    after_stop = data_files(settings.data_dir)
+
+    # The haystacks are real: the files hold the run's decisions, redacted where a caller sent
+    # secret-looking context keys.
+    audit_bytes = after_stop[str(settings.data_dir / "audit.db")]
+    assert acme.encode() in audit_bytes and b"[redacted]" in audit_bytes
+    assert str(settings.data_dir / "state.db") in after_stop
+    assert len(root_log.lines) > 50
+    assert any(r.levelno == logging.DEBUG for r in root_log.records)  # DEBUG really was on
+    haystacks = {
+        **{f"log line {i}": line for i, line in enumerate(root_log.lines)},
+        **{f"grpc error {i}": text for i, text in enumerate(run.errors)},
+        **{f"admin answer {i}": text for i, text in enumerate(run.answers)},
+    }
+    found = []
+    for what, secret in run.secrets.items():
+        assert len(secret) >= 16, what
+        needle = secret.encode()
+        for where, text in haystacks.items():
+            if secret in text:
+                found.append(f"{what} in {where}: {text[:200]}")
+        for files in (while_serving, after_stop):
+            for name, data in files.items():
+                if needle in data:
+                    found.append(f"{what} in the bytes of {name}")
+    assert not found, "\n".join(found)
+    # What is stored instead: each session token's SHA-256, so the store still knows them.
+    state = after_stop[str(settings.data_dir / "state.db")]
+    for key, secret in run.secrets.items():
+        if key.startswith("session token"):
+            assert hashlib.sha256(secret.encode()).hexdigest().encode() in state, key
+
+
+def test_secrets_come_from_env_or_files_and_never_show(tmp_path: Path) -> None:
+    values = {
+        "AUTHZ_SSO_SALT": "salt-from-a-mounted-file-0123456789",
+        "AUTHZ_HEROKU_CLIENT_SECRET": "client-secret-from-a-file-0123456789",
+        "AUTHZ_TOKEN_KEY": "token-key-from-a-file-0123456789abcdef",
+    }
+    env = {}
+    for name, value in values.items():
+        path = tmp_path / name.lower()
+        path.write_text(value + "\n")  # as `kubectl create secret` or an editor leaves it
+        env[f"{name}_FILE"] = str(path)
+    from_files = Settings.from_env(env)
+    assert from_files.sso_salts == (values["AUTHZ_SSO_SALT"],)
+    assert from_files.heroku_client_secret == values["AUTHZ_HEROKU_CLIENT_SECRET"]
+    assert from_files.token_key == values["AUTHZ_TOKEN_KEY"]
+    from_env = Settings.from_env(values)
+    assert from_env.token_key == values["AUTHZ_TOKEN_KEY"]
+    for settings in (from_files, from_env):
+        assert not any(value in repr(settings) for value in values.values())
+    # Ambiguity and unreadable files are refused, naming the variable and the file only.
+    with pytest.raises(ConfigError, match="both AUTHZ_TOKEN_KEY and AUTHZ_TOKEN_KEY_FILE"):
+        Settings.from_env({**env, "AUTHZ_TOKEN_KEY": values["AUTHZ_TOKEN_KEY"]})
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"AUTHZ_SSO_SALT_FILE": str(tmp_path / "absent")})
+    assert "AUTHZ_SSO_SALT_FILE: cannot read" in str(caught.value)
