@@ -15,20 +15,6 @@ from typing import Any
 EXIT_ALLOW, EXIT_ERROR, EXIT_USAGE, EXIT_DENY = 0, 1, 2, 3
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from authz.config import Settings
-
-    settings = Settings.from_env()
-    overrides = {}
-    if getattr(args, "listen", None):
-        overrides["listen"] = args.listen
-    if getattr(args, "policies", None):
-        overrides["policy_dir"] = Path(args.policies)
-    if getattr(args, "data_dir", None):
-        overrides["data_dir"] = Path(args.data_dir)
-    return replace(settings, **overrides)
-
-
 _SERVE_ENV = {
     "tls_cert": "AUTHZ_TLS_CERT",
     "tls_key": "AUTHZ_TLS_KEY",

@@ -137,6 +137,11 @@ def parse_policy(file: str, text: str, problems: list[Problem]) -> Policy | None
     """Parse one file's text. Problems are appended; None when the file is unusable."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        problems.append(
+            Problem(Source(file, 1), "YAML nested too deeply to read", hint="flatten the file")
+        )
+        return None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,10 @@ def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
         return text
     if kind == "number_value":
         number = value.number_value
+        if not math.isfinite(number):
+            raise BadRequest(
+                f"{field}: {number} is not a finite number; JSON has no NaN or Infinity"
+            )
         # JSON has one number type; integral values become ints so `x == 3` reads naturally.
         if number.is_integer() and abs(number) < 2**53:
             return int(number)
