@@ -88,3 +88,25 @@ def test_policy_status(start: Callable[..., RunningService], base_settings: Sett
     assert result.returncode == 0, result.stderr
     assert f"serving revision {svc.service.policies.current.revision}" in result.stdout
     assert "no change refused since start" in result.stdout
+
+
+def test_db_migrate_is_idempotent(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "AUTHZ_DATA_DIR": str(tmp_path / "data")}
+    env.pop("DATABASE_URL", None)
+    env.pop("AUTHZ_DATABASE_URL", None)
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "authz.cli", "db", "migrate"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env=env,
+        )
+
+    first, second = run(), run()
+    assert first.returncode == 0 and "applied schema versions [1" in first.stdout, first.stderr
+    assert second.returncode == 0 and "up to date" in second.stdout

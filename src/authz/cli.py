@@ -167,6 +167,23 @@ def cmd_policy_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from authz.config import ConfigError, Settings
+    from authz.store import StoreError, migrate, open_store
+
+    try:
+        settings = Settings.from_env()
+        target = args.database_url or settings.database_url or settings.data_dir / "state.db"
+        with open_store(target) as db:
+            applied = migrate(db)
+            where = db.location
+    except (ConfigError, StoreError) as exc:
+        print(f"authz: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{where}: applied schema versions {applied}" if applied else f"{where}: up to date")
+    return 0
+
+
 def cmd_heroku_sim(args: argparse.Namespace) -> int:
     from authz.devtools.heroku_sim import serve_forever
 
@@ -246,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     from authz.audit.commands import add_audit_commands
 
     add_audit_commands(sub)
+
+    db = sub.add_parser("db", help="the shared store").add_subparsers(
+        dest="db_command", required=True
+    )
+    migrate = db.add_parser("migrate", help="apply schema migrations (the server also does)")
+    migrate.add_argument("--database-url", help="default AUTHZ_DATABASE_URL / DATABASE_URL")
+    migrate.set_defaults(func=cmd_db_migrate)
 
     dev = sub.add_parser("dev", help="development tools").add_subparsers(
         dest="dev_command", required=True

@@ -152,6 +152,15 @@ def _bounded(name: str, value: float, upper: float) -> float:
     return value
 
 
+def _database_url(env: Mapping[str, str]) -> str | None:
+    from authz.store import StoreError, database_url_from_env
+
+    try:
+        return database_url_from_env(env)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
@@ -172,6 +181,9 @@ class Settings:
     facts_deadline: float = 2.0
     # Audit.
     audit_mode: str = "durable"
+    # Shared PostgreSQL store for several replicas (AUTHZ_DATABASE_URL or Heroku's DATABASE_URL);
+    # None: SQLite files under data_dir.
+    database_url: str | None = field(default=None, repr=False)
     # Who may call: TLS (server certificate), mutual TLS (AUTHZ_CLIENT_CA), bearer tokens.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -242,6 +254,7 @@ class Settings:
                 "AUTHZ_FACTS_DEADLINE", _float(env, "AUTHZ_FACTS_DEADLINE", 2.0), 30.0
             ),
             audit_mode=audit_mode,
+            database_url=_database_url(env),
             tls_cert=_path(env, "AUTHZ_TLS_CERT"),
             tls_key=_path(env, "AUTHZ_TLS_KEY"),
             client_ca=_path(env, "AUTHZ_CLIENT_CA"),

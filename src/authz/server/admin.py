@@ -52,7 +52,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         policies: PolicyHolder,
         registry: AddonRegistry,
         sessions: SessionStore,
-        access: Any = None,  # facts.access.AccessCache
+        invalidations: Any = None,  # facts.invalidation.AccessInvalidations
         tokens: Any = None,  # facts.oauth_tokens.TokenManager
         token_store: Any = None,  # facts.oauth_tokens.OAuthTokenStore
         audit_path: Any = None,  # Path of the audit database, for queries
@@ -60,7 +60,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self.policies = policies
         self.registry = registry
         self.sessions = sessions
-        self.access = access
+        self.invalidations = invalidations
         self.tokens = tokens
         self.token_store = token_store
         self.audit_path = audit_path
@@ -119,8 +119,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             )
             await abort(context, code, exc.message, exc.code)
         revoked = self.sessions.revoke_for_resource(addon.resource_id)
-        if self.access is not None:
-            self.access.invalidate(addon.app_id)
+        if self.invalidations is not None:
+            await self.invalidations.publish(addon.app_id)
         return pb.DeprovisionAddonResponse(
             addon=addon_message(addon, self._has_tokens(addon.resource_id)),
             sessions_revoked=revoked,
@@ -135,7 +135,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "app_id is empty; send the Heroku app id whose access list changed",
             )
-        dropped = self.access.invalidate(request.app_id) if self.access is not None else False
+        dropped = (
+            await self.invalidations.publish(request.app_id)
+            if self.invalidations is not None
+            else False
+        )
         return pb.InvalidateAccessResponse(dropped=dropped)
 
     async def ReloadPolicies(  # noqa: N802

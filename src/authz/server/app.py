@@ -20,6 +20,7 @@ from authz.decide import Decider, Facts
 from authz.facts.access import AccessCache, PlatformAccessFetcher
 from authz.facts.addons import AddonRegistry
 from authz.facts.heroku import PlatformClient
+from authz.facts.invalidation import AccessInvalidations
 from authz.facts.oauth_tokens import OAuthTokenStore, TokenManager
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import SessionStore
@@ -29,7 +30,7 @@ from authz.server.admin import AdminServicer
 from authz.server.authorization import AuthorizationServicer
 from authz.server.callers import Transport, log_transport, plan_transport
 from authz.server.sessions import SessionServicer
-from authz.store import open_database
+from authz.store import migrate, open_store
 from authz.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -115,8 +116,11 @@ async def start_service(
     transport = plan_transport(settings)
     policies = policies or PolicyHolder.load(settings.policy_dir)
     closers: list[Any] = []
-    state = open_database(settings.data_dir / "state.db")
-    closers.append(state.conn.close)
+    state = open_store(settings.database_url or settings.data_dir / "state.db")
+    closers.append(state.close)
+    applied = migrate(state)
+    if applied:
+        log.info("store %s migrated to schema versions %s", state.location, applied)
     audit = AuditLog(audit_db_path(settings.data_dir), mode=settings.audit_mode).start()
     closers.append(audit.aclose)
     facts = Facts(
@@ -125,6 +129,9 @@ async def start_service(
         deadline=settings.facts_deadline,
     )
     tokens, token_store = _platform_facts(settings, state, facts, clock, closers)
+    invalidations = AccessInvalidations(facts.access, settings.database_url)
+    await invalidations.start()
+    closers.insert(0, invalidations.aclose)
     decider = Decider(policies, facts=facts, audit=audit, clock=clock)
     logins = SsoLogins(
         decider,
@@ -148,7 +155,7 @@ async def start_service(
             policies=policies,
             registry=facts.addons,
             sessions=facts.sessions,
-            access=facts.access,
+            invalidations=invalidations,
             tokens=tokens,
             token_store=token_store,
             audit_path=audit.path,
