@@ -103,7 +103,7 @@ def audit_db(tmp_path: Path) -> Path:
             resource=Entity("addon", ADDON_ID),
             reason="SSO_REPLAYED: this SSO form was already used",
         )
-        unknown = decider.subject_from_session("no-such-token")
+        unknown = await decider.subject_from_session("no-such-token")
         effects.append(await decide(unknown, "dashboard.view"))
         return effects
 

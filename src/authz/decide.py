@@ -10,10 +10,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from authz.clock import Clock, rfc3339, system_clock
 from authz.facts.access import access_fact
@@ -23,6 +23,7 @@ from authz.policy.engine import evaluate
 from authz.policy.model import Decision, Effect
 
 log = logging.getLogger("authz.decide")
+T = TypeVar("T")
 
 HEROKU_USER = "heroku_user"
 NO_APP = "no Heroku app applies to this request"
@@ -84,6 +85,14 @@ class Facts:
     addons: Any = None  # facts.addons.AddonRegistry
     access: Any = None  # facts.access.AccessCache
     deadline: float = 2.0
+    # True when the stores are a network away (PostgreSQL): their calls then run in a worker
+    # thread so the event loop keeps serving. SQLite calls are microseconds and stay inline.
+    offload: bool = False
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.offload:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
 
 
 def direct_subject(principal: Entity) -> Subject:
@@ -134,9 +143,9 @@ class Decider:
 
     # -- subjects -------------------------------------------------------------------------------
 
-    def subject_from_session(self, token: str) -> Subject:
+    async def subject_from_session(self, token: str) -> Subject:
         sessions = self.facts.sessions
-        session = sessions.resolve(token) if sessions is not None else None
+        session = await self.facts.call(sessions.resolve, token) if sessions is not None else None
         if session is None:
             return Subject(
                 {"type": HEROKU_USER, "id": "", "attributes": {}, "auth": {"method": "none"}},
@@ -169,7 +178,7 @@ class Decider:
         now = self.clock()
         now_dt = datetime.fromtimestamp(now, tz=UTC)
         base_context = dict(context or {})
-        resources = [self._resource_input(item.resource) for item in items]
+        resources = await self.facts.call(self._resource_inputs, [i.resource for i in items])
         access = await self._access_facts(subject, resources, now)
         caller_fact = {"id": caller}
         outcomes: list[Outcome] = []
@@ -217,7 +226,7 @@ class Decider:
         outcome = Outcome(new_decision_id(), decision)
         inputs = {
             "principal": subject.principal,
-            "resource": self._resource_input(resource),
+            "resource": (await self.facts.call(self._resource_inputs, [resource]))[0],
             "action": action,
             "context": {},
             "caller": {"id": caller},
@@ -229,6 +238,9 @@ class Decider:
         return outcome.decision_id
 
     # -- facts ----------------------------------------------------------------------------------
+
+    def _resource_inputs(self, resources: list[Entity]) -> list[dict[str, Any]]:
+        return [self._resource_input(resource) for resource in resources]
 
     def _resource_input(self, resource: Entity) -> dict[str, Any]:
         value: dict[str, Any] = {

@@ -82,7 +82,8 @@ class SsoLogins:
                 caller,
                 invalid_argument=exc.invalid_argument,
             )
-        addon = self.registry.get(login.resource_id)
+        call = self.decider.facts.call
+        addon = await call(self.registry.get, login.resource_id)
         if addon is None:
             await self._refuse(
                 "ADDON_UNKNOWN",
@@ -101,7 +102,7 @@ class SsoLogins:
                 request_id,
                 caller,
             )
-        if not self.replay.claim(login.replay_key, login.expires_at):
+        if not await call(self.replay.claim, login.replay_key, login.expires_at):
             await self._refuse(
                 "SSO_REPLAYED",
                 "this SSO form was already used; open the add-on again from the "
@@ -123,7 +124,9 @@ class SsoLogins:
             raise LoginRefused(
                 "LOGIN_DENIED", "; ".join(outcome.decision.reasons), outcome.decision_id
             )
-        token, session = self.sessions.issue(login.user_id, login.resource_id, login.email)
+        token, session = await call(
+            self.sessions.issue, login.user_id, login.resource_id, login.email
+        )
         return LoginResult(token, session, outcome.decision_id)
 
     async def _refuse(

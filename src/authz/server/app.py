@@ -127,6 +127,7 @@ async def start_service(
         sessions=SessionStore(state, clock, settings.session_ttl),
         addons=AddonRegistry(state, clock),
         deadline=settings.facts_deadline,
+        offload=state.dialect == "postgresql",
     )
     tokens, token_store = _platform_facts(settings, state, facts, clock, closers)
     invalidations = AccessInvalidations(facts.access, settings.database_url)

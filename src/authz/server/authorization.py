@@ -26,14 +26,14 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
     def __init__(self, decider: Decider) -> None:
         self.decider = decider
 
-    def _subject(self, request: pb.CheckRequest | pb.CheckBatchRequest) -> Subject:
+    async def _subject(self, request: pb.CheckRequest | pb.CheckBatchRequest) -> Subject:
         which = request.WhichOneof("subject")
         if which == "principal":
             return direct_subject(convert.entity(request.principal, "principal"))
         if which == "session_token":
             if len(request.session_token) > convert.MAX_ID:
                 raise BadRequest("session_token is longer than any token authz issues")
-            return self.decider.subject_from_session(request.session_token)
+            return await self.decider.subject_from_session(request.session_token)
         raise BadRequest("principal or session_token is required; name who is asking")
 
     async def _decide(
@@ -60,7 +60,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
     ) -> pb.CheckResponse:
         try:
             item = convert.check_item(request)
-            subject = self._subject(request)
+            subject = await self._subject(request)
             request_context = convert.struct_to_dict(request.context, "context")
             request_id = convert.request_id_of(request.request_id)
         except BadRequest as exc:
@@ -73,7 +73,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
     ) -> pb.CheckBatchResponse:
         try:
             items = convert.batch_items(request)
-            subject = self._subject(request)
+            subject = await self._subject(request)
             request_context = convert.struct_to_dict(request.context, "context")
             request_id = convert.request_id_of(request.request_id)
         except BadRequest as exc:
