@@ -1,13 +1,20 @@
-"""Tamper evidence: verify finds edited, deleted and moved records; prune keeps it verifiable."""
+"""Tamper evidence: verify finds edited, deleted and moved records; prune keeps it verifiable.
+
+Every test taking `target` or `fresh` runs on both backends (SQLite file, PostgreSQL schema);
+tampering is plain SQL on the log's tables, as someone with access to the database would do.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +29,39 @@ from authz.audit import (
     prune,
     verify,
 )
-from authz.audit.testing import make_record
+from authz.audit.chain import describe_anchor
+from authz.audit.testing import execute_sql, fetch_all, make_record
+from tests.pg import BACKENDS, tables, use_backend
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
 
+Target = Path | str
 
-def write(path: Path, count: int, *, start: float = NOW - 10 * DAY, step: float = DAY) -> list[str]:
+
+@pytest.fixture(params=BACKENDS)
+def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Target]]:
+    """Makes empty audit logs on the backend: DIR/audit.db files, or PostgreSQL schemas."""
+    with contextlib.ExitStack() as stack:
+        numbers = itertools.count()
+
+        def make() -> Target:
+            directory = tmp_path / f"log{next(numbers)}"
+            directory.mkdir()
+            chosen = stack.enter_context(use_backend(request.param, directory))
+            return directory / "audit.db" if chosen.name == "sqlite" else chosen.target
+
+        yield make
+
+
+@pytest.fixture
+def target(fresh: Callable[[], Target]) -> Target:
+    return fresh()
+
+
+def write(
+    path: Target, count: int, *, start: float = NOW - 10 * DAY, step: float = DAY
+) -> list[str]:
     """`count` records, one per `step` seconds from `start`; some denied, some with two rules."""
     ids = []
     with AuditLog(path) as log:
@@ -43,22 +76,15 @@ def write(path: Path, count: int, *, start: float = NOW - 10 * DAY, step: float 
     return ids
 
 
-def sql(path: Path, *statements: str) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        for statement in statements:
-            conn.execute(statement)
-    finally:
-        conn.close()
+sql = execute_sql
 
 
 @pytest.fixture
-def chain(tmp_path: Path) -> tuple[Path, list[str]]:
-    path = tmp_path / "audit.db"
-    return path, write(path, 10)
+def chain(target: Target) -> tuple[Target, list[str]]:
+    return target, write(target, 10)
 
 
-def test_intact_chain_verifies(chain: tuple[Path, list[str]]) -> None:
+def test_intact_chain_verifies(chain: tuple[Target, list[str]]) -> None:
     path, _ = chain
     report = verify(path)
     assert report.ok
@@ -66,26 +92,27 @@ def test_intact_chain_verifies(chain: tuple[Path, list[str]]) -> None:
     assert report.message == "audit log OK: 10 records verified (seq 1-10)"
 
 
-def test_empty_log_verifies(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_empty_log_verifies(target: Target) -> None:
+    path = target
     AuditLog(path).start().close()
     report = verify(path)
     assert report.ok and report.checked == 0
 
 
-def test_hash_is_sha256_over_prev_hash_and_canonical_content(chain: tuple[Path, list[str]]) -> None:
+def test_hash_is_sha256_over_prev_hash_and_canonical_content(
+    chain: tuple[Target, list[str]],
+) -> None:
     path, _ = chain
-    with sqlite3.connect(path) as conn:
-        record, prev, digest = conn.execute(
-            "SELECT record, prev_hash, hash FROM audit_log WHERE seq = 1"
-        ).fetchone()
+    ((record, prev, digest),) = fetch_all(
+        path, "SELECT record, prev_hash, hash FROM audit_log WHERE seq = 1"
+    )
     assert prev == GENESIS_HASH
     content = canonical_json({"record": json.loads(record), "seq": 1})
     assert digest == hashlib.sha256((prev + content).encode()).hexdigest()
     assert digest == chain_hash(prev, 1, record)
 
 
-def test_edited_record_is_found(chain: tuple[Path, list[str]]) -> None:
+def test_edited_record_is_found(chain: tuple[Target, list[str]]) -> None:
     path, ids = chain
     sql(
         path, "UPDATE audit_log SET record = replace(record, '\"DENY\"', '\"ALLOW\"') WHERE seq = 4"
@@ -97,7 +124,7 @@ def test_edited_record_is_found(chain: tuple[Path, list[str]]) -> None:
     assert report.checked == 3
 
 
-def test_edited_index_column_is_found(chain: tuple[Path, list[str]]) -> None:
+def test_edited_index_column_is_found(chain: tuple[Target, list[str]]) -> None:
     path, ids = chain
     sql(path, "UPDATE audit_log SET effect = 'ALLOW' WHERE seq = 7")  # record JSON untouched
     report = verify(path)
@@ -110,7 +137,7 @@ def test_edited_index_column_is_found(chain: tuple[Path, list[str]]) -> None:
     assert "column effect" in report.message
 
 
-def test_edited_rule_index_is_found(chain: tuple[Path, list[str]]) -> None:
+def test_edited_rule_index_is_found(chain: tuple[Target, list[str]]) -> None:
     path, ids = chain
     sql(path, "UPDATE audit_rule SET rule_id = 'innocent' WHERE seq = 5")
     report = verify(path)
@@ -122,24 +149,24 @@ def test_edited_rule_index_is_found(chain: tuple[Path, list[str]]) -> None:
     )
 
 
-def test_rewritten_record_with_recomputed_hash_is_found(chain: tuple[Path, list[str]]) -> None:
+def test_rewritten_record_with_recomputed_hash_is_found(chain: tuple[Target, list[str]]) -> None:
     path, ids = chain
-    with sqlite3.connect(path) as conn:
-        record, prev = conn.execute(
-            "SELECT record, prev_hash FROM audit_log WHERE seq = 6"
-        ).fetchone()
-        forged = record.replace('"duration_ms":0.42', '"duration_ms":99.0')
-        assert forged != record
-        conn.execute(
+    ((record, prev),) = fetch_all(path, "SELECT record, prev_hash FROM audit_log WHERE seq = 6")
+    forged = record.replace('"duration_ms":0.42', '"duration_ms":99.0')
+    assert forged != record
+    sql(
+        path,
+        (
             "UPDATE audit_log SET record = ?, hash = ? WHERE seq = 6",
             (forged, chain_hash(prev, 6, forged)),
-        )
+        ),
+    )
     report = verify(path)
     assert (report.ok, report.problem, report.seq) == (False, "edited", 6)
     assert "seq 6 was rewritten" in report.message
 
 
-def test_deleted_record_is_found(chain: tuple[Path, list[str]]) -> None:
+def test_deleted_record_is_found(chain: tuple[Target, list[str]]) -> None:
     path, ids = chain
     sql(path, "DELETE FROM audit_log WHERE seq = 5", "DELETE FROM audit_rule WHERE seq = 5")
     report = verify(path)
@@ -152,14 +179,14 @@ def test_deleted_record_is_found(chain: tuple[Path, list[str]]) -> None:
     assert "seq 5 was deleted" in report.message
 
 
-def test_deleted_first_and_last_records_are_found(tmp_path: Path) -> None:
-    first = tmp_path / "first.db"
+def test_deleted_first_and_last_records_are_found(fresh: Callable[[], Target]) -> None:
+    first = fresh()
     write(first, 5)
     sql(first, "DELETE FROM audit_log WHERE seq = 1")
     report = verify(first)
     assert (report.problem, report.seq) == ("deleted", 1)
 
-    last = tmp_path / "last.db"
+    last = fresh()
     write(last, 5)
     sql(last, "DELETE FROM audit_log WHERE seq >= 4", "DELETE FROM audit_rule WHERE seq >= 4")
     report = verify(last)
@@ -167,7 +194,7 @@ def test_deleted_first_and_last_records_are_found(tmp_path: Path) -> None:
     assert "seq 4-5 were deleted from the end" in report.message
 
 
-def test_deleted_and_renumbered_records_are_found(chain: tuple[Path, list[str]]) -> None:
+def test_deleted_and_renumbered_records_are_found(chain: tuple[Target, list[str]]) -> None:
     path, _ = chain
     sql(
         path,
@@ -182,7 +209,7 @@ def test_deleted_and_renumbered_records_are_found(chain: tuple[Path, list[str]])
     assert "deleted and the rest renumbered" in report.message
 
 
-def test_swapped_records_are_found(chain: tuple[Path, list[str]]) -> None:
+def test_swapped_records_are_found(chain: tuple[Target, list[str]]) -> None:
     path, ids = chain
     sql(
         path,
@@ -200,16 +227,18 @@ def test_swapped_records_are_found(chain: tuple[Path, list[str]]) -> None:
     assert "was written as seq 5" in report.message
 
 
-def test_swapped_contents_are_found(chain: tuple[Path, list[str]]) -> None:
+def test_swapped_contents_are_found(chain: tuple[Target, list[str]]) -> None:
     path, ids = chain
     columns = "decision_id, time, effect, rule_ids, record, prev_hash, hash"
-    with sqlite3.connect(path) as conn:
-        two = conn.execute(f"SELECT {columns} FROM audit_log WHERE seq = 2").fetchone()
-        three = conn.execute(f"SELECT {columns} FROM audit_log WHERE seq = 3").fetchone()
-        conn.execute("UPDATE audit_log SET decision_id = 'tmp' WHERE seq = 2")
-        assign = ", ".join(f"{c} = ?" for c in columns.split(", "))
-        conn.execute(f"UPDATE audit_log SET {assign} WHERE seq = 3", two)
-        conn.execute(f"UPDATE audit_log SET {assign} WHERE seq = 2", three)
+    ((two),) = fetch_all(path, f"SELECT {columns} FROM audit_log WHERE seq = 2")
+    ((three),) = fetch_all(path, f"SELECT {columns} FROM audit_log WHERE seq = 3")
+    assign = ", ".join(f"{c} = ?" for c in columns.split(", "))
+    sql(
+        path,
+        "UPDATE audit_log SET decision_id = 'tmp' WHERE seq = 2",
+        (f"UPDATE audit_log SET {assign} WHERE seq = 3", two),
+        (f"UPDATE audit_log SET {assign} WHERE seq = 2", three),
+    )
     report = verify(path)
     assert (report.ok, report.problem, report.seq, report.decision_id) == (
         False,
@@ -219,8 +248,8 @@ def test_swapped_contents_are_found(chain: tuple[Path, list[str]]) -> None:
     )
 
 
-def test_prune_keeps_the_chain_verifiable_and_restart_continues(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_prune_keeps_the_chain_verifiable_and_restart_continues(target: Target) -> None:
+    path = target
     ids = write(path, 10)  # days -10 … -1 before NOW
     deleted = prune(path, 5.5 * DAY, clock=lambda: NOW)
     assert deleted == 5
@@ -228,9 +257,8 @@ def test_prune_keeps_the_chain_verifiable_and_restart_continues(tmp_path: Path) 
     assert report.ok, report.message
     assert (report.anchor_seq, report.first_seq, report.last_seq) == (5, 6, 10)
     assert "prune anchor at seq 5" in report.message
-    with sqlite3.connect(path) as conn:
-        kept = [r[0] for r in conn.execute("SELECT decision_id FROM audit_log ORDER BY seq")]
-        (rule_rows,) = conn.execute("SELECT count(*) FROM audit_rule WHERE seq <= 5").fetchone()
+    kept = [r[0] for r in fetch_all(path, "SELECT decision_id FROM audit_log ORDER BY seq")]
+    ((rule_rows,),) = fetch_all(path, "SELECT count(*) FROM audit_rule WHERE seq <= 5")
     assert kept == ids[5:]
     assert rule_rows == 0
 
@@ -248,8 +276,8 @@ def test_prune_keeps_the_chain_verifiable_and_restart_continues(tmp_path: Path) 
     assert more  # (the three written before are gone now)
 
 
-def test_tampering_after_prune_is_found(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_tampering_after_prune_is_found(target: Target) -> None:
+    path = target
     ids = write(path, 8)
     prune(path, 5.5 * DAY, clock=lambda: NOW)
     sql(path, "DELETE FROM audit_log WHERE seq = 6")  # the first kept record
@@ -262,8 +290,8 @@ def test_tampering_after_prune_is_found(tmp_path: Path) -> None:
     )
 
 
-def test_prune_refuses_to_erase_tampered_records(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_prune_refuses_to_erase_tampered_records(target: Target) -> None:
+    path = target
     write(path, 8)
     sql(path, "UPDATE audit_log SET record = replace(record, 'rev-1', 'rev-2') WHERE seq = 2")
     with pytest.raises(AuditTampered, match="seq 2"):
@@ -273,8 +301,8 @@ def test_prune_refuses_to_erase_tampered_records(tmp_path: Path) -> None:
     assert verify(path).ok
 
 
-def test_verify_while_the_writer_commits(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_verify_while_the_writer_commits(target: Target) -> None:
+    path = target
     log = AuditLog(path, mode="async", max_batch=16).start()
 
     def produce() -> None:
@@ -295,20 +323,19 @@ def test_verify_while_the_writer_commits(tmp_path: Path) -> None:
     assert verify(path).checked == log.records_written == 3000
 
 
-def test_prune_in_small_chunks_keeps_one_anchor(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_prune_in_small_chunks_keeps_one_anchor(target: Target) -> None:
+    path = target
     ids = write(path, 10)
     assert prune(path, 2.5 * DAY, clock=lambda: NOW, chunk=3) == 8
-    with sqlite3.connect(path) as conn:
-        anchors = conn.execute("SELECT seq, pruned_count FROM audit_anchor").fetchall()
-        kept = [r[0] for r in conn.execute("SELECT decision_id FROM audit_log ORDER BY seq")]
+    anchors = fetch_all(path, "SELECT seq, pruned_count FROM audit_anchor")
+    kept = [r[0] for r in fetch_all(path, "SELECT decision_id FROM audit_log ORDER BY seq")]
     assert anchors == [(8, 8)]
     assert kept == ids[8:]
     assert verify(path).ok
 
 
-def test_prune_does_not_hold_up_a_durable_writer(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_prune_does_not_hold_up_a_durable_writer(target: Target) -> None:
+    path = target
     old = [make_record(time=NOW - 100 * DAY + i) for i in range(10_000)]
     with AuditLog(path) as log:
         asyncio.run(log.record_many(old))
@@ -336,8 +363,8 @@ def test_prune_does_not_hold_up_a_durable_writer(tmp_path: Path) -> None:
     assert report.ok and report.anchor_seq == 10_000 and report.checked == log.records_written
 
 
-def test_prune_with_force_skips_over_a_gap(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_prune_with_force_skips_over_a_gap(target: Target) -> None:
+    path = target
     ids = write(path, 8)  # days -10 … -3
     sql(
         path,
@@ -350,16 +377,24 @@ def test_prune_with_force_skips_over_a_gap(tmp_path: Path) -> None:
     report = verify(path)
     assert report.ok, report.message
     assert (report.anchor_seq, report.first_seq, report.last_seq) == (6, 7, 8)
-    assert [r[0] for r in sqlite3.connect(path).execute("SELECT decision_id FROM audit_log")] == (
-        ids[6:]
-    )
+    kept = fetch_all(path, "SELECT decision_id FROM audit_log ORDER BY seq")
+    assert [r[0] for r in kept] == ids[6:]
 
 
 def test_review_functions_refuse_a_file_that_is_not_an_audit_log(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
-    sql(other, "CREATE TABLE t (x)")
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
     with pytest.raises(AuditLogNotFound, match="not an audit log"):
         verify(other)
     with sqlite3.connect(other) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
     assert tables == ["t"]
+
+
+def test_review_functions_refuse_a_postgres_database_without_an_audit_log(tmp_path: Path) -> None:
+    with use_backend("postgresql", tmp_path) as backend:
+        for review in (verify, describe_anchor, lambda url: prune(url, 0)):
+            with pytest.raises(AuditLogNotFound, match="no audit log in"):
+                review(backend.target)
+        assert tables(backend.open()) == []  # and nothing was created

@@ -1,4 +1,8 @@
-"""`authz audit …` handlers: table/JSON/CSV output, show explains, verify/prune/stats exit codes."""
+"""`authz audit …` handlers: table/JSON/CSV output, show explains, verify/prune/stats exit codes.
+
+The tests taking `log` run on both backends: `--data-dir DIR` (SQLite) and `--database-url URL`
+(PostgreSQL).
+"""
 
 from __future__ import annotations
 
@@ -6,32 +10,54 @@ import argparse
 import csv
 import io
 import json
-import sqlite3
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from authz.audit import AuditLog
-from authz.audit.commands import add_audit_commands, default_data_dir
-from authz.audit.testing import make_record
+from authz.audit.commands import add_audit_commands, default_data_dir, default_database_url
+from authz.audit.testing import execute_sql, fetch_all, make_record
+from tests.pg import BACKENDS, use_backend
 
 DENY_SUSPENDED = ("base", "deny-suspended", "DENY", "the add-on is suspended")
 OWNER_READS = ("base", "owner-reads", "ALLOW", "owners may read")
 
 
-def run(argv: list[str], data_dir: Path | None = None) -> int:
+def run(argv: list[str], data_dir: Path | None = None, database_url: str | None = None) -> int:
+    """Run `authz audit …` with these defaults in place of AUTHZ_DATA_DIR / DATABASE_URL."""
     parser = argparse.ArgumentParser(prog="authz")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    add_audit_commands(subparsers, lambda: data_dir or Path("/nonexistent"))
+    add_audit_commands(subparsers, lambda: data_dir or Path("/nonexistent"), lambda: database_url)
     args = parser.parse_args(argv)
     status: int = args.func(args)
     return status
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
+@dataclass
+class Log:
+    target: Path | str
+    where: list[str]
+    """The flags naming it: --data-dir DIR or --database-url URL."""
+    data_dir: Path | None = None
+    url: str | None = None
+
+
+@pytest.fixture(params=BACKENDS)
+def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Log]:
+    with use_backend(request.param, tmp_path) as chosen:
+        if chosen.name == "sqlite":
+            chosen_log = Log(tmp_path / "audit.db", ["--data-dir", str(tmp_path)], tmp_path)
+        else:
+            chosen_log = Log(chosen.target, ["--database-url", chosen.target], url=chosen.target)
+        fill(chosen_log.target)
+        yield chosen_log
+
+
+def fill(target: Path | str) -> None:
     now = time.time()
     records = [
         make_record(time=now - 7200, principal=("user", "alice"), rules=[OWNER_READS]),
@@ -56,19 +82,17 @@ def data_dir(tmp_path: Path) -> Path:
             access_role=None,
         ),
     ]
-    with AuditLog(tmp_path / "audit.db") as log:
+    with AuditLog(target) as audit:
         for rec in records:
-            log.record_blocking(rec)
-    return tmp_path
+            audit.record_blocking(rec)
 
 
-def ids(data_dir: Path) -> dict[str, str]:
-    with sqlite3.connect(data_dir / "audit.db") as conn:
-        return dict(conn.execute("SELECT principal_id, decision_id FROM audit_log"))
+def ids(log: Log) -> dict[str, str]:
+    return dict(fetch_all(log.target, "SELECT principal_id, decision_id FROM audit_log"))
 
 
-def test_query_prints_a_table(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["audit", "query", "--data-dir", str(data_dir)]) == 0
+def test_query_prints_a_table(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["audit", "query", *log.where]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == [
         "TIME",
@@ -83,14 +107,12 @@ def test_query_prints_a_table(data_dir: Path, capsys: pytest.CaptureFixture[str]
         "ID",
     ]
     assert len(out) == 2 + 3
-    assert (
-        "carol@example.com" in out[2] and "sso.login" in out[2] and ids(data_dir)["carol"] in out[2]
-    )
+    assert "carol@example.com" in out[2] and "sso.login" in out[2] and ids(log)["carol"] in out[2]
     assert "base/deny-suspended base/owner-reads" in out[3]
 
 
-def test_query_json_lines(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["audit", "query", "--data-dir", str(data_dir), "--json", "--effect", "deny"]) == 0
+def test_query_json_lines(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["audit", "query", *log.where, "--json", "--effect", "deny"]) == 0
     lines = capsys.readouterr().out.splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["principal"]["id"] for r in records] == ["carol", "bob"]
@@ -98,8 +120,8 @@ def test_query_json_lines(data_dir: Path, capsys: pytest.CaptureFixture[str]) ->
     assert records[1]["input"]["access"]["role"] == "collaborator"
 
 
-def test_query_csv(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["audit", "query", "--data-dir", str(data_dir), "--csv", "--since", "1h"]
+def test_query_csv(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["audit", "query", *log.where, "--csv", "--since", "1h"]
     assert run(argv) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["principal_id"] for r in rows] == ["carol", "bob"]
@@ -108,8 +130,8 @@ def test_query_csv(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[1]["time"].endswith("Z")
 
 
-def test_query_other_filters(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["audit", "query", "--data-dir", str(data_dir), "--json"]
+def test_query_other_filters(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["audit", "query", *log.where, "--json"]
     for extra, expected in [
         (["--principal", "user:alice"], ["alice"]),
         (["--rule", "deny-suspended"], ["bob"]),
@@ -122,30 +144,78 @@ def test_query_other_filters(data_dir: Path, capsys: pytest.CaptureFixture[str])
         assert [json.loads(x)["principal"]["id"] for x in lines] == expected, extra
 
 
-def test_query_bad_input(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["audit", "query", "--data-dir", str(data_dir), "--since", "someday"]) == 2
+def test_query_bad_input(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["audit", "query", *log.where, "--since", "someday"]) == 2
     assert "cannot read time 'someday'" in capsys.readouterr().err
-    assert run(["audit", "query", "--data-dir", str(data_dir / "missing")]) == 1
+
+
+def test_a_missing_log_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["audit", "query", "--data-dir", str(tmp_path / "missing")]) == 1
     assert "no audit log at" in capsys.readouterr().err
+    with use_backend("postgresql", tmp_path) as empty:
+        assert run(["audit", "verify", "--database-url", empty.target]) == 2
+        err = capsys.readouterr().err
+        assert "no audit log in postgresql://" in err and "no audit_log table" in err
+    down = "postgresql://authz:s3cret@127.0.0.1:1/authz"
+    assert run(["audit", "stats", "--database-url", down]) == 1
+    err = capsys.readouterr().err
+    assert "cannot open the audit log at postgresql://authz:***@127.0.0.1:1/authz" in err
+    assert "s3cret" not in err
 
 
-def test_data_dir_defaults_to_the_getter(
-    data_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert run(["audit", "query", "--json"], data_dir=data_dir) == 0
+def test_the_log_defaults_to_the_getters(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    # No flag: the database URL (DATABASE_URL) when set, else DATA_DIR/audit.db.
+    assert run(["audit", "query", "--json"], data_dir=log.data_dir, database_url=log.url) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
 
 
-def test_default_data_dir_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flags_beat_the_environment(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    elsewhere = Path("/nonexistent/data")
+    # --database-url beats DATA_DIR; --data-dir beats a DATABASE_URL.
+    argv = ["audit", "query", "--json", *log.where]
+    if log.url:
+        assert run(argv, data_dir=elsewhere) == 0
+    else:
+        assert run(argv, database_url="postgresql://nobody@127.0.0.1:1/nothing") == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_database_url_flag_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    both = ["--data-dir", str(tmp_path), "--database-url", "postgresql://h/db"]
+    assert run(["audit", "verify", *both]) == 2
+    assert "give --database-url or --data-dir, not both" in capsys.readouterr().err
+    assert run(["audit", "query", "--database-url", "mysql://h/db"]) == 2
+    assert "must be a postgresql:// (or postgres://) URL" in capsys.readouterr().err
+
+
+def test_defaults_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AUTHZ_DATA_DIR", raising=False)
     assert default_data_dir() == Path("data")
     monkeypatch.setenv("AUTHZ_DATA_DIR", "/srv/authz")
     assert default_data_dir() == Path("/srv/authz")
+    for name in ("AUTHZ_DATABASE_URL", "AUTHZ_DATABASE_URL_FILE", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert default_database_url() is None
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db.example:5432/d1")
+    assert default_database_url() == "postgresql://u:p@db.example:5432/d1"
+    monkeypatch.setenv("AUTHZ_DATABASE_URL", "postgresql://u:p@db.example:5432/d2")
+    assert default_database_url() == "postgresql://u:p@db.example:5432/d2"
 
 
-def test_show_explains_a_deny_by_rule(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    decision_id = ids(data_dir)["bob"]
-    assert run(["audit", "show", decision_id, "--data-dir", str(data_dir)]) == 0
+def test_a_bad_database_url_in_the_environment_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AUTHZ_DATABASE_URL", "sqlite:///x.db")
+    parser = argparse.ArgumentParser(prog="authz")
+    add_audit_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["audit", "verify"])
+    assert args.func(args) == 2
+    assert "AUTHZ_DATABASE_URL must be a postgresql://" in capsys.readouterr().err
+
+
+def test_show_explains_a_deny_by_rule(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    decision_id = ids(log)["bob"]
+    assert run(["audit", "show", decision_id, *log.where]) == 0
     out = capsys.readouterr().out
     assert f"Decision {decision_id}: DENY" in out
     assert "user:bob (bob@example.com)" in out
@@ -160,62 +230,61 @@ def test_show_explains_a_deny_by_rule(data_dir: Path, capsys: pytest.CaptureFixt
     assert "Chain: seq 2" in out
 
 
-def test_show_explains_default_deny_and_allow(
-    data_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert run(["audit", "show", ids(data_dir)["carol"], "--data-dir", str(data_dir)]) == 0
+def test_show_explains_default_deny_and_allow(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["audit", "show", ids(log)["carol"], *log.where]) == 0
     out = capsys.readouterr().out
     assert "DENIED by default: no allow rule matched." in out
     assert "sso decision" in out
-    assert run(["audit", "show", ids(data_dir)["alice"], "--data-dir", str(data_dir)]) == 0
+    assert run(["audit", "show", ids(log)["alice"], *log.where]) == 0
     out = capsys.readouterr().out
     assert "ALLOWED: 1 allow rule(s) matched and no deny rule matched." in out
     assert "role 'owner', fact 12.5 s old" in out
 
 
-def test_show_json_and_unknown_id(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    decision_id = ids(data_dir)["alice"]
-    assert run(["audit", "show", decision_id, "--json", "--data-dir", str(data_dir)]) == 0
+def test_show_json_and_unknown_id(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    decision_id = ids(log)["alice"]
+    assert run(["audit", "show", decision_id, "--json", *log.where]) == 0
     assert json.loads(capsys.readouterr().out)["decision_id"] == decision_id
-    assert run(["audit", "show", "nope", "--data-dir", str(data_dir)]) == 1
+    assert run(["audit", "show", "nope", *log.where]) == 1
     assert "no decision nope" in capsys.readouterr().err
 
 
-def test_verify_exit_codes(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["audit", "verify", "--data-dir", str(data_dir)]) == 0
+def test_verify_exit_codes(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["audit", "verify", *log.where]) == 0
     assert "audit log OK: 3 records verified" in capsys.readouterr().out
-    bob = ids(data_dir)["bob"]
-    with sqlite3.connect(data_dir / "audit.db") as conn:
-        conn.execute("UPDATE audit_log SET record = replace(record, 'DENY', 'ALLOW') WHERE seq = 2")
-    assert run(["audit", "verify", "--data-dir", str(data_dir)]) == 1
+    bob = ids(log)["bob"]
+    execute_sql(
+        log.target, "UPDATE audit_log SET record = replace(record, 'DENY', 'ALLOW') WHERE seq = 2"
+    )
+    assert run(["audit", "verify", *log.where]) == 1
     err = capsys.readouterr().err
     assert "TAMPERED" in err and "seq 2" in err and bob in err
 
 
-def test_prune_and_stats(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["audit", "prune", "--older-than", "1h", "--data-dir", str(data_dir)]) == 0
+def test_prune_and_stats(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["audit", "prune", "--older-than", "1h", *log.where]) == 0
     out = capsys.readouterr().out
     assert "pruned 1 decision records older than 1h" in out
     assert "records up to seq 1" in out
-    assert run(["audit", "verify", "--data-dir", str(data_dir)]) == 0
+    assert run(["audit", "verify", *log.where]) == 0
     assert "prune anchor at seq 1" in capsys.readouterr().out
 
-    assert run(["audit", "stats", "--data-dir", str(data_dir)]) == 0
+    assert run(["audit", "stats", *log.where]) == 0
     out = capsys.readouterr().out
     assert "2 decisions (since " in out
     assert "ALLOW 0, DENY 2" in out
     assert "base/deny-suspended" in out
     assert "user:bob (bob@example.com)  1" in out
 
-    assert run(["audit", "stats", "--json", "--since", "45s", "--data-dir", str(data_dir)]) == 0
+    assert run(["audit", "stats", "--json", "--since", "45s", *log.where]) == 0
     result: dict[str, Any] = json.loads(capsys.readouterr().out)
     assert result["total"] == 1 and result["by_kind"] == {"sso": 1}
 
 
-def test_prune_needs_a_duration(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prune_needs_a_duration(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        run(["audit", "prune", "--data-dir", str(data_dir)])
-    assert run(["audit", "prune", "--older-than", "later", "--data-dir", str(data_dir)]) == 2
+        run(["audit", "prune", *log.where])
+    assert run(["audit", "prune", "--older-than", "later", *log.where]) == 2
     assert "cannot read duration" in capsys.readouterr().err
 
 

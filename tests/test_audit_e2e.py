@@ -1,9 +1,11 @@
-"""Every decision the server answers is in the audit log exactly once, with its facts."""
+"""Every decision the server answers is in the audit log exactly once, with its facts; on both
+backends (DATA_DIR/audit.db, or the PostgreSQL database of DATABASE_URL)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,6 +17,22 @@ from authz.v1 import admin_pb2, admin_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 from tests.conftest import RunningService
+from tests.pg import BACKENDS, use_backend
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """None (SQLite under AUTHZ_DATA_DIR) or a PostgreSQL URL for the whole service."""
+    with use_backend(request.param, tmp_path / "db") as chosen:
+        yield None if chosen.name == "sqlite" else chosen.target
+
+
+def assert_audit_where_configured(svc: RunningService, database_url: str | None) -> None:
+    expected = database_url or svc.service.settings.data_dir / "audit.db"
+    assert svc.service.audit.target == expected, (
+        "the service must keep its audit log in DATABASE_URL when set "
+        "(authz.server.app: AuditLog(audit_target(settings.data_dir, settings.database_url)))"
+    )
 
 
 def request(i: int) -> pb.CheckRequest:
@@ -28,9 +46,13 @@ def request(i: int) -> pb.CheckRequest:
 
 @pytest.mark.parametrize("mode", ["durable", "async"])
 def test_concurrent_decisions_are_recorded_exactly_once(
-    start: Callable[..., RunningService], base_settings: Settings, mode: str
+    start: Callable[..., RunningService],
+    base_settings: Settings,
+    mode: str,
+    database_url: str | None,
 ) -> None:
-    svc = start(base_settings, audit_mode=mode)
+    svc = start(base_settings, audit_mode=mode, database_url=database_url)
+    assert_audit_where_configured(svc, database_url)
     stub = pb_grpc.AuthorizationServiceStub(svc.channel)
     with ThreadPoolExecutor(16) as pool:
         singles = list(pool.map(lambda i: stub.Check(request(i)).decision_id, range(300)))
@@ -63,9 +85,10 @@ def test_concurrent_decisions_are_recorded_exactly_once(
 
 
 def test_query_decisions_streams_filtered_records(
-    start: Callable[..., RunningService], base_settings: Settings
+    start: Callable[..., RunningService], base_settings: Settings, database_url: str | None
 ) -> None:
-    svc = start(base_settings)
+    svc = start(base_settings, database_url=database_url)
+    assert_audit_where_configured(svc, database_url)
     stub = pb_grpc.AuthorizationServiceStub(svc.channel)
     ids = [stub.Check(request(i)).decision_id for i in range(6)]
     admin = admin_pb2_grpc.AdminServiceStub(svc.channel)

@@ -1,4 +1,8 @@
-"""The audit writer: each decision written exactly once, group commit, backpressure, fail closed."""
+"""The audit writer: each decision written exactly once, group commit, backpressure, fail closed.
+
+Every test taking `target` runs on both backends: a SQLite file and a PostgreSQL database (a
+fresh schema of the test run's throwaway database; see tests/pg.py).
+"""
 
 from __future__ import annotations
 
@@ -6,36 +10,55 @@ import asyncio
 import contextlib
 import gc
 import math
-import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
-from authz.audit import AuditLog, AuditRecordInvalid, AuditUnavailable, verify
-from authz.audit.testing import make_record
+from authz.audit import AuditLog, AuditRecordInvalid, AuditUnavailable, migrate_audit, verify
+from authz.audit.testing import execute_sql, fetch_all, hold_write_lock, make_record
+from tests.pg import BACKENDS, Backend, postgres, tables, use_backend
+
+Target = Path | str
 
 
-def rows(path: Path) -> list[tuple[int, str, str, str]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(
-            "SELECT seq, decision_id, prev_hash, hash FROM audit_log ORDER BY seq"
-        ).fetchall()
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with use_backend(request.param, tmp_path) as chosen:
+        yield chosen
 
 
-def assert_written_exactly(path: Path, ids: list[str]) -> None:
-    stored = rows(path)
+@pytest.fixture
+def target(backend: Backend, tmp_path: Path) -> Target:
+    """An empty audit log: tmp_path/audit.db, or a PostgreSQL URL (search_path = a new schema)."""
+    return tmp_path / "audit.db" if backend.name == "sqlite" else backend.target
+
+
+@pytest.fixture
+def pg_target(tmp_path: Path) -> Iterator[str]:
+    with use_backend("postgresql", tmp_path) as chosen:
+        yield chosen.target
+
+
+def rows(target: Target) -> list[tuple[Any, ...]]:
+    return fetch_all(target, "SELECT seq, decision_id, prev_hash, hash FROM audit_log ORDER BY seq")
+
+
+def assert_written_exactly(target: Target, ids: list[str]) -> None:
+    stored = rows(target)
     assert [r[0] for r in stored] == list(range(1, len(stored) + 1)), "seq must be gapless"
     assert sorted(r[1] for r in stored) == sorted(ids)
-    report = verify(path)
+    report = verify(target)
     assert report.ok, report.message
 
 
 @pytest.mark.parametrize("mode", ["durable", "async"])
-def test_concurrent_records_are_each_written_once_in_few_commits(tmp_path: Path, mode: str) -> None:
-    path = tmp_path / "audit.db"
+def test_concurrent_records_are_each_written_once_in_few_commits(target: Target, mode: str) -> None:
+    path = target
     records = [make_record() for _ in range(2000)]
 
     async def main() -> AuditLog:
@@ -55,8 +78,8 @@ def test_concurrent_records_are_each_written_once_in_few_commits(tmp_path: Path,
     assert_written_exactly(path, [r["decision_id"] for r in records])
 
 
-def test_durable_record_has_committed_when_it_returns(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_durable_record_has_committed_when_it_returns(target: Target) -> None:
+    path = target
 
     async def main() -> None:
         async with AuditLog(path) as log:
@@ -64,18 +87,18 @@ def test_durable_record_has_committed_when_it_returns(tmp_path: Path) -> None:
                 rec = make_record()
                 await log.record(rec)
                 # Another connection (another process, in effect) sees it right away.
-                with sqlite3.connect(path) as conn:
-                    found = conn.execute(
-                        "SELECT count(*) FROM audit_log WHERE decision_id = ?",
-                        (rec["decision_id"],),
-                    ).fetchone()
-                assert found == (1,)
+                found = fetch_all(
+                    path,
+                    "SELECT count(*) FROM audit_log WHERE decision_id = ?",
+                    (rec["decision_id"],),
+                )
+                assert found == [(1,)]
 
     asyncio.run(main())
 
 
-def test_async_mode_backpressure_with_tiny_queue_never_drops(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_async_mode_backpressure_with_tiny_queue_never_drops(target: Target) -> None:
+    path = target
     log = AuditLog(path, mode="async", queue_max=3, max_batch=2).start()
     original = log._write
 
@@ -97,8 +120,8 @@ def test_async_mode_backpressure_with_tiny_queue_never_drops(tmp_path: Path) -> 
     assert_written_exactly(path, [r["decision_id"] for r in records])
 
 
-def test_blocking_callers_from_threads_with_backpressure(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_blocking_callers_from_threads_with_backpressure(target: Target) -> None:
+    path = target
     ids: list[str] = []
     ids_lock = threading.Lock()
     with AuditLog(path, mode="async", queue_max=4, max_batch=3) as log:
@@ -120,8 +143,8 @@ def test_blocking_callers_from_threads_with_backpressure(tmp_path: Path) -> None
     assert_written_exactly(path, ids)
 
 
-def test_callers_on_several_event_loops_and_threads(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_callers_on_several_event_loops_and_threads(target: Target) -> None:
+    path = target
     log = AuditLog(path).start()
     ids: list[str] = []
     ids_lock = threading.Lock()
@@ -149,8 +172,8 @@ def test_callers_on_several_event_loops_and_threads(tmp_path: Path) -> None:
     assert_written_exactly(path, ids + [r["decision_id"] for r in blocking])
 
 
-def test_record_many_shares_one_commit(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_record_many_shares_one_commit(target: Target) -> None:
+    path = target
     batch = [make_record() for _ in range(50)]
 
     async def main() -> AuditLog:
@@ -164,28 +187,26 @@ def test_record_many_shares_one_commit(tmp_path: Path) -> None:
     assert_written_exactly(path, [r["decision_id"] for r in batch])
 
 
-def test_durable_fails_closed_when_database_is_locked(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_durable_fails_closed_when_database_is_locked(target: Target) -> None:
+    path = target
     log = AuditLog(path, commit_timeout=0.2).start()
     first = make_record()
     log.record_blocking(first)
 
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock past commit_timeout
     refused = [make_record() for _ in range(20)]
 
     async def main() -> list[BaseException | None]:
         return await asyncio.gather(*(log.record(r) for r in refused), return_exceptions=True)
 
-    started = time.monotonic()
-    results = asyncio.run(main())
-    assert time.monotonic() - started < 5
+    with hold_write_lock(path):  # another writer holds the lock past commit_timeout
+        started = time.monotonic()
+        results = asyncio.run(main())
+        assert time.monotonic() - started < 5
     assert all(isinstance(r, AuditUnavailable) for r in results), results
-    assert "locked" in str(results[0])
+    # SQLite: "database is locked"; PostgreSQL: "canceling statement due to lock timeout".
+    assert "lock" in str(results[0])
     assert log.records_failed == 20
 
-    blocker.execute("ROLLBACK")
-    blocker.close()
     after = make_record()
     log.record_blocking(after)  # the log recovers once the lock is gone
     log.close()
@@ -262,8 +283,8 @@ def test_async_close_reports_records_it_could_not_write(tmp_path: Path) -> None:
     assert log.records_written == 0
 
 
-def test_invalid_records_are_refused_by_the_caller_and_poison_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_invalid_records_are_refused_by_the_caller_and_poison_nothing(target: Target) -> None:
+    path = target
     good = make_record()
     bad_records: list[Any] = [
         {**make_record(), "decision_id": ""},
@@ -283,8 +304,8 @@ def test_invalid_records_are_refused_by_the_caller_and_poison_nothing(tmp_path: 
     assert_written_exactly(path, [good["decision_id"]])
 
 
-def test_duplicate_decision_id_is_refused_alone(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_duplicate_decision_id_is_refused_alone(target: Target) -> None:
+    path = target
     first, second = make_record(), make_record()
     duplicate = {**make_record(), "decision_id": first["decision_id"]}
 
@@ -301,8 +322,8 @@ def test_duplicate_decision_id_is_refused_alone(tmp_path: Path) -> None:
     assert_written_exactly(path, [first["decision_id"], second["decision_id"]])
 
 
-def test_restart_continues_the_chain(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_restart_continues_the_chain(target: Target) -> None:
+    path = target
     ids = []
     for _ in range(3):
         with AuditLog(path) as log:
@@ -317,8 +338,8 @@ def test_restart_continues_the_chain(tmp_path: Path) -> None:
     assert_written_exactly(path, ids)
 
 
-def test_two_writers_on_one_file_keep_one_chain(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_two_writers_on_one_log_keep_one_chain(target: Target) -> None:
+    path = target
     records = [make_record() for _ in range(400)]
 
     async def main() -> None:
@@ -329,19 +350,59 @@ def test_two_writers_on_one_file_keep_one_chain(tmp_path: Path) -> None:
     assert_written_exactly(path, [r["decision_id"] for r in records])
 
 
-def test_record_time_is_stamped_by_the_clock_when_missing(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_replicas_writing_at_once_make_one_gapless_chain(target: Target) -> None:
+    """Three AuditLogs (three replicas: each its own writer thread and connection, its callers
+    on their own event loop), all durable, all writing at the same time."""
+    replicas = [AuditLog(target, max_batch=64).start() for _ in range(3)]
+    acknowledged: list[list[str]] = [[] for _ in replicas]
+    barrier = threading.Barrier(len(replicas))
+
+    def serve(i: int) -> None:
+        log = replicas[i]
+
+        async def caller() -> None:
+            for _ in range(100):
+                rec = make_record(caller=f"replica-{i}")
+                await log.record(rec)
+                acknowledged[i].append(rec["decision_id"])
+
+        async def main() -> None:
+            await asyncio.gather(*(caller() for _ in range(8)))
+
+        barrier.wait()
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(len(replicas))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for log in replicas:
+        log.close()
+    assert [len(ids) for ids in acknowledged] == [800] * 3
+    assert [log.records_written for log in replicas] == [800] * 3
+    all_ids = [i for ids in acknowledged for i in ids]
+    assert_written_exactly(target, all_ids)
+    # The replicas' commits interleave: the chain passes from one writer to another.
+    callers = [r[0] for r in fetch_all(target, "SELECT caller FROM audit_log ORDER BY seq")]
+    switches = sum(1 for a, b in zip(callers, callers[1:], strict=False) if a != b)
+    assert switches >= 2, "the writers never interleaved"
+    report = verify(target)
+    assert report.ok and report.checked == report.head_seq == 2400, report.message
+
+
+def test_record_time_is_stamped_by_the_clock_when_missing(target: Target) -> None:
+    path = target
     rec = make_record()
     del rec["time"]
     with AuditLog(path, clock=lambda: 1234.5) as log:
         log.record_blocking(rec)
     assert "time" not in rec  # the caller's dict is left alone
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT time FROM audit_log").fetchone() == (1234.5,)
+    assert fetch_all(path, "SELECT time FROM audit_log") == [(1234.5,)]
 
 
-def test_closed_or_unstarted_log_refuses_records(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path / "audit.db")
+def test_closed_or_unstarted_log_refuses_records(target: Target) -> None:
+    log = AuditLog(target)
     with pytest.raises(AuditUnavailable, match="not started"):
         log.record_blocking(make_record())
     log.start()
@@ -357,8 +418,8 @@ def test_closed_or_unstarted_log_refuses_records(tmp_path: Path) -> None:
         asyncio.run(main())
 
 
-def test_off_mode_records_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_off_mode_records_nothing(target: Target, backend: Backend) -> None:
+    path = target
 
     async def main() -> None:
         async with AuditLog(path, mode="off") as log:
@@ -367,7 +428,10 @@ def test_off_mode_records_nothing(tmp_path: Path) -> None:
             assert log.records_written == 0
 
     asyncio.run(main())
-    assert not path.exists()
+    if isinstance(path, Path):
+        assert not path.exists()
+    else:
+        assert tables(backend.open()) == []  # not even the schema
 
 
 def test_unwritable_location_fails_at_start(tmp_path: Path) -> None:
@@ -377,6 +441,16 @@ def test_unwritable_location_fails_at_start(tmp_path: Path) -> None:
         AuditLog(not_a_dir / "audit.db").start()
 
 
+def test_unreachable_postgres_fails_at_start_without_the_password() -> None:
+    url = "postgresql://authz:s3cret@127.0.0.1:1/authz"
+    log = AuditLog(url, commit_timeout=1.0)
+    with pytest.raises(AuditUnavailable, match="cannot open the audit log at") as info:
+        log.start()
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)
+    with pytest.raises(AuditUnavailable, match="writer stopped"):
+        log.record_blocking(make_record())
+
+
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mode"):
         AuditLog(tmp_path / "a.db", mode="sometimes")  # type: ignore[arg-type]
@@ -384,25 +458,100 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         AuditLog(tmp_path / "a.db", queue_max=0)
 
 
-def test_a_broken_chain_head_is_an_outage_not_a_rejected_record(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+# -- PostgreSQL only: a connection the server drops ---------------------------------------------
+
+
+def terminate_writer(log: AuditLog) -> None:
+    """Drop the writer's connection from the server side (a failover, an idle-connection reaper,
+    pg_terminate_backend)."""
+    pid = log._db.backend_pid  # type: ignore[union-attr]
+    postgres().admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_postgres_durable_fails_closed_when_the_connection_drops_then_reconnects(
+    pg_target: str,
+) -> None:
+    log = AuditLog(pg_target).start()
+    first = make_record()
+    log.record_blocking(first)
+    terminate_writer(log)
+    with pytest.raises(AuditUnavailable, match="not recorded"):
+        log.record_blocking(make_record())  # its commit may not have happened: fail closed
+    after = make_record()
+    log.record_blocking(after)  # the next batch opens a new connection
+    log.close()
+    assert (log.records_written, log.records_failed) == (2, 1)
+    assert_written_exactly(pg_target, [first["decision_id"], after["decision_id"]])
+
+
+def test_postgres_async_retries_across_a_dropped_connection(pg_target: str) -> None:
+    log = AuditLog(pg_target, mode="async", commit_timeout=0.3).start()
+    ids = []
+    for _ in range(3):
+        rec = make_record()
+        log.record_blocking(rec)
+        ids.append(rec["decision_id"])
+    deadline = time.monotonic() + 5
+    while log.records_written < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    terminate_writer(log)
+    with hold_write_lock(pg_target):  # and commits fail for a while after it reconnects
+        for _ in range(5):
+            rec = make_record()
+            log.record_blocking(rec)  # acknowledged: queued
+            ids.append(rec["decision_id"])
+        while log.failed_commits < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    log.close()
+    assert log.failed_commits >= 2
+    assert (log.records_written, log.records_lost, log.records_rejected) == (8, 0, 0)
+    assert_written_exactly(pg_target, ids)
+
+
+def test_postgres_commit_whose_answer_was_lost_is_not_written_twice(pg_target: str) -> None:
+    """The connection breaks after COMMIT reached the server but before its answer came back:
+    async mode retries the batch, finds it already in the log, and does not write it again."""
+    log = AuditLog(pg_target, mode="async").start()
+    original = log._write
+    broken = threading.Event()
+
+    def commit_then_lose_the_answer(batch: Any) -> None:
+        original(batch)
+        if not broken.is_set():
+            broken.set()
+            log._db.raw.close()  # type: ignore[union-attr]
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    log._write = commit_then_lose_the_answer  # type: ignore[method-assign]
+    records = [make_record() for _ in range(10)]
+    asyncio.run(log.record_many(records))
+    log.close()
+    assert broken.is_set()
+    assert (log.failed_commits, log.records_written, log.records_rejected) == (1, 10, 0)
+    assert_written_exactly(pg_target, [r["decision_id"] for r in records])
+
+
+def test_a_broken_chain_head_is_an_outage_not_a_rejected_record(target: Target) -> None:
+    path = target
     log = AuditLog(path).start()
     log.record_blocking(make_record())
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE audit_head SET seq = 0")  # the next insert clashes with seq 1
-    with pytest.raises(AuditUnavailable, match="UNIQUE constraint failed: audit_log.seq"):
+    execute_sql(path, "UPDATE audit_head SET seq = 0")  # the next insert clashes with seq 1
+    clash = (
+        "UNIQUE constraint failed: audit_log.seq"
+        if isinstance(path, Path)
+        else 'duplicate key value violates unique constraint "audit_log_pkey"'
+    )
+    with pytest.raises(AuditUnavailable, match=clash):
         log.record_blocking(make_record())
     log.close()
     assert (log.records_rejected, log.records_failed) == (0, 1)
 
 
 def test_a_cancelled_durable_caller_leaves_nothing_dangling(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    target: Target, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "audit.db"
+    path = target
     log = AuditLog(path, commit_timeout=0.2).start()
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
 
     async def main(log: AuditLog) -> None:
         task = asyncio.ensure_future(log.record_many([make_record() for _ in range(3)]))
@@ -412,12 +561,49 @@ def test_a_cancelled_durable_caller_leaves_nothing_dangling(
             await task
         await asyncio.sleep(0.4)  # the commit fails meanwhile; nobody is waiting for it
 
-    asyncio.run(main(log))
-    blocker.execute("ROLLBACK")
-    blocker.close()
+    with hold_write_lock(path):
+        asyncio.run(main(log))
     log.close()
     counts = (log.records_failed, log.records_written)
     del log
     gc.collect()  # a failed future nobody retrieved would complain here
     assert counts == (3, 0)
     assert "never retrieved" not in caplog.text
+
+
+def test_schema_is_made_once_when_replicas_start_together(target: Target) -> None:
+    """Four replicas start at the same moment on an empty database: each version is applied
+    exactly once (PostgreSQL: under an advisory lock), none fails, and all share one chain."""
+    barrier = threading.Barrier(4)
+    logs: list[AuditLog] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            log = AuditLog(target).start()
+            log.record_blocking(make_record())
+            logs.append(log)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for log in logs:
+        log.close()
+    assert not errors and len(logs) == 4
+    if isinstance(target, str):
+        assert fetch_all(target, "SELECT version FROM audit_schema_version") == [(1,)]
+    assert migrate_audit(target) == []  # up to date
+    report = verify(target)
+    assert report.ok and report.checked == 4
+
+
+def test_migrate_audit_creates_the_schema_ahead_of_the_writers(target: Target) -> None:
+    assert migrate_audit(target) == [1]
+    assert migrate_audit(target) == []
+    report = verify(target)  # an empty log, not "no audit log"
+    assert report.ok and report.checked == 0

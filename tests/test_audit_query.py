@@ -1,7 +1,11 @@
-"""Reviewing the log: filters, get, stats, time parsing; records come back exactly as written."""
+"""Reviewing the log: filters, get, stats, time parsing; records come back exactly as written.
+
+The tests taking `log_path` or `target` run on both backends (SQLite file, PostgreSQL schema).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from authz.audit import (
     verify,
 )
 from authz.audit.testing import make_record
+from tests.pg import BACKENDS, use_backend
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0
@@ -30,9 +35,25 @@ OWNER_READS = ("base", "owner-reads", "ALLOW", "owners may read")
 ADMIN_ALL = ("admin", "staff-all", "ALLOW", "staff may do anything")
 
 
-@pytest.fixture(scope="module")
-def log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("audit") / "audit.db"
+Target = Path | str
+
+
+@pytest.fixture(params=BACKENDS)
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    with use_backend(request.param, tmp_path) as chosen:
+        yield tmp_path / "audit.db" if chosen.name == "sqlite" else chosen.target
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def log_path(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
+    directory = tmp_path_factory.mktemp("audit")
+    with use_backend(request.param, directory) as chosen:
+        yield _fill(directory / "audit.db" if chosen.name == "sqlite" else chosen.target)
+
+
+def _fill(path: Target) -> Target:
     records: list[dict[str, Any]] = [
         # hours ago, principal, action, resource, app, effect, rules, kind
         make_record(time=NOW - 30 * 24 * HOUR, principal=("user", "old"), rules=[OWNER_READS]),
@@ -84,7 +105,7 @@ def ids_of(records: list[dict[str, Any]]) -> list[str]:
     return [r["principal"]["id"] + "@" + str(round((NOW - r["time"]) / HOUR, 1)) for r in records]
 
 
-def test_query_everything_newest_first(log_path: Path) -> None:
+def test_query_everything_newest_first(log_path: Target) -> None:
     assert ids_of(query(log_path)) == [
         "carol@0.5",
         "bob@1.5",
@@ -119,11 +140,11 @@ def test_query_everything_newest_first(log_path: Path) -> None:
         ({"principal": "nobody"}, []),
     ],
 )
-def test_query_filters(log_path: Path, filters: dict[str, Any], expected: list[str]) -> None:
+def test_query_filters(log_path: Target, filters: dict[str, Any], expected: list[str]) -> None:
     assert ids_of(query(log_path, now=NOW, **filters)) == expected
 
 
-def test_query_rejects_bad_filters(log_path: Path) -> None:
+def test_query_rejects_bad_filters(log_path: Target) -> None:
     with pytest.raises(ValueError, match="ALLOW or DENY"):
         query(log_path, effect="maybe")
     with pytest.raises(ValueError, match="cannot read time"):
@@ -134,9 +155,39 @@ def test_missing_log_is_an_error_not_an_empty_answer(tmp_path: Path) -> None:
     with pytest.raises(AuditLogNotFound, match="no audit log"):
         query(tmp_path / "nope" / "audit.db")
     assert not (tmp_path / "nope").exists()
+    with use_backend("postgresql", tmp_path) as empty:
+        with pytest.raises(AuditLogNotFound, match="no audit log in"):
+            query(empty.target)
+        with pytest.raises(AuditLogNotFound, match="no audit log in"):
+            stats(empty.target)
 
 
-def test_get_returns_the_record_exactly(log_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("pattern", "matches", "misses"),
+    [
+        ("account.*", ["account.read", "account.", "account.a.b"], ["accountXread", "account"]),
+        ("*.login", ["session.login", ".login"], ["session.login2", "session_login"]),
+        ("a?c", ["abc", "a.c"], ["ac", "abbc"]),
+        ("plan.[ab]*", ["plan.a", "plan.bx"], ["plan.c"]),
+        ("plan.[^ab]", ["plan.c"], ["plan.a", "plan.cc"]),
+        ("x[]]y", ["x]y"], ["xy"]),
+        ("a(b)+c|d$.", ["a(b)+c|d$."], ["abc", "abbc", "d", "a(b)+c|d$x"]),
+        ("a[bc", [], ["a[bc", "ab"]),  # an unterminated set matches nothing
+        ("back\\slash*", ["back\\slash", "back\\slashes"], ["backslash"]),
+    ],
+)
+def test_glob_filters_match_the_same_on_both_backends(
+    target: Target, pattern: str, matches: list[str], misses: list[str]
+) -> None:
+    """--action globs: SQLite's GLOB, and on PostgreSQL the same pattern as a regex."""
+    with AuditLog(target) as log:
+        for action in matches + misses:
+            log.record_blocking(make_record(action=action))
+    found = {r["action"] for r in query(target, action=pattern, limit=None)}
+    assert found == set(matches)
+
+
+def test_get_returns_the_record_exactly(log_path: Target) -> None:
     newest = query(log_path, limit=1)[0]
     assert get(log_path, newest["decision_id"]) == newest
     entry = get_entry(log_path, newest["decision_id"])
@@ -144,7 +195,7 @@ def test_get_returns_the_record_exactly(log_path: Path) -> None:
     assert get(log_path, "no-such-id") is None
 
 
-def test_stats(log_path: Path) -> None:
+def test_stats(log_path: Target) -> None:
     result = stats(log_path, since="24h", now=NOW)
     assert result["total"] == 5
     assert result["since"] == NOW - 24 * HOUR
@@ -214,8 +265,8 @@ json_values = st.recursive(
 )
 
 
-def test_records_round_trip_exactly_and_chain(tmp_path: Path) -> None:
-    path = tmp_path / "audit.db"
+def test_records_round_trip_exactly_and_chain(target: Target) -> None:
+    path = target
     written = 0
     with AuditLog(path) as log:
 

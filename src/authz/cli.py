@@ -168,6 +168,8 @@ def cmd_policy_status(args: argparse.Namespace) -> int:
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from authz.audit.errors import AuditError
+    from authz.audit.schema import audit_target, migrate_audit
     from authz.config import ConfigError, Settings
     from authz.store import StoreError, migrate, open_store
 
@@ -177,10 +179,17 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
         with open_store(target) as db:
             applied = migrate(db)
             where = db.location
-    except (ConfigError, StoreError) as exc:
+        url = args.database_url or settings.database_url
+        audit_applied = migrate_audit(audit_target(settings.data_dir, url))
+    except (ConfigError, StoreError, AuditError) as exc:
         print(f"authz: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(f"{where}: applied schema versions {applied}" if applied else f"{where}: up to date")
+    print(
+        f"audit log: applied schema versions {audit_applied}"
+        if audit_applied
+        else "audit log: up to date"
+    )
     return 0
 
 

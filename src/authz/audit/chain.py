@@ -12,18 +12,19 @@ an earlier head (export `audit_head` or the verify output elsewhere if that matt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from authz.audit.backend import AuditDb, Target
 from authz.audit.errors import AuditRecordInvalid, AuditTampered
 from authz.audit.record import INDEX_COLUMNS, RuleRow, index_columns, matched_rules
-from authz.audit.schema import ANCHORS, GENESIS_HASH, HEAD, LOG, RULES, open_audit_db
+from authz.audit.schema import ANCHORS, GENESIS_HASH, HEAD, LOG, RULES, open_audit
 from authz.clock import Clock, rfc3339, system_clock
+from authz.store.base import Dialect
 
 Problem = Literal["edited", "deleted", "reordered", "anchor", "head"]
 
@@ -73,35 +74,41 @@ _ROW_SQL = (
     f"SELECT seq, {', '.join(INDEX_COLUMNS)}, record, prev_hash, hash FROM {LOG} "
     "WHERE seq <= ? ORDER BY seq"
 )
-_RULES_SQL = (
-    f"SELECT seq, json_group_array(json_array(policy, rule_id, effect)) FROM "
-    f"(SELECT seq, policy, rule_id, effect FROM {RULES} WHERE seq <= ? ORDER BY seq, rowid) "
-    "GROUP BY seq ORDER BY seq"
-)
+_RULES_SQL: dict[Dialect, str] = {
+    "sqlite": (
+        f"SELECT seq, json_group_array(json_array(policy, rule_id, effect)) FROM "
+        f"(SELECT seq, policy, rule_id, effect FROM {RULES} WHERE seq <= ? ORDER BY seq, rowid) "
+        "GROUP BY seq ORDER BY seq"
+    ),
+    "postgresql": (
+        "SELECT seq, json_agg(json_build_array(policy, rule_id, effect) ORDER BY id)::text "
+        f"FROM {RULES} WHERE seq <= ? GROUP BY seq ORDER BY seq"
+    ),
+}
 
 
-def _rule_groups(
-    conn: sqlite3.Connection, upto: int
-) -> Iterator[tuple[int, list[tuple[str, ...]]]]:
-    for seq, text in conn.execute(_RULES_SQL, (upto,)):
-        yield seq, [tuple("" if v is None else v for v in item) for item in json.loads(text)]
+def _rule_groups(db: AuditDb, upto: int) -> Iterator[tuple[int, list[tuple[str, ...]]]]:
+    with contextlib.closing(db.iterate(_RULES_SQL[db.dialect], (upto,))) as groups:
+        for seq, text in groups:
+            yield (
+                int(seq),
+                [tuple("" if v is None else v for v in item) for item in json.loads(text)],
+            )
 
 
-def _predecessor_present(
-    conn: sqlite3.Connection, prev_hash: str, anchor: tuple[int, str] | None
-) -> bool:
+def _predecessor_present(db: AuditDb, prev_hash: str, anchor: tuple[int, str] | None) -> bool:
     """Whether the record a row links to (by its prev_hash) is still in the log (or the anchor)."""
     if prev_hash == GENESIS_HASH or (anchor is not None and prev_hash == anchor[1]):
         return True
-    row = conn.execute(f"SELECT 1 FROM {LOG} WHERE hash = ? LIMIT 1", (prev_hash,)).fetchone()
+    row = db.execute(f"SELECT 1 FROM {LOG} WHERE hash = ? LIMIT 1", (prev_hash,)).fetchone()
     return row is not None
 
 
 def _written_as(
-    conn: sqlite3.Connection, seq: int, record_json: str, prev_hash: str, stored_hash: str
+    db: AuditDb, seq: int, record_json: str, prev_hash: str, stored_hash: str
 ) -> int | None:
     """The seq this record's hash was made for, if not `seq` (searching outward; failure path)."""
-    (top,) = conn.execute(f"SELECT max(seq) FROM {LOG}").fetchone()
+    (top,) = db.execute(f"SELECT max(seq) FROM {LOG}").fetchone()
     upper = max(int(top or 0), seq) + 1
     for distance in range(1, upper):
         for candidate in (seq - distance, seq + distance):
@@ -113,7 +120,7 @@ def _written_as(
 
 
 def _check_row(
-    conn: sqlite3.Connection,
+    db: AuditDb,
     row: tuple[object, ...],
     prev: str,
     anchor: tuple[int, str] | None,
@@ -125,7 +132,7 @@ def _check_row(
     decision_id = str(columns[0])
     where = f"record seq {seq} (decision {decision_id})"
     if chain_hash(prev_hash, seq, record_json) != stored_hash:
-        original = _written_as(conn, seq, record_json, prev_hash, stored_hash)
+        original = _written_as(db, seq, record_json, prev_hash, stored_hash)
         if original is None:
             return _Finding(
                 "edited",
@@ -133,7 +140,7 @@ def _check_row(
                 decision_id,
                 f"{where} was edited: its content no longer matches its hash",
             )
-        if original > seq and not _predecessor_present(conn, prev_hash, anchor):
+        if original > seq and not _predecessor_present(db, prev_hash, anchor):
             return _Finding(
                 "deleted",
                 seq,
@@ -145,7 +152,7 @@ def _check_row(
             "reordered", seq, decision_id, f"{where} was moved: it was written as seq {original}"
         )
     if prev_hash != prev:
-        if not _predecessor_present(conn, prev_hash, anchor):
+        if not _predecessor_present(db, prev_hash, anchor):
             return _Finding(
                 "edited",
                 seq - 1,
@@ -166,7 +173,7 @@ def _check_row(
     except (ValueError, AuditRecordInvalid) as exc:
         return _Finding("edited", seq, decision_id, f"record seq {seq} is unreadable: {exc}")
     for name, have, want in zip(INDEX_COLUMNS, columns, expected, strict=True):
-        if have != want:
+        if have != db.stored(want):
             return _Finding(
                 "edited",
                 seq,
@@ -187,18 +194,32 @@ class _Walk:
     anchor: tuple[int, str] | None = None
 
 
-def _walk(conn: sqlite3.Connection, upto: int) -> _Walk:
-    """Check the records with seq <= upto in order, stopping at the first problem."""
-    anchor_row = conn.execute(
-        f"SELECT seq, hash FROM {ANCHORS} ORDER BY seq DESC LIMIT 1"
-    ).fetchone()
+def _walk(db: AuditDb, upto: int) -> _Walk:
+    """Check the records with seq <= upto in order, stopping at the first problem.
+
+    Run it inside db.snapshot() (or a write transaction): it streams the rows.
+    """
+    anchor_row = db.execute(f"SELECT seq, hash FROM {ANCHORS} ORDER BY seq DESC LIMIT 1").fetchone()
     walk = _Walk()
     if anchor_row is not None:
         walk.anchor = (int(anchor_row[0]), str(anchor_row[1]))
         walk.last, walk.last_hash = walk.anchor
-    rules = _rule_groups(conn, upto)
+    with (
+        contextlib.closing(_rule_groups(db, upto)) as rules,
+        contextlib.closing(db.iterate(_ROW_SQL, (upto,))) as rows,
+    ):
+        _walk_rows(db, walk, rules, rows)
+    return walk
+
+
+def _walk_rows(
+    db: AuditDb,
+    walk: _Walk,
+    rules: Iterator[tuple[int, list[tuple[str, ...]]]],
+    rows: Iterator[tuple[Any, ...]],
+) -> None:
     pending = next(rules, None)
-    for row in conn.execute(_ROW_SQL, (upto,)):
+    for row in rows:
         seq = int(row[0])
         decision_id = str(row[1])
         expected = walk.last + 1
@@ -210,7 +231,7 @@ def _walk(conn: sqlite3.Connection, upto: int) -> _Walk:
                 f"record seq {seq} (decision {decision_id}) lies before the prune anchor at seq "
                 f"{walk.last}: the record or the anchor was tampered with",
             )
-            return walk
+            return
         if seq > expected:
             missing = f"seq {expected}" if seq == expected + 1 else f"seq {expected}-{seq - 1}"
             walk.finding = _Finding(
@@ -220,22 +241,22 @@ def _walk(conn: sqlite3.Connection, upto: int) -> _Walk:
                 f"record {missing} was deleted: the log jumps from seq {walk.last} to seq {seq} "
                 f"(decision {decision_id})",
             )
-            return walk
-        checked = _check_row(conn, row, walk.last_hash, walk.anchor)
+            return
+        checked = _check_row(db, row, walk.last_hash, walk.anchor)
         if isinstance(checked, _Finding):
             walk.finding = checked
-            return walk
+            return
         # The audit_rule rows of this record must be exactly its matched rules.
         if pending is not None and pending[0] < seq:
             walk.finding = _Finding(
                 "edited", pending[0], None, f"audit_rule rows for seq {pending[0]} have no record"
             )
-            return walk
+            return
         have: list[tuple[str, ...]] = []  # the audit_rule rows of this record
         if pending is not None and pending[0] == seq:
             have = pending[1]
             pending = next(rules, None)
-        want = list(checked)
+        want = [tuple(db.stored(v) for v in rule) for rule in checked]
         if have != want:
             walk.finding = _Finding(
                 "edited",
@@ -244,7 +265,7 @@ def _walk(conn: sqlite3.Connection, upto: int) -> _Walk:
                 f"the rule index (audit_rule) of record seq {seq} (decision {decision_id}) "
                 "was edited",
             )
-            return walk
+            return
         walk.last, walk.last_hash = seq, str(row[-1])
         walk.first = seq if walk.first is None else walk.first
         walk.checked += 1
@@ -252,20 +273,17 @@ def _walk(conn: sqlite3.Connection, upto: int) -> _Walk:
         walk.finding = _Finding(
             "edited", pending[0], None, f"audit_rule rows for seq {pending[0]} have no record"
         )
-    return walk
 
 
-def verify(path: Path | str) -> VerifyReport:
-    """Walk the whole chain (from the prune anchor, if any) and report the first problem."""
-    db = open_audit_db(path)
-    conn = db.conn
-    try:
-        conn.execute("BEGIN")  # one snapshot, even while the writer keeps committing
-        head_row = conn.execute(f"SELECT seq, hash FROM {HEAD} WHERE id = 1").fetchone()
-        walk = _walk(conn, 2**62)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+def verify(target: Target) -> VerifyReport:
+    """Walk the whole chain (from the prune anchor, if any) and report the first problem.
+
+    target: the SQLite file or the PostgreSQL URL of the log. Sees one consistent snapshot
+    while writers (every replica's) keep committing.
+    """
+    with open_audit(target) as db, db.snapshot():
+        head_row = db.execute(f"SELECT seq, hash FROM {HEAD} WHERE id = 1").fetchone()
+        walk = _walk(db, 2**62)
     head_seq, head_hash = (0, GENESIS_HASH) if head_row is None else (int(head_row[0]), head_row[1])
     finding = walk.finding
     if finding is None and head_row is None:
@@ -317,26 +335,34 @@ PRUNE_CHUNK = 2000
 """Records deleted per write transaction, so a running service's writer is never held up long."""
 
 
-def _anchor_seq(conn: sqlite3.Connection) -> int:
-    (seq,) = conn.execute(f"SELECT max(seq) FROM {ANCHORS}").fetchone()
+PRUNE_LOCK = "authz:audit-prune"
+"""PostgreSQL: serialises prunes (SQLite's BEGIN IMMEDIATE already does)."""
+
+
+def _anchor_seq(db: AuditDb) -> int:
+    (seq,) = db.execute(f"SELECT max(seq) FROM {ANCHORS}").fetchone()
     return int(seq or 0)
 
 
-def _anchor_hash(conn: sqlite3.Connection, end: int) -> str | None:
+def _anchor_hash(db: AuditDb, end: int) -> str | None:
     """The hash the chain continues from after seq `end`: that record's hash or, if it is gone
     (force), the prev_hash of the next record or the head."""
-    row = conn.execute(f"SELECT hash FROM {LOG} WHERE seq = ?", (end,)).fetchone()
+    row = db.execute(f"SELECT hash FROM {LOG} WHERE seq = ?", (end,)).fetchone()
     if row is None:
-        row = conn.execute(
+        row = db.execute(
             f"SELECT prev_hash FROM {LOG} WHERE seq > ? ORDER BY seq LIMIT 1", (end,)
         ).fetchone()
     if row is None:
-        row = conn.execute(f"SELECT hash FROM {HEAD} WHERE id = 1 AND seq = ?", (end,)).fetchone()
+        row = db.execute(f"SELECT hash FROM {HEAD} WHERE id = 1 AND seq = ?", (end,)).fetchone()
     return None if row is None else str(row[0])
 
 
+class _Restart(Exception):
+    """Another prune moved the anchor meanwhile: roll back and start over."""
+
+
 def prune(
-    path: Path | str,
+    target: Target,
     older_than_seconds: float,
     clock: Clock = system_clock,
     *,
@@ -358,26 +384,21 @@ def prune(
         raise ValueError("chunk must be at least 1")
     now = clock()
     cutoff = now - older_than_seconds
-    db = open_audit_db(path)
-    conn = db.conn
     total = 0
     run_anchor: int | None = None  # the audit_anchor row this prune moves forward
-    try:
+    with open_audit(target) as db:
         # One statement, one snapshot: records committed meanwhile are recent, never pruned.
-        first_kept, last = conn.execute(
+        first_kept, last = db.execute(
             f"SELECT (SELECT min(seq) FROM {LOG} WHERE time >= ?), (SELECT max(seq) FROM {LOG})",
             (cutoff,),
         ).fetchone()
         boundary = last if first_kept is None else int(first_kept) - 1
         while boundary is not None:
-            # 1. Verify the next chunk in a read snapshot, without holding up the writer.
-            conn.execute("BEGIN")
-            try:
-                start = _anchor_seq(conn)
+            # 1. Verify the next chunk in a read snapshot, without holding up the writers.
+            with db.snapshot():
+                start = _anchor_seq(db)
                 end = min(start + chunk, boundary)
-                walk = None if force or start >= boundary else _walk(conn, end)
-            finally:
-                conn.execute("COMMIT")
+                walk = None if force or start >= boundary else _walk(db, end)
             if start >= boundary:
                 break
             if walk is not None:
@@ -392,50 +413,43 @@ def prune(
                         "copy of the database as evidence (or prune with force)"
                     )
             # 2. Delete it in a short write transaction, if nothing moved in between.
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                if _anchor_seq(conn) != start:  # another prune got there first: start over
-                    conn.execute("ROLLBACK")
-                    continue
-                anchor_hash = _anchor_hash(conn, end)
-                if anchor_hash is None or (walk is not None and anchor_hash != walk.last_hash):
-                    raise AuditTampered(f"not pruning: record seq {end} changed while pruning")
-                deleted = conn.execute(f"DELETE FROM {LOG} WHERE seq <= ?", (end,)).rowcount
-                conn.execute(f"DELETE FROM {RULES} WHERE seq <= ?", (end,))
-                if run_anchor is None:
-                    conn.execute(
-                        f"INSERT OR REPLACE INTO {ANCHORS} "
-                        "(seq, hash, pruned_at, cutoff, pruned_count) VALUES (?, ?, ?, ?, ?)",
-                        (end, anchor_hash, now, cutoff, deleted),
-                    )
-                else:
-                    conn.execute(
-                        f"UPDATE {ANCHORS} SET seq = ?, hash = ?, "
-                        "pruned_count = pruned_count + ? WHERE seq = ?",
-                        (end, anchor_hash, deleted, run_anchor),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                with db.write(lock=PRUNE_LOCK):
+                    if _anchor_seq(db) != start:  # another prune got there first
+                        raise _Restart
+                    anchor_hash = _anchor_hash(db, end)
+                    if anchor_hash is None or (walk is not None and anchor_hash != walk.last_hash):
+                        raise AuditTampered(f"not pruning: record seq {end} changed while pruning")
+                    deleted = db.execute(f"DELETE FROM {LOG} WHERE seq <= ?", (end,)).rowcount
+                    db.execute(f"DELETE FROM {RULES} WHERE seq <= ?", (end,))
+                    if run_anchor is None:
+                        db.execute(
+                            f"INSERT INTO {ANCHORS} (seq, hash, pruned_at, cutoff, pruned_count) "
+                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (seq) DO UPDATE SET "
+                            "hash = excluded.hash, pruned_at = excluded.pruned_at, "
+                            "cutoff = excluded.cutoff, pruned_count = excluded.pruned_count",
+                            (end, anchor_hash, now, cutoff, deleted),
+                        )
+                    else:
+                        db.execute(
+                            f"UPDATE {ANCHORS} SET seq = ?, hash = ?, "
+                            "pruned_count = pruned_count + ? WHERE seq = ?",
+                            (end, anchor_hash, deleted, run_anchor),
+                        )
+            except _Restart:
+                continue  # (rolled back) start over from the new anchor
             run_anchor = end
             total += int(deleted)
-    finally:
-        conn.close()
     return total
 
 
-def describe_anchor(path: Path | str) -> str | None:
+def describe_anchor(target: Target) -> str | None:
     """A sentence about the latest prune anchor, or None when nothing was pruned."""
-    db = open_audit_db(path)
-    try:
+    with open_audit(target) as db:
         row = db.execute(
             f"SELECT seq, hash, pruned_at, cutoff, pruned_count FROM {ANCHORS} "
             "ORDER BY seq DESC LIMIT 1"
         ).fetchone()
-    finally:
-        db.conn.close()
     if row is None:
         return None
     seq, hash_, pruned_at, cutoff, count = row

@@ -2,9 +2,13 @@
 
 The `authz` CLI wires these in with::
 
-    add_audit_commands(subparsers, default_data_dir_getter)
+    add_audit_commands(subparsers, default_data_dir_getter, default_database_url_getter)
     args = parser.parse_args()
     sys.exit(args.func(args))
+
+Which log: ``--database-url`` (PostgreSQL), else ``--data-dir`` (SQLite ``DIR/audit.db``), else
+``AUTHZ_DATABASE_URL`` / ``DATABASE_URL`` when set (the log the replicas share), else
+``AUTHZ_DATA_DIR/audit.db`` (default ``./data``). A flag beats an environment variable.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from authz.audit.backend import is_postgres_target, normalise_target
 from authz.audit.chain import describe_anchor, prune, verify
 from authz.audit.errors import AuditError
 from authz.audit.query import AuditEntry, get_entry, parse_duration, query, stats
 from authz.audit.schema import audit_db_path
 from authz.clock import rfc3339
+from authz.store.base import StoreError
+from authz.store.connect import database_url_from_env
 
 DataDirGetter = Callable[[], "str | os.PathLike[str]"]
+DatabaseUrlGetter = Callable[[], "str | None"]
 Handler = Callable[[argparse.Namespace], int]
 
 EXIT_OK = 0
@@ -60,11 +68,38 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("AUTHZ_DATA_DIR") or "data")
 
 
+def default_database_url() -> str | None:
+    """AUTHZ_DATABASE_URL or DATABASE_URL when it names PostgreSQL (see database_url_from_env)."""
+    return database_url_from_env()
+
+
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _db_path(args: argparse.Namespace, getter: DataDirGetter) -> Path:
-    return audit_db_path(Path(args.data_dir) if args.data_dir else Path(getter()))
+class _UsageError(Exception):
+    pass
+
+
+def _target(
+    args: argparse.Namespace, getter: DataDirGetter, url_getter: DatabaseUrlGetter
+) -> Path | str:
+    """The log the command works on: a SQLite path or a PostgreSQL URL (see the module doc)."""
+    url = getattr(args, "database_url", None)
+    if url and args.data_dir:
+        raise _UsageError("give --database-url or --data-dir, not both")
+    if url:
+        if not is_postgres_target(url):
+            raise _UsageError("--database-url must be a postgresql:// (or postgres://) URL")
+        return normalise_target(url)
+    if args.data_dir:
+        return audit_db_path(Path(args.data_dir))
+    try:
+        url = url_getter()
+    except StoreError as exc:
+        raise _UsageError(str(exc)) from None
+    if url:
+        return normalise_target(url)
+    return audit_db_path(Path(getter()))
 
 
 def _fail(args: argparse.Namespace, message: str, status: int = EXIT_USAGE) -> int:
@@ -133,10 +168,14 @@ def _jsonish(value: Any) -> str:
 # -- audit query ---------------------------------------------------------------------------
 
 
-def cmd_query(args: argparse.Namespace, getter: DataDirGetter = default_data_dir) -> int:
+def cmd_query(
+    args: argparse.Namespace,
+    getter: DataDirGetter = default_data_dir,
+    url_getter: DatabaseUrlGetter = default_database_url,
+) -> int:
     try:
         records = query(
-            _db_path(args, getter),
+            _target(args, getter, url_getter),
             since=args.since,
             until=args.until,
             principal=args.principal,
@@ -150,7 +189,7 @@ def cmd_query(args: argparse.Namespace, getter: DataDirGetter = default_data_dir
         )
     except AuditError as exc:
         return _fail(args, str(exc), EXIT_NOT_FOUND)
-    except ValueError as exc:
+    except (ValueError, _UsageError) as exc:
         return _fail(args, str(exc))
     out = sys.stdout
     if args.format == "json":
@@ -298,11 +337,17 @@ def explain(entry: AuditEntry) -> str:
     return "\n".join(lines)
 
 
-def cmd_show(args: argparse.Namespace, getter: DataDirGetter = default_data_dir) -> int:
+def cmd_show(
+    args: argparse.Namespace,
+    getter: DataDirGetter = default_data_dir,
+    url_getter: DatabaseUrlGetter = default_database_url,
+) -> int:
     try:
-        entry = get_entry(_db_path(args, getter), args.decision_id)
+        entry = get_entry(_target(args, getter, url_getter), args.decision_id)
     except AuditError as exc:
         return _fail(args, str(exc), EXIT_NOT_FOUND)
+    except _UsageError as exc:
+        return _fail(args, str(exc))
     if entry is None:
         return _fail(args, f"no decision {args.decision_id} in the audit log", EXIT_NOT_FOUND)
     if args.json:
@@ -315,11 +360,14 @@ def cmd_show(args: argparse.Namespace, getter: DataDirGetter = default_data_dir)
 # -- audit verify --------------------------------------------------------------------------
 
 
-def cmd_verify(args: argparse.Namespace, getter: DataDirGetter = default_data_dir) -> int:
-    path = _db_path(args, getter)
+def cmd_verify(
+    args: argparse.Namespace,
+    getter: DataDirGetter = default_data_dir,
+    url_getter: DatabaseUrlGetter = default_database_url,
+) -> int:
     try:
-        report = verify(path)
-    except AuditError as exc:
+        report = verify(_target(args, getter, url_getter))
+    except (AuditError, _UsageError) as exc:
         return _fail(args, str(exc), EXIT_USAGE)
     if report.ok:
         print(report.message)
@@ -331,15 +379,19 @@ def cmd_verify(args: argparse.Namespace, getter: DataDirGetter = default_data_di
 # -- audit prune ---------------------------------------------------------------------------
 
 
-def cmd_prune(args: argparse.Namespace, getter: DataDirGetter = default_data_dir) -> int:
-    path = _db_path(args, getter)
+def cmd_prune(
+    args: argparse.Namespace,
+    getter: DataDirGetter = default_data_dir,
+    url_getter: DatabaseUrlGetter = default_database_url,
+) -> int:
     try:
+        target = _target(args, getter, url_getter)
         seconds = parse_duration(args.older_than)
-    except ValueError as exc:
+    except (ValueError, _UsageError) as exc:
         return _fail(args, str(exc))
     try:
-        count = prune(path, seconds, force=args.force)
-        anchor = describe_anchor(path)
+        count = prune(target, seconds, force=args.force)
+        anchor = describe_anchor(target)
     except AuditError as exc:
         return _fail(args, str(exc), EXIT_TAMPERED)
     print(f"pruned {count} decision records older than {args.older_than}")
@@ -351,12 +403,16 @@ def cmd_prune(args: argparse.Namespace, getter: DataDirGetter = default_data_dir
 # -- audit stats ---------------------------------------------------------------------------
 
 
-def cmd_stats(args: argparse.Namespace, getter: DataDirGetter = default_data_dir) -> int:
+def cmd_stats(
+    args: argparse.Namespace,
+    getter: DataDirGetter = default_data_dir,
+    url_getter: DatabaseUrlGetter = default_database_url,
+) -> int:
     try:
-        result = stats(_db_path(args, getter), since=args.since, until=args.until)
+        result = stats(_target(args, getter, url_getter), since=args.since, until=args.until)
     except AuditError as exc:
         return _fail(args, str(exc), EXIT_NOT_FOUND)
-    except ValueError as exc:
+    except (ValueError, _UsageError) as exc:
         return _fail(args, str(exc))
     if args.json:
         print(json.dumps(result, sort_keys=True, indent=2))
@@ -395,13 +451,17 @@ def cmd_stats(args: argparse.Namespace, getter: DataDirGetter = default_data_dir
 def add_audit_commands(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
     default_data_dir_getter: DataDirGetter = default_data_dir,
+    default_database_url_getter: DatabaseUrlGetter = default_database_url,
 ) -> argparse.ArgumentParser:
     """Add `audit query|show|verify|prune|stats`; each sets func=handler(args) -> exit status."""
     getter = default_data_dir_getter
+    url_getter = default_database_url_getter
     audit = subparsers.add_parser(
         "audit",
         help="review, verify and prune the decision audit log",
-        description="Review, verify and prune the decision audit log (DATA_DIR/audit.db).",
+        description="Review, verify and prune the decision audit log: DATA_DIR/audit.db, or the "
+        "PostgreSQL database the replicas share (--database-url, AUTHZ_DATABASE_URL or "
+        "DATABASE_URL).",
     )
     commands = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
 
@@ -409,13 +469,21 @@ def add_audit_commands(
     common.add_argument(
         "--data-dir",
         default=None,
-        help="directory holding audit.db (default: $AUTHZ_DATA_DIR or ./data)",
+        help="directory holding audit.db (default: $AUTHZ_DATA_DIR or ./data, unless a "
+        "database URL is set)",
+    )
+    common.add_argument(
+        "--database-url",
+        default=None,
+        metavar="URL",
+        help="the PostgreSQL database holding the log (default: $AUTHZ_DATABASE_URL or "
+        "$DATABASE_URL when set; prefer them, a URL on the command line shows its password)",
     )
     times = argparse.ArgumentParser(add_help=False)
     times.add_argument("--until", help="only decisions before this time")
 
     def bind(parser: argparse.ArgumentParser, handler: Callable[..., int]) -> None:
-        handler_for_args: Handler = functools.partial(handler, getter=getter)
+        handler_for_args: Handler = functools.partial(handler, getter=getter, url_getter=url_getter)
         parser.set_defaults(func=handler_for_args)
 
     q = commands.add_parser(

@@ -11,8 +11,10 @@ class AuditUnavailable(AuditError):
     """A decision could not be recorded, so it must not be answered (fail closed).
 
     Raised by `AuditLog.record` in durable mode when the record's transaction did not commit
-    (disk full, database locked for longer than `commit_timeout`, any SQLite error), when the
-    log is closed or not started, or when the writer has stopped.
+    (disk full, database or chain head locked for longer than `commit_timeout`, any SQLite or
+    PostgreSQL error, a lost connection), when the log is closed or not started, or when the
+    writer has stopped. Also raised by the review functions when a PostgreSQL log cannot be
+    reached.
     """
 
 
@@ -21,7 +23,7 @@ class AuditRecordInvalid(AuditError, ValueError):
 
 
 class AuditLogNotFound(AuditError, FileNotFoundError):
-    """There is no audit database at the given path."""
+    """There is no audit log at the given path, or in the given PostgreSQL database."""
 
 
 class AuditTampered(AuditError):

@@ -1,8 +1,15 @@
 """AuditLog: every decision recorded, with group commit, before (or as) it is answered.
 
-One writer thread owns one SQLite connection. Callers encode their record (in their own thread)
-and queue it; the writer takes everything queued, up to `max_batch`, chains it, and commits it in
-one transaction, so concurrent decisions share one fsync.
+One writer thread owns one connection: to a SQLite file, or to a PostgreSQL database that several
+replicas of the service share. Callers encode their record (in their own thread) and queue it;
+the writer takes everything queued, up to `max_batch`, chains it, and commits it in one
+transaction, so concurrent decisions share one fsync.
+
+Several writers (processes on one SQLite file, or replicas on one PostgreSQL database) append to
+ONE chain: each batch transaction first locks the chain head (SQLite: the file's write lock;
+PostgreSQL: ``SELECT … FROM audit_head FOR UPDATE``), then reads its seq and hash, appends, moves
+the head and commits, so seq stays gapless and every hash links to the record before it, whichever
+replica wrote it.
 
 Modes:
 
@@ -26,7 +33,6 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -35,11 +41,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from authz.audit.backend import AuditDb, Target, describe_target, normalise_target
 from authz.audit.chain import chain_hash
 from authz.audit.errors import AuditRecordInvalid, AuditUnavailable
 from authz.audit.record import INDEX_COLUMNS, PreparedRecord, prepare
-from authz.audit.schema import HEAD, LOG, RULES, open_audit_db
+from authz.audit.schema import HEAD, LOG, RULES, open_audit
 from authz.clock import Clock, system_clock
+from authz.store.base import Dialect
 
 log = logging.getLogger("authz.audit")
 
@@ -51,6 +59,10 @@ _INSERT_LOG = (
     f"VALUES ({', '.join('?' * (len(INDEX_COLUMNS) + 4))})"
 )
 _INSERT_RULE = f"INSERT INTO {RULES} (seq, policy, rule_id, effect) VALUES (?, ?, ?, ?)"
+_HEAD_SQL: dict[Dialect, str] = {
+    "sqlite": f"SELECT seq, hash FROM {HEAD} WHERE id = 1",  # BEGIN IMMEDIATE holds the lock
+    "postgresql": f"SELECT seq, hash FROM {HEAD} WHERE id = 1 FOR UPDATE",
+}
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 1.0
 
@@ -104,17 +116,19 @@ async def _await(
 
 
 class AuditLog:
-    """The decision audit log at `path` (the service uses AUTHZ_DATA_DIR/audit.db).
+    """The decision audit log at `target`: a SQLite file (the service uses
+    AUTHZ_DATA_DIR/audit.db) or a PostgreSQL URL (DATABASE_URL, shared by replicas).
 
     >>> with AuditLog(tmp / "audit.db") as audit:          # doctest: +SKIP
     ...     await audit.record(decision_record)             # returns once committed
+    >>> AuditLog("postgresql://db.example/authz").start()   # doctest: +SKIP
 
     Safe to use from coroutines on any event loops and from plain threads (`record_blocking`).
     """
 
     def __init__(
         self,
-        path: Path | str,
+        target: Target,
         *,
         mode: Mode = "durable",
         max_batch: int = 512,
@@ -126,9 +140,10 @@ class AuditLog:
         """
         max_batch: most records committed in one transaction.
         queue_max: most records waiting for the writer; callers beyond it wait for room.
-        commit_timeout: how long a commit may wait for a database lock (SQLite busy timeout);
-            in async mode also how long a caller waits for room while commits are failing, and
-            how long close() keeps retrying a failing commit.
+        commit_timeout: how long a commit may wait for a database lock (SQLite's busy timeout;
+            PostgreSQL's lock_timeout on the chain head, and its connect timeout); in async mode
+            also how long a caller waits for room while commits are failing, and how long
+            close() keeps retrying a failing commit.
         wait_timeout: the longest a durable caller waits for its commit before AuditUnavailable
             (default 2 × commit_timeout + 1 s): a safety net should the writer hang.
         clock: stamps records that come without a "time".
@@ -139,7 +154,13 @@ class AuditLog:
             raise ValueError("max_batch and queue_max must be at least 1")
         if commit_timeout <= 0:
             raise ValueError("commit_timeout must be more than 0 seconds")
-        self.path = Path(path)
+        self.target: Path | str = normalise_target(target)
+        """A Path (SQLite) or a postgresql:// URL; what verify/query/prune/stats take."""
+        self.path: Path | str = self.target
+        """The same as target (the name it had when the log was SQLite only)."""
+        self.location = describe_target(self.target)
+        """The target, safe to log (a URL's password replaced by ***)."""
+        self.dialect: Dialect = "postgresql" if isinstance(self.target, str) else "sqlite"
         self.mode: Mode = mode
         self.max_batch = max_batch
         self.queue_max = queue_max
@@ -158,7 +179,7 @@ class AuditLog:
         self._failing = False
         self._dead: BaseException | None = None
         self._last_error = ""  # a message only: the exception would keep the batch alive
-        self._conn: sqlite3.Connection | None = None
+        self._db: AuditDb | None = None
         self._thread: threading.Thread | None = None
 
         # Counters (read them any time; written only by the writer thread or under the lock).
@@ -188,13 +209,35 @@ class AuditLog:
         if self.mode == "off":
             return self
         try:
-            db = open_audit_db(
-                self.path, create=True, busy_timeout_ms=int(self.commit_timeout * 1000)
+            db = open_audit(
+                self.target,
+                create=True,
+                timeout=self.commit_timeout,
+                application_name="authz-audit-writer",
             )
-        except (sqlite3.Error, OSError) as exc:
+        except AuditUnavailable as exc:
             self._dead = exc
-            raise AuditUnavailable(f"cannot open the audit log at {self.path}: {exc}") from exc
-        self._conn = db.conn
+            raise
+        except Exception as exc:  # sqlite3.Error, OSError
+            self._dead = exc
+            raise AuditUnavailable(f"cannot open the audit log at {self.location}: {exc}") from exc
+        if db.dialect == "postgresql":
+            from authz.audit.postgres import PostgresAuditDb
+
+            assert isinstance(db, PostgresAuditDb)
+            try:
+                # Wait at most commit_timeout for the chain head; commit only once durable.
+                db.configure(
+                    lock_timeout=f"{max(1, round(self.commit_timeout * 1000))}ms",
+                    synchronous_commit="on",
+                )
+            except Exception as exc:
+                db.close()
+                self._dead = exc
+                raise AuditUnavailable(
+                    f"cannot open the audit log at {self.location}: {exc}"
+                ) from exc
+        self._db = db
         self._thread = threading.Thread(target=self._run, name="authz-audit-writer", daemon=True)
         self._thread.start()
         atexit.register(self._close_at_exit)
@@ -224,13 +267,13 @@ class AuditLog:
         atexit.unregister(self._close_at_exit)
         with self._lock:
             self._closed = True
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
         if self.records_lost:
             raise AuditUnavailable(
-                f"{self.records_lost} queued audit records could not be written to {self.path}: "
-                f"{self._last_error}"
+                f"{self.records_lost} queued audit records could not be written to "
+                f"{self.location}: {self._last_error}"
             )
 
     async def aclose(self) -> None:
@@ -264,6 +307,11 @@ class AuditLog:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    @property
+    def _conn(self) -> Any:
+        """The writer's sqlite3 or psycopg connection (for tests and diagnostics)."""
+        return None if self._db is None else self._db.raw
 
     @property
     def queue_depth(self) -> int:
@@ -352,7 +400,7 @@ class AuditLog:
         if self._dead is not None:
             return AuditUnavailable(f"the audit writer stopped: {self._dead}")
         if self._closing:
-            return AuditUnavailable(f"the audit log at {self.path} is closed")
+            return AuditUnavailable(f"the audit log at {self.location} is closed")
         if not self._started:
             return AuditUnavailable("the audit log was not started (call start())")
         return None
@@ -452,13 +500,16 @@ class AuditLog:
 
     def _write(self, batch: list[_Item]) -> None:
         """Chain and insert the batch in one transaction; raises on any failure (rolled back)."""
-        conn = self._conn
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Read the head inside the write transaction, so the chain stays linear even if
-            # another process appends to the same file.
-            seq, head = conn.execute(f"SELECT seq, hash FROM {HEAD} WHERE id = 1").fetchone()
+        db = self._db
+        assert db is not None
+        db.reconnect_if_broken()
+        with db.write():
+            # Lock and read the head inside the write transaction, so the chain stays linear
+            # while other processes or replicas append to the same log.
+            head_row = db.execute(_HEAD_SQL[db.dialect]).fetchone()
+            if head_row is None:
+                raise AuditUnavailable(f"the chain head ({HEAD}) of {self.location} is missing")
+            seq, head = int(head_row[0]), str(head_row[1])
             rows: list[tuple[Any, ...]] = []
             rule_rows: list[tuple[Any, ...]] = []
             for item in batch:
@@ -468,37 +519,47 @@ class AuditLog:
                 rows.append((seq, *p.columns, p.json, head, digest))
                 rule_rows.extend((seq, *rule) for rule in p.rules)
                 head = digest
-            conn.executemany(_INSERT_LOG, rows)
+            db.executemany(_INSERT_LOG, rows)
             if rule_rows:
-                conn.executemany(_INSERT_RULE, rule_rows)
-            conn.execute(f"UPDATE {HEAD} SET seq = ?, hash = ? WHERE id = 1", (seq, head))
-            conn.execute("COMMIT")
-        except BaseException:
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.warning("audit rollback failed", exc_info=True)
-            raise
+                db.executemany(_INSERT_RULE, rule_rows)
+            db.execute(f"UPDATE {HEAD} SET seq = ?, hash = ? WHERE id = 1", (seq, head))
+
+    def _committed_before(self, batch: list[_Item]) -> bool:
+        """After a commit whose outcome is unknown (the connection broke during it): whether
+        the batch is in fact in the log. A transaction is all or nothing, so any one record
+        tells; all of them are checked anyway."""
+        db = self._db
+        assert db is not None
+        db.reconnect_if_broken()
+        ids = [item.prepared.decision_id for item in batch]
+        marks = ", ".join("?" * len(ids))
+        found = db.execute(f"SELECT count(*) FROM {LOG} WHERE decision_id IN ({marks})", ids)
+        return int(found.fetchone()[0]) == len(ids)
 
     def _process(self, batch: list[_Item]) -> None:
         """Commit one batch and settle its waiters; in async mode retry until it commits."""
         delay = _RETRY_FIRST
         give_up_at: float | None = None
+        db = self._db
+        assert db is not None
+        uncertain = False  # the last attempt's outcome is unknown: the connection broke
         while True:
+            error: Exception
             try:
+                if uncertain and self._committed_before(batch):
+                    self._committed(batch)
+                    return
                 self._write(batch)
-            except sqlite3.IntegrityError as exc:
-                if "decision_id" in str(exc):  # a duplicate: the caller's bug, not an outage
+            except Exception as exc:
+                if db.is_duplicate_decision(exc):  # the caller's bug, not an outage
                     if len(batch) == 1:
                         self._reject(batch[0])
                     else:  # commit the others, one by one
                         for item in batch:
                             self._process([item])
                     return
-                error: Exception = exc  # e.g. a seq clash after tampering: an outage
-            except Exception as exc:
-                error = exc
+                error = exc  # e.g. a seq clash after tampering, a lost connection: an outage
+                uncertain = self._connection_lost(db)
             else:
                 self._committed(batch)
                 return
@@ -520,6 +581,11 @@ class AuditLog:
             log.warning("audit commit failed, retrying in %.2f s: %s", delay, self._last_error)
             time.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)
+
+    @staticmethod
+    def _connection_lost(db: AuditDb) -> bool:
+        raw = db.raw
+        return db.dialect == "postgresql" and bool(raw.closed or raw.broken)
 
     def _committed(self, batch: list[_Item]) -> None:
         self.records_written += len(batch)
@@ -580,7 +646,7 @@ class AuditLog:
             return error
         failure = AuditUnavailable(
             f"decision {item.prepared.decision_id} was not recorded in the audit log at "
-            f"{self.path}: {type(error).__name__}: {error}"
+            f"{self.location}: {type(error).__name__}: {error}"
         )
         failure.__cause__ = error
         return failure

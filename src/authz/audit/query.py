@@ -8,14 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
+from authz.audit.backend import AuditDb, Target
 from authz.audit.record import EFFECTS
-from authz.audit.schema import LOG, RULES, open_audit_db
+from authz.audit.schema import LOG, RULES, open_audit
 from authz.clock import Clock, system_clock
+from authz.store.base import Dialect
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
@@ -73,12 +72,47 @@ def parse_time(text: TimeSpec, *, now: float | None = None, clock: Clock = syste
 
 
 @contextmanager
-def _opened(path: Path | str) -> Iterator[sqlite_utils.Database]:
-    db = open_audit_db(path)
+def _opened(target: Target) -> Iterator[AuditDb]:
+    db = open_audit(target)
     try:
         yield db
     finally:
-        db.conn.close()
+        db.close()
+
+
+_GLOB_SPECIAL = set("\\.^$+(){}|*?[]")
+
+
+def glob_to_regex(pattern: str) -> str:
+    """A SQLite GLOB pattern (``*``, ``?``, ``[a-z]``, ``[^x]``) as an anchored PostgreSQL
+    regular expression that matches the same strings (case-sensitive, like GLOB)."""
+    out = ["^"]
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "[":
+            # A set: "]" right after "[" or "[^" belongs to the set. Without a closing "]"
+            # the pattern matches nothing (as GLOB does).
+            j = i + 1
+            if j < len(pattern) and pattern[j] == "^":
+                j += 1
+            if j < len(pattern) and pattern[j] == "]":
+                j += 1
+            close = pattern.find("]", j)
+            if close < 0:
+                return "(?!)"
+            inner = pattern[i + 1 : close].replace("\\", "\\\\")
+            out.append("[" + inner + "]")
+            i = close
+        else:
+            out.append("\\" + char if char in _GLOB_SPECIAL else char)
+        i += 1
+    out.append("$")
+    return "".join(out)
 
 
 def _split_ref(value: str) -> tuple[str | None, str]:
@@ -111,6 +145,7 @@ def _where(
     kind: str | None,
     now: float | None,
     clock: Clock,
+    dialect: Dialect = "sqlite",
 ) -> tuple[str, list[Any]]:
     where: list[str] = []
     params: list[Any] = []
@@ -129,8 +164,15 @@ def _where(
         params.append(app)
     if action:
         # "account.*" is a glob (same syntax as policy action patterns); otherwise exact.
-        where.append("action GLOB ?" if any(c in action for c in "*?[") else "action = ?")
-        params.append(action)
+        if not any(c in action for c in "*?["):
+            where.append("action = ?")
+            params.append(action)
+        elif dialect == "sqlite":
+            where.append("action GLOB ?")
+            params.append(action)
+        else:
+            where.append("action ~ ?")
+            params.append(glob_to_regex(action))
     if effect:
         wanted = effect.upper()
         if wanted not in EFFECTS:
@@ -156,7 +198,7 @@ def _where(
 
 
 def query(
-    path: Path | str,
+    target: Target,
     *,
     since: TimeSpec | None = None,
     until: TimeSpec | None = None,
@@ -173,31 +215,34 @@ def query(
 ) -> list[dict[str, Any]]:
     """Decision records matching every filter given, newest first.
 
+    target: the SQLite file or the PostgreSQL URL of the log (AuditLog.target).
     since/until: Unix seconds or anything parse_time reads ("1h", "7d", ISO-8601); since is
     inclusive, until exclusive. principal/resource: "type:id" or just the id. action: exact or a
     glob ("account.*"). effect: ALLOW or DENY (any case). rule: a matched rule id or
     "policy/rule_id". limit: at most this many (None for all).
     """
-    clause, params = _where(
-        since=since,
-        until=until,
-        principal=principal,
-        resource=resource,
-        app=app,
-        action=action,
-        effect=effect,
-        rule=rule,
-        kind=kind,
-        now=now,
-        clock=clock,
-    )
-    sql = f"SELECT record FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
-    if limit is not None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        sql += " LIMIT ?"
-        params.append(int(limit))
-    with _opened(path) as db:
+    if limit is not None and limit < 1:
+        raise ValueError("limit must be at least 1")
+    filters: dict[str, Any] = {
+        "since": since,
+        "until": until,
+        "principal": principal,
+        "resource": resource,
+        "app": app,
+        "action": action,
+        "effect": effect,
+        "rule": rule,
+        "kind": kind,
+        "now": now,
+        "clock": clock,
+    }
+    _where(**filters)  # refuse bad filters before connecting
+    with _opened(target) as db:
+        clause, params = _where(**filters, dialect=db.dialect)
+        sql = f"SELECT record FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
         return [json.loads(row[0]) for row in db.execute(sql, params)]
 
 
@@ -211,8 +256,9 @@ class AuditEntry:
     record: dict[str, Any]
 
 
-def get_entry(path: Path | str, decision_id: str) -> AuditEntry | None:
-    with _opened(path) as db:
+def get_entry(target: Target, decision_id: str) -> AuditEntry | None:
+    """One decision with its place in the chain, or None."""
+    with _opened(target) as db:
         row = db.execute(
             f"SELECT seq, hash, prev_hash, record FROM {LOG} WHERE decision_id = ?",
             [decision_id],
@@ -222,14 +268,24 @@ def get_entry(path: Path | str, decision_id: str) -> AuditEntry | None:
     return AuditEntry(int(row[0]), str(row[1]), str(row[2]), json.loads(row[3]))
 
 
-def get(path: Path | str, decision_id: str) -> dict[str, Any] | None:
+def get(target: Target, decision_id: str) -> dict[str, Any] | None:
     """The record of one decision, or None."""
-    entry = get_entry(path, decision_id)
+    entry = get_entry(target, decision_id)
     return None if entry is None else entry.record
 
 
+_EMAIL: dict[Dialect, str] = {
+    "sqlite": "json_extract(record, '$.principal.display.email')",
+    # PostgreSQL's json cannot de-escape \u0000: such a (rare) record simply shows no e-mail.
+    "postgresql": (
+        "(CASE WHEN strpos(record, '\\u0000') = 0 "
+        "THEN record::json #>> '{principal,display,email}' END)"
+    ),
+}
+
+
 def stats(
-    path: Path | str,
+    target: Target,
     since: TimeSpec | None = None,
     *,
     until: TimeSpec | None = None,
@@ -255,47 +311,43 @@ def stats(
         clock=clock,
     )
 
-    def counts(db: sqlite_utils.Database, column: str) -> dict[str, int]:
+    def counts(db: AuditDb, column: str) -> dict[str, int]:
         sql = (
             f"SELECT coalesce({column}, ''), count(*) AS n FROM {LOG}{clause} "
             f"GROUP BY 1 ORDER BY n DESC, 1"
         )
         return {str(key): int(n) for key, n in db.execute(sql, params)}
 
-    with _opened(path) as db:
-        db.conn.execute("BEGIN")  # one snapshot for all the counts
-        try:
-            (total,) = db.execute(f"SELECT count(*) FROM {LOG}{clause}", params).fetchone()
-            by_effect = {effect: 0 for effect in EFFECTS} | counts(db, "effect")
-            by_kind = counts(db, "kind")
-            by_action = counts(db, "action")
-            by_principal_type = counts(db, "principal_type")
-            rule_sql = (
-                f"SELECT r.policy, r.rule_id, count(*) AS n FROM {RULES} r "
-                f"WHERE r.seq IN (SELECT seq FROM {LOG}{clause}) "
-                "GROUP BY r.policy, r.rule_id ORDER BY n DESC, r.policy, r.rule_id"
-            )
-            by_rule = {
-                (f"{policy}/{rule_id}" if policy else str(rule_id)): int(n)
-                for policy, rule_id, n in db.execute(rule_sql, params)
+    with _opened(target) as db, db.snapshot():  # one snapshot for all the counts
+        (total,) = db.execute(f"SELECT count(*) FROM {LOG}{clause}", params).fetchone()
+        by_effect = {effect: 0 for effect in EFFECTS} | counts(db, "effect")
+        by_kind = counts(db, "kind")
+        by_action = counts(db, "action")
+        by_principal_type = counts(db, "principal_type")
+        rule_sql = (
+            f"SELECT r.policy, r.rule_id, count(*) AS n FROM {RULES} r "
+            f"WHERE r.seq IN (SELECT seq FROM {LOG}{clause}) "
+            "GROUP BY r.policy, r.rule_id ORDER BY n DESC, r.policy, r.rule_id"
+        )
+        by_rule = {
+            (f"{policy}/{rule_id}" if policy else str(rule_id)): int(n)
+            for policy, rule_id, n in db.execute(rule_sql, params)
+        }
+        denied_where = f"{clause} AND effect = 'DENY'" if clause else " WHERE effect = 'DENY'"
+        denied_sql = (
+            "SELECT principal_type, principal_id, count(*) AS n, "
+            f"max({_EMAIL[db.dialect]}) "
+            f"FROM {LOG}{denied_where} GROUP BY principal_type, principal_id "
+            "ORDER BY n DESC, principal_type, principal_id LIMIT ?"
+        )
+        top_denied = [
+            {
+                "principal": f"{ptype}:{pid}" if ptype else str(pid),
+                "email": email,
+                "count": int(n),
             }
-            denied_where = f"{clause} AND effect = 'DENY'" if clause else " WHERE effect = 'DENY'"
-            denied_sql = (
-                "SELECT principal_type, principal_id, count(*) AS n, "
-                "max(json_extract(record, '$.principal.display.email')) "
-                f"FROM {LOG}{denied_where} GROUP BY principal_type, principal_id "
-                "ORDER BY n DESC, principal_type, principal_id LIMIT ?"
-            )
-            top_denied = [
-                {
-                    "principal": f"{ptype}:{pid}" if ptype else str(pid),
-                    "email": email,
-                    "count": int(n),
-                }
-                for ptype, pid, n, email in db.execute(denied_sql, [*params, int(top)])
-            ]
-        finally:
-            db.conn.execute("COMMIT")
+            for ptype, pid, n, email in db.execute(denied_sql, [*params, int(top)])
+        ]
     return {
         "since": start,
         "until": end,

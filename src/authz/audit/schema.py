@@ -1,12 +1,31 @@
-"""The audit database: tables, indexes and how every module opens it."""
+"""The audit database: tables, indexes and how every module opens it, on either backend.
+
+SQLite (the default, ``AUTHZ_DATA_DIR/audit.db``) keeps its schema version in
+``PRAGMA user_version``. PostgreSQL keeps it in ``audit_schema_version``: the audit log manages its
+own versioned schema (it does not use :mod:`authz.store.migrations`, whose versions belong to the
+state store), applied when a writer starts. Versions are applied under a transaction-scoped
+advisory lock, in one transaction each (DDL is transactional), so replicas starting at the same
+moment apply each version once; the others wait, then find nothing left to do.
+"""
 
 from __future__ import annotations
 
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import sqlite_utils
 
-from authz.audit.errors import AuditLogNotFound
+from authz.audit.backend import (
+    AuditDb,
+    SqliteAuditDb,
+    Target,
+    describe_target,
+    is_postgres_target,
+    normalise_target,
+)
+from authz.audit.errors import AuditLogNotFound, AuditUnavailable
 from authz.store import open_database
 
 AUDIT_DB_NAME = "audit.db"
@@ -26,8 +45,33 @@ def audit_db_path(data_dir: Path | str) -> Path:
     return Path(data_dir) / AUDIT_DB_NAME
 
 
+def audit_target(data_dir: Path | str, database_url: str | None = None) -> Path | str:
+    """Where the service keeps its audit log: the PostgreSQL database when ``database_url`` is
+    set (``DATABASE_URL`` / ``AUTHZ_DATABASE_URL``), else ``data_dir/audit.db``."""
+    if database_url:
+        if not is_postgres_target(database_url):
+            raise ValueError("the audit log's database URL must be postgresql://...")
+        return normalise_target(database_url)
+    return audit_db_path(data_dir)
+
+
 def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Create the tables and indexes if they are missing; safe to run from several processes."""
+    """Create the tables and indexes if they are missing; safe to run from several processes
+    (the first takes the write lock and creates them, the others wait, then find them)."""
+    if int(db.execute("PRAGMA user_version").fetchone()[0]) >= SCHEMA_VERSION:
+        return
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")  # a read-then-create would fail at once under contention
+    try:
+        _create_sqlite_schema(db)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _create_sqlite_schema(db: sqlite_utils.Database) -> None:
     db[LOG].create(
         {
             "seq": int,  # 1, 2, 3, … without gaps (the chain position)
@@ -104,7 +148,7 @@ def open_audit_db(
     path = Path(path)
     if not create and not path.is_file():
         raise AuditLogNotFound(f"no audit log at {path} (check --data-dir / AUTHZ_DATA_DIR)")
-    db = open_database(path, busy_timeout_ms=busy_timeout_ms)
+    db = _open_sqlite(path, busy_timeout_ms)
     try:
         if create:
             ensure_schema(db)
@@ -114,3 +158,212 @@ def open_audit_db(
         db.conn.close()
         raise
     return db
+
+
+def _open_sqlite(path: Path, busy_timeout_ms: int) -> sqlite_utils.Database:
+    """open_database, retried for up to the busy timeout while another process switches a new
+    file to WAL (that PRAGMA fails at once, without waiting, when it meets a lock)."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    while True:
+        try:
+            return open_database(path, busy_timeout_ms=busy_timeout_ms)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+PG_SCHEMA_TABLE = "audit_schema_version"
+PG_SCHEMA_LOCK = "authz:audit-schema"
+
+PG_SCHEMA: Mapping[int, tuple[str, ...]] = {
+    1: (
+        # The record is TEXT, not JSONB: the hash covers exactly the canonical JSON stored here.
+        f"""
+        CREATE TABLE IF NOT EXISTS {LOG} (
+            seq BIGINT PRIMARY KEY,
+            decision_id TEXT NOT NULL,
+            time DOUBLE PRECISION NOT NULL,
+            kind TEXT NOT NULL,
+            caller TEXT,
+            request_id TEXT,
+            principal_type TEXT,
+            principal_id TEXT,
+            action TEXT,
+            resource_type TEXT,
+            resource_id TEXT,
+            app_id TEXT,
+            effect TEXT NOT NULL,
+            policy_revision TEXT,
+            rule_ids TEXT NOT NULL,
+            record TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        )
+        """,
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {LOG}_decision_id ON {LOG} (decision_id)",
+        f"CREATE INDEX IF NOT EXISTS {LOG}_time ON {LOG} (time)",
+        f"CREATE INDEX IF NOT EXISTS {LOG}_principal_id_time ON {LOG} (principal_id, time)",
+        f"CREATE INDEX IF NOT EXISTS {LOG}_resource_id_time ON {LOG} (resource_id, time)",
+        f"CREATE INDEX IF NOT EXISTS {LOG}_app_id_time ON {LOG} (app_id, time)",
+        f"CREATE INDEX IF NOT EXISTS {LOG}_action_time ON {LOG} (action, time)",
+        f"CREATE INDEX IF NOT EXISTS {LOG}_policy_revision_time ON {LOG} (policy_revision, time)",
+        # id keeps the rules of one record in their order (SQLite uses its rowid).
+        f"""
+        CREATE TABLE IF NOT EXISTS {RULES} (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            seq BIGINT NOT NULL,
+            policy TEXT,
+            rule_id TEXT NOT NULL,
+            effect TEXT
+        )
+        """,
+        f"CREATE INDEX IF NOT EXISTS {RULES}_rule_id_seq ON {RULES} (rule_id, seq)",
+        f"CREATE INDEX IF NOT EXISTS {RULES}_seq ON {RULES} (seq)",
+        # The chain head: every batch locks this row (FOR UPDATE) before it appends, so
+        # replicas writing at once still make one gapless chain.
+        f"""
+        CREATE TABLE IF NOT EXISTS {HEAD} (
+            id INTEGER PRIMARY KEY,
+            seq BIGINT NOT NULL,
+            hash TEXT NOT NULL
+        )
+        """,
+        f"INSERT INTO {HEAD} (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}') "
+        "ON CONFLICT (id) DO NOTHING",
+        f"""
+        CREATE TABLE IF NOT EXISTS {ANCHORS} (
+            seq BIGINT PRIMARY KEY,
+            hash TEXT NOT NULL,
+            pruned_at DOUBLE PRECISION,
+            cutoff DOUBLE PRECISION,
+            pruned_count BIGINT
+        )
+        """,
+    ),
+}
+"""The PostgreSQL schema by version; append a version, never edit an applied one."""
+
+
+def pg_schema_version(db: AuditDb) -> int:
+    """The newest audit schema version applied to a PostgreSQL database (0: none)."""
+    if not db.table_exists(PG_SCHEMA_TABLE):
+        return 0
+    return int(db.execute(f"SELECT coalesce(max(version), 0) FROM {PG_SCHEMA_TABLE}").fetchone()[0])
+
+
+def ensure_pg_schema(db: AuditDb) -> list[int]:
+    """Apply the audit schema versions the PostgreSQL database lacks; returns those applied.
+
+    Safe when several replicas start at once (an advisory lock serialises them); cheap when
+    the schema is current (one query, no lock).
+    """
+    latest = max(PG_SCHEMA)
+    if pg_schema_version(db) >= latest:
+        return []
+    applied: list[int] = []
+    with db.write(lock=PG_SCHEMA_LOCK):
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {PG_SCHEMA_TABLE} "
+            "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        done = {int(row[0]) for row in db.execute(f"SELECT version FROM {PG_SCHEMA_TABLE}")}
+        for version in sorted(PG_SCHEMA):
+            if version in done:
+                continue
+            for statement in PG_SCHEMA[version]:
+                db.execute(statement)
+            db.execute(
+                f"INSERT INTO {PG_SCHEMA_TABLE} (version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+            applied.append(version)
+    return applied
+
+
+# -- opening either backend --------------------------------------------------------------------
+
+
+def open_audit(
+    target: Target,
+    *,
+    create: bool = False,
+    timeout: float = 5.0,
+    application_name: str = "authz-audit-review",
+) -> AuditDb:
+    """Open the audit log at ``target`` (a SQLite path or a PostgreSQL URL).
+
+    create=True creates the schema (the writer does); review tools pass create=False, and a
+    mistyped location, or a database without an audit log, is AuditLogNotFound rather than a
+    new empty log. A PostgreSQL server that cannot be reached within ``timeout`` seconds is
+    AuditUnavailable (the message names the server, never the password). ``timeout`` is also
+    SQLite's busy timeout.
+    """
+    if not is_postgres_target(target):
+        path = Path(target)
+        db = open_audit_db(path, create=create, busy_timeout_ms=int(timeout * 1000))
+        return SqliteAuditDb(db.conn, str(path))
+
+    def check(pg: AuditDb) -> None:
+        if create:
+            ensure_pg_schema(pg)
+        elif not pg.table_exists(LOG):
+            raise AuditLogNotFound(
+                f"no audit log in {pg.location} (it has no {LOG} table; a server started with "
+                "this database URL creates it)"
+            )
+
+    return _open_postgres(str(target), timeout, application_name, check)
+
+
+def _open_postgres(
+    target: str, timeout: float, application_name: str, then: Callable[[AuditDb], object]
+) -> AuditDb:
+    """A connection to the PostgreSQL log, after ``then(db)`` succeeded on it; psycopg errors
+    become AuditUnavailable naming the server (never the password)."""
+    import psycopg
+
+    from authz.audit.postgres import PostgresAuditDb
+
+    url = str(normalise_target(target))
+    where = describe_target(url)
+    try:
+        pg = PostgresAuditDb(url, connect_timeout=timeout, application_name=application_name)
+    except psycopg.Error as exc:
+        reason = (str(exc).strip() or type(exc).__name__).replace("\n", " ")
+        raise AuditUnavailable(f"cannot open the audit log at {where}: {reason}") from None
+    try:
+        then(pg)
+    except psycopg.Error as exc:
+        pg.close()
+        raise AuditUnavailable(f"cannot open the audit log at {where}: {exc}") from exc
+    except BaseException:
+        pg.close()
+        raise
+    return pg
+
+
+def migrate_audit(target: Target, *, timeout: float = 10.0) -> list[int]:
+    """Create the audit log's schema at ``target``, or bring it up to date; returns the
+    versions applied now ([] when current). Writers do this when they start; ``authz db
+    migrate`` may do it ahead of them. Safe while replicas start or write."""
+    if not is_postgres_target(target):
+        path = Path(target)
+        existed = path.is_file()
+        db = _open_sqlite(path, int(timeout * 1000))
+        try:
+            before = int(db.execute("PRAGMA user_version").fetchone()[0]) if existed else 0
+            ensure_schema(db)
+        finally:
+            db.conn.close()
+        return [] if before >= SCHEMA_VERSION else [SCHEMA_VERSION]
+    applied: list[int] = []
+    db = _open_postgres(
+        str(target), timeout, "authz-audit-migrate", lambda pg: applied.extend(ensure_pg_schema(pg))
+    )
+    db.close()
+    return applied

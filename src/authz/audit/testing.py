@@ -1,11 +1,16 @@
-"""A decision record as the decision path produces it, for tests, demos and benchmarks."""
+"""For tests, demos and benchmarks: a decision record as the decision path produces it, and
+direct access to a log's tables (what someone tampering with the database, or another writer
+holding its lock, would do), on either backend."""
 
 from __future__ import annotations
 
+import contextlib
 import time as _time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from authz.audit.backend import Target
+from authz.audit.schema import HEAD, open_audit
 from authz.clock import rfc3339
 from authz.ids import new_decision_id
 
@@ -76,3 +81,38 @@ def make_record(
         },
         "duration_ms": duration_ms,
     }
+
+
+Statement = str | tuple[str, Sequence[Any]]
+
+
+def execute_sql(target: Target, *statements: Statement) -> None:
+    """Run statements (``?`` placeholders) on the log at ``target``, each committing by itself:
+    the way a test edits, deletes or moves records behind the writer's back."""
+    with open_audit(target) as db:
+        for statement in statements:
+            sql, params = (statement, ()) if isinstance(statement, str) else statement
+            db.execute(sql, params)
+
+
+def fetch_all(target: Target, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """The rows of one query on the log at ``target``, read through a connection of its own."""
+    with open_audit(target) as db:
+        return [tuple(row) for row in db.execute(sql, params).fetchall()]
+
+
+@contextlib.contextmanager
+def hold_write_lock(target: Target) -> Iterator[None]:
+    """Hold what every writer of the log must take before it appends (SQLite: the file's write
+    lock; PostgreSQL: the chain head row), as a stuck writer or a long transaction would."""
+    with open_audit(target) as db:
+        raw = db.raw
+        if db.dialect == "sqlite":
+            raw.execute("BEGIN IMMEDIATE")
+        else:
+            raw.execute("BEGIN")
+            raw.execute(f"SELECT seq FROM {HEAD} WHERE id = 1 FOR UPDATE")
+        try:
+            yield
+        finally:
+            raw.execute("ROLLBACK")

@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from authz.audit.log import AuditLog
-from authz.audit.schema import audit_db_path
+from authz.audit.schema import audit_target
 from authz.clock import Clock, system_clock
 from authz.config import Settings
 from authz.decide import Decider, Facts
@@ -121,7 +121,9 @@ async def start_service(
     applied = migrate(state)
     if applied:
         log.info("store %s migrated to schema versions %s", state.location, applied)
-    audit = AuditLog(audit_db_path(settings.data_dir), mode=settings.audit_mode).start()
+    audit = AuditLog(
+        audit_target(settings.data_dir, settings.database_url), mode=settings.audit_mode
+    ).start()
     closers.append(audit.aclose)
     facts = Facts(
         sessions=SessionStore(state, clock, settings.session_ttl),
