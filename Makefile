@@ -35,8 +35,14 @@ lint: install $(BUF)
 test: lint
 	$(BIN)/python -m pytest -q
 
+# The benchmark suite (issue 7): installs the peers and h2load (Debian's nghttp2-client, as root),
+# then writes docs/benchmarks.md. `make bench BENCH_ARGS=--quick` for a short run.
 bench: install
-	$(BIN)/python -m authz.bench
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@command -v h2load >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; } || \
+		echo "h2load unavailable (not root?): the end-to-end part will be skipped"
+	$(BIN)/python -m authz.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools data .pytest_cache

@@ -1,0 +1,280 @@
+"""``python -m authz.bench [--quick] [--out docs/benchmarks.md] [--parts ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from authz.bench.common import Table, machine, machine_table
+
+PARTS = ("engine", "peers", "e2e", "facts")
+DEFAULT_OUT = Path("docs/benchmarks.md")
+
+
+@dataclass(frozen=True)
+class Plan:
+    sizes: tuple[int, ...]
+    min_time: float
+    repeats: int
+    peer_requests: int
+    peer_rounds: int
+    duration: float
+    warmup: float
+    rounds: int
+    warm_checks: int
+    cold_checks: int
+    flight_rounds: int
+
+
+FULL = Plan(
+    sizes=(10, 100, 1_000, 10_000),
+    min_time=0.1,
+    repeats=15,
+    peer_requests=600,
+    peer_rounds=7,
+    duration=6.0,
+    warmup=1.0,
+    rounds=3,
+    warm_checks=300,
+    cold_checks=60,
+    flight_rounds=3,
+)
+QUICK = Plan(
+    sizes=(10, 100, 1_000),
+    min_time=0.02,
+    repeats=7,
+    peer_requests=240,
+    peer_rounds=3,
+    duration=2.0,
+    warmup=0.5,
+    rounds=1,
+    warm_checks=60,
+    cold_checks=15,
+    flight_rounds=1,
+)
+
+INTROS = {
+    "engine": """
+`evaluate()` is the engine alone on a prebuilt input; `input+evaluate()` also builds the input
+from facts at hand (principal, add-on registry facts, access fact), as decide.py does per item;
+`Decider.check()` is the servicer's whole decision path after protobuf conversion. Generated sets
+spread their rules over many actions (five rules per action at every size, one of them a deny,
+with attribute comparisons, list membership, string functions, timestamps and macros). Probing the
+same two actions at every size shows what *unrelated* rules cost; probing 64 different actions
+adds what touching many compiled programs costs. The anatomy table times each step of a
+session-token Check on its own, including two prototypes measured for the proposals below.
+""",
+    "peers": """
+One policy, written as naturally as each engine allows (texts at the end of this page): SSO users
+may use `dashboard.*` on an add-on when their Heroku user id is in the access list of the app that
+owns it; auth-changing `account.*` actions are denied to SSO users; default deny. Every engine is
+loaded once with the same world (20 apps, 60 users, 20 add-ons) and asked the same requests; a
+plain-Python oracle says what each answer must be.
+""",
+    "e2e": """
+Each server runs in its own process and h2load (C, nghttp2-client) drives it from another, posting
+gRPC-framed bodies over h2c on 127.0.0.1. The no-op baseline is an AuthorizationService on the same
+proto path whose Check returns a constant response, built exactly like authz's server. authz runs
+with the shipped policies, the Heroku simulator on loopback for access facts (warm cache), a
+session-token subject (an SSO user opening the dashboard: ALLOW) or a principal given directly (a
+service: DENY). Each body is first sent with a real gRPC client and its answer checked, and again
+after the load. "server CPU µs/req" is the server process's CPU time divided by requests served.
+""",
+    "facts": """
+The authz server runs with audit off; the client is a plain gRPC client. Cold means the app's
+access list was dropped (AdminService.InvalidateAccess) just before the timed Check, so the Check
+fetches it from the Heroku simulator on loopback.
+""",
+}
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m authz.bench",
+        description="authz benchmark suite (issue 7): engine, peers, end to end, access facts.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="Markdown report to write (default: docs/benchmarks.md for a full run, none for "
+        "--quick; '-' writes nothing)",
+    )
+    parser.add_argument("--json", default=None, help="also write every number as JSON here")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)} (default: all)",
+    )
+    parser.add_argument("--policies", default="policies", help="the shipped policy directory")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per load run")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved load rounds")
+    parser.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sample the server with py-spy during one more Check run (default: on for a full run)",
+    )
+    parser.add_argument("--profile-dir", default=None, help="where py-spy's raw stacks go")
+    args = parser.parse_args(argv)
+    unknown = set(args.parts.split(",")) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def _show(tables: Sequence[Table]) -> None:
+    for table in tables:
+        print()
+        print(table.text(), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    plan = QUICK if args.quick else FULL
+    if args.duration is not None:
+        plan = replace(plan, duration=args.duration)
+    if args.rounds is not None:
+        plan = replace(plan, rounds=args.rounds)
+    parts = [p for p in PARTS if p in args.parts.split(",")]
+    out = args.out if args.out is not None else (None if args.quick else str(DEFAULT_OUT))
+    out_path = None if out in (None, "-") else Path(out)
+    profile = args.profile if args.profile is not None else not args.quick
+    policy_dir = Path(args.policies)
+    if not policy_dir.is_dir():
+        print(f"no policy directory at {policy_dir}; run from the repository root", file=sys.stderr)
+        return 2
+
+    started = time.monotonic()
+    info = machine()
+    _show([machine_table(info)])
+    results: dict[str, Any] = {"machine": info, "plan": asdict(plan), "quick": args.quick}
+    sections: list[tuple[str, list[Table], str]] = []
+
+    if "engine" in parts:
+        from authz.bench.anatomy import check_path_anatomy
+        from authz.bench.engine import generated_engine, shipped_engine
+
+        shipped_table, shipped = shipped_engine(
+            policy_dir, min_time=plan.min_time, repeats=plan.repeats
+        )
+        _show([shipped_table])
+        generated_table, generated = generated_engine(
+            plan.sizes, min_time=plan.min_time, repeats=plan.repeats, isolate=True
+        )
+        _show([generated_table])
+        anatomy_table, anatomy = check_path_anatomy(
+            policy_dir, min_time=plan.min_time, repeats=plan.repeats
+        )
+        _show([anatomy_table])
+        results["engine"] = {"shipped": shipped, "generated": generated, "anatomy": anatomy}
+        sections.append(
+            ("1. Engine", [shipped_table, generated_table, anatomy_table], INTROS["engine"])
+        )
+
+    appendix = ""
+    if "peers" in parts:
+        from authz.bench.peers import available_peers, compare_peers, policy_texts
+
+        _, missing = available_peers()
+        if missing:
+            print(
+                f"\npeers not installed: {', '.join(missing)} (pip install -e '.[bench]'); "
+                "compared without them",
+                flush=True,
+            )
+        peer_tables, peers = compare_peers(
+            n_requests=plan.peer_requests, rounds=plan.peer_rounds, min_time=plan.min_time
+        )
+        _show(peer_tables)
+        results["peers"] = peers
+        sections.append(("2. Peers", peer_tables, INTROS["peers"]))
+        appendix = "## The peer policies, as each engine was given them\n\n" + "\n".join(
+            f"{name}:\n\n```\n{text.rstrip()}\n```\n" for name, text in policy_texts().items()
+        )
+
+    if "e2e" in parts or "facts" in parts:
+        from authz.bench.load import h2load_path
+        from authz.bench.world import Lab
+
+        with Lab(policy_dir) as lab:
+            if "e2e" in parts:
+                if h2load_path() is None:
+                    note = (
+                        "skipped: h2load not found "
+                        "(apt-get install nghttp2-client; make bench does)"
+                    )
+                    print(f"\nend to end {note}", flush=True)
+                    results["e2e"] = {"skipped": note}
+                else:
+                    from authz.bench.e2e import run_e2e
+
+                    profile_dir = Path(args.profile_dir) if args.profile_dir else lab.workdir
+                    e2e_tables, e2e = run_e2e(
+                        lab,
+                        quick=args.quick,
+                        duration=plan.duration,
+                        warmup=plan.warmup,
+                        rounds=plan.rounds,
+                        profile_dir=profile_dir if profile else None,
+                        keep_profile=args.profile_dir is not None,
+                    )
+                    _show(e2e_tables)
+                    results["e2e"] = e2e
+                    sections.append(("3. End to end over gRPC", e2e_tables, INTROS["e2e"]))
+            if "facts" in parts:
+                from authz.bench.facts import run_facts
+
+                facts_tables, facts = run_facts(
+                    lab,
+                    warm_count=plan.warm_checks,
+                    cold_count=plan.cold_checks,
+                    concurrent=200,
+                    rounds=plan.flight_rounds,
+                )
+                _show(facts_tables)
+                results["facts"] = facts
+                sections.append(("4. Access facts", facts_tables, INTROS["facts"]))
+
+    from authz.bench.report import summary_text, targets, write_markdown
+
+    load1, load5, _ = os.getloadavg()
+    info["load average at end (1, 5 min)"] = f"{load1:.2f}, {load5:.2f}"
+    verdicts = targets(results)
+    results["targets"] = [asdict(v) for v in verdicts]
+    elapsed = time.monotonic() - started
+    print()
+    print(summary_text(verdicts))
+    start_load = info["load average at start (1, 5 min)"]
+    end_load = info["load average at end (1, 5 min)"]
+    print(
+        f"\nfinished in {elapsed:.0f} s; load average at start {start_load}, at end {end_load}",
+        flush=True,
+    )
+    command = "make bench" if not args.quick else "python -m authz.bench --quick"
+    if out_path is not None:
+        write_markdown(
+            out_path,
+            machine=info,
+            sections=sections,
+            verdicts=verdicts,
+            command=command,
+            elapsed_s=elapsed,
+            appendix=appendix,
+        )
+        print(f"wrote {out_path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Issue 7's targets judged from one run, and docs/benchmarks.md written from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from authz.bench.common import Table, machine_table, ratio
+
+KEEP_MARKER = "<!-- hand-written: kept by `make bench` from here -->"
+KEEP_END = "<!-- hand-written: to here -->"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    measured: str
+    holds: bool | None  # None: not measured in this run
+
+
+def targets(results: dict[str, Any]) -> list[Verdict]:
+    out: list[Verdict] = []
+    shipped = results.get("engine", {}).get("shipped")
+    if shipped:
+        worst = max(shipped["cases"], key=lambda c: c["evaluate_us"])
+        parts = ", ".join(f"{c['path']} {c['evaluate_us']:.1f}" for c in shipped["cases"])
+        out.append(
+            Verdict(
+                "Engine ≤ 20 µs per decision, shipped policies (evaluate())",
+                f"{parts} µs (worst {worst['evaluate_us']:.1f} µs); with input building "
+                f"{max(c['input_evaluate_us'] for c in shipped['cases']):.1f} µs worst",
+                worst["evaluate_us"] <= 20.0,
+            )
+        )
+    else:
+        out.append(Verdict("Engine ≤ 20 µs per decision, shipped policies", "not run", None))
+    generated = results.get("engine", {}).get("generated", {})
+    r = generated.get("ratio_1000_vs_10")
+    if r is not None:
+        sets = {s["rules"]: s for s in generated["sets"]}
+        spread = generated.get("ratio_1000_vs_10_spread", float("nan"))
+        out.append(
+            Verdict(
+                "≤ 1.5× per decision from 10 to 1,000 rules",
+                f"{r:.2f}× on the same actions ({sets[10]['hot_evaluate_us']:.1f} → "
+                f"{sets[1000]['hot_evaluate_us']:.1f} µs); {spread:.2f}× with requests spread "
+                f"over 64 actions ({sets[10]['evaluate_us']:.1f} → "
+                f"{sets[1000]['evaluate_us']:.1f} µs)",
+                r <= 1.5 and spread <= 1.5,
+            )
+        )
+    else:
+        out.append(Verdict("≤ 1.5× from 10 to 1,000 rules", "not run", None))
+    peers = results.get("peers")
+    if peers and len(peers.get("us_per_decision", {})) > 1:
+        us = peers["us_per_decision"]
+        mine = us["authz"]
+        others = {k: v for k, v in us.items() if k != "authz"}
+        text = f"authz {mine:.1f} µs vs " + ", ".join(
+            f"{k} {v:.1f} µs ({ratio(v, mine):.1f}×)" for k, v in others.items()
+        )
+        if peers.get("missing"):
+            text += f"; not installed: {', '.join(peers['missing'])}"
+        agree = "answers agree" if peers["all_agree"] else "ANSWERS DISAGREE"
+        out.append(
+            Verdict(
+                "Faster per decision than cedarpy, regopy and pycasbin",
+                f"{text}; {agree}",
+                all(mine < v for v in others.values()) and not peers.get("missing"),
+            )
+        )
+    else:
+        out.append(Verdict("Faster than each peer", "not run (peer packages missing?)", None))
+    e2e = results.get("e2e", {}).get("scenarios", {})
+    if "noop" in e2e and "check_session" in e2e:
+        base = e2e["noop"]["req_per_s"]
+        session = e2e["check_session"]["req_per_s"]
+        text = (
+            f"session token {session:,.0f} req/s = {ratio(session, base):.1%} of no-op {base:,.0f}"
+        )
+        worst = ratio(session, base)
+        if "check_direct" in e2e:
+            direct = e2e["check_direct"]["req_per_s"]
+            text += f"; direct principal {direct:,.0f} = {ratio(direct, base):.1%}"
+            worst = min(worst, ratio(direct, base))
+        out.append(Verdict("Check ≥ 70 % of the no-op server's req/s", text, worst >= 0.70))
+    else:
+        out.append(Verdict("Check ≥ 70 % of no-op req/s", "not run", None))
+    if "batch10" in e2e and "check_session" in e2e:
+        batch = e2e["batch10"]["decisions_per_s"]
+        single = e2e["check_session"]["decisions_per_s"]
+        out.append(
+            Verdict(
+                "CheckBatch of 10 ≥ 5× the decisions/s of single Checks",
+                f"{batch:,.0f} vs {single:,.0f} decisions/s = {ratio(batch, single):.1f}×",
+                ratio(batch, single) >= 5.0,
+            )
+        )
+    else:
+        out.append(Verdict("CheckBatch of 10 ≥ 5× decisions/s", "not run", None))
+    if "check_session_durable" in e2e and "check_session" in e2e:
+        d, o = e2e["check_session_durable"], e2e["check_session"]
+        tput = ratio(d["req_per_s"], o["req_per_s"])
+        p99 = ratio(d["max"]["p99_ms"], o["max"]["p99_ms"])
+        text = (
+            f"throughput {d['req_per_s']:,.0f} vs {o['req_per_s']:,.0f} req/s = {tput:.1%}; "
+            f"p99 {d['max']['p99_ms']:.1f} vs {o['max']['p99_ms']:.1f} ms = {p99:.2f}×"
+        )
+        if "batch10_durable" in e2e and "batch10" in e2e:
+            bd, bo = e2e["batch10_durable"], e2e["batch10"]
+            text += (
+                f" (CheckBatch: {ratio(bd['req_per_s'], bo['req_per_s']):.1%}, "
+                f"p99 {ratio(bd['max']['p99_ms'], bo['max']['p99_ms']):.2f}×)"
+            )
+        out.append(
+            Verdict(
+                "Durable audit ≥ 80 % of audit-off throughput, p99 ≤ 2× audit-off",
+                text,
+                tput >= 0.80 and p99 <= 2.0,
+            )
+        )
+    else:
+        out.append(Verdict("Durable audit ≥ 80 % of audit-off", "not run", None))
+    authz_runs = {k: v for k, v in e2e.items() if not k.startswith("noop")}
+    if authz_runs:
+        worst_key = max(authz_runs, key=lambda k: authz_runs[k]["half"]["p99_ms"])
+        text = "; ".join(
+            f"{k} {v['half']['p99_ms']:.1f} ms @ {v['half']['achieved']:,.0f} req/s"
+            for k, v in authz_runs.items()
+        )
+        out.append(
+            Verdict(
+                "p99 ≤ 5 ms at half the maximum rate",
+                text + f" (worst: {worst_key})",
+                authz_runs[worst_key]["half"]["p99_ms"] <= 5.0,
+            )
+        )
+    else:
+        out.append(Verdict("p99 ≤ 5 ms at half the maximum rate", "not run", None))
+    return out
+
+
+def targets_table(verdicts: list[Verdict]) -> Table:
+    table = Table("Issue 7 targets (this run)", ["target", "holds", "measured"])
+    for v in verdicts:
+        table.add(v.target, {True: "yes", False: "NO", None: "-"}[v.holds], v.measured)
+    return table
+
+
+def write_markdown(
+    path: Path,
+    *,
+    machine: dict[str, str],
+    sections: list[tuple[str, list[Table], str]],
+    verdicts: list[Verdict],
+    command: str,
+    elapsed_s: float,
+    appendix: str,
+) -> None:
+    """Write docs/benchmarks.md; the hand-written text between KEEP_MARKER and KEEP_END in the
+    old file is kept as it was (it comes after the measured sections, before the appendix)."""
+    kept = ""
+    if path.exists():
+        old = path.read_text()
+        if KEEP_MARKER in old:
+            kept = old.split(KEEP_MARKER, 1)[1].split(KEEP_END, 1)[0].strip("\n")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{command}` on {machine['date']} in {elapsed_s:.0f} s "
+        "(issue 7). Re-run with `make bench` (about 6 minutes) or "
+        "`.venv/bin/python -m authz.bench --quick` (under a minute, nothing written unless "
+        "`--out` is given). Every comparison below was measured in this one run, on this machine:",
+        "",
+        machine_table(machine).markdown(),
+        "",
+        "The machine is shared: other processes (test suites of other engineers) may run at the "
+        "same time, which is why the engine figures are the best of several runs, peers and "
+        "end-to-end scenarios are measured in interleaved rounds, and the load average is shown.",
+        "",
+        "## Targets",
+        "",
+        targets_table(verdicts).markdown(),
+        "",
+    ]
+    for title, tables, intro in sections:
+        lines += [f"## {title}", ""]
+        if intro:
+            lines += [intro.strip(), ""]
+        for table in tables:
+            lines += [table.markdown(), ""]
+    lines += [KEEP_MARKER, ""]
+    if kept:
+        lines += [kept, ""]
+    lines += [KEEP_END, ""]
+    if appendix:
+        lines += [appendix.strip(), ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+def summary_text(verdicts: list[Verdict]) -> str:
+    table = targets_table(verdicts)
+    held = sum(1 for v in verdicts if v.holds)
+    measured = sum(1 for v in verdicts if v.holds is not None)
+    table.notes.append(f"{held} of {measured} measured targets hold.")
+    return table.text()

@@ -1,0 +1,204 @@
+"""A server for the end-to-end parts, run in its own process: authz itself, or a no-op baseline.
+
+``python -m authz.bench.serve --kind authz|noop [...]`` prints one JSON line ``{"port": N, ...}``
+once it serves, and stops (gracefully, printing a last JSON line with its audit counters) on
+SIGTERM/SIGINT, when its standard input closes (the parent went away), or after ``--max-seconds``
+whatever happens, so nothing is ever left running.
+
+The no-op server is built exactly like authz's (``grpc.aio.server`` with the same options, the
+same generated ``AuthorizationService`` servicer base, health and reflection registered), but its
+``Check`` returns one constant response: it measures what the gRPC layer alone costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from authz.config import Settings
+from authz.server import app
+from authz.server.app import SERVICE_NAMES, start_service
+from authz.v1 import authorization_pb2 as pb
+from authz.v1 import authorization_pb2_grpc as pb_grpc
+
+# Built exactly as start_service builds authz's server (authz/server/app.py): same options, same
+# limit on calls in flight; these defaults apply only if app.py no longer names them.
+_DEFAULT_OPTIONS = (
+    ("grpc.max_receive_message_length", 1 << 20),
+    ("grpc.max_send_message_length", 4 << 20),
+    ("grpc.so_reuseport", 0),
+)
+SERVER_OPTIONS: list[tuple[str, Any]] = list(getattr(app, "SERVER_OPTIONS", _DEFAULT_OPTIONS))
+
+
+def _server_kwargs(interceptors: list[Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"options": SERVER_OPTIONS}
+    limit = getattr(Settings(), "max_concurrent_rpcs", None)
+    if limit:
+        kwargs["maximum_concurrent_rpcs"] = limit
+    if interceptors:
+        kwargs["interceptors"] = interceptors
+    return kwargs
+
+
+def authz_interceptors() -> list[Any]:
+    """The interceptors authz's own server runs with in development mode (loopback, no caller
+    credentials), if this version of authz has any."""
+    try:
+        from authz.server.callers import plan_transport
+    except ImportError:
+        return []
+    return list(plan_transport(Settings(listen="127.0.0.1:0")).interceptors)
+
+
+# A response of the size and shape of a real ALLOW.
+CONSTANT_RESPONSE = pb.CheckResponse(
+    effect=pb.EFFECT_ALLOW,
+    allowed=True,
+    decision_id="0192f1c4-7e3a-7b2d-8c4e-5f6a7b8c9d0e",
+    policy_revision="68f41ee94b93c567",
+    matched_rules=[
+        pb.MatchedRule(
+            policy="app-ownership",
+            rule_id="app-members-use-addon",
+            effect=pb.EFFECT_ALLOW,
+            reason="The user currently holds a role on the Heroku app that owns this add-on",
+        )
+    ],
+    reasons=["The user currently holds a role on the Heroku app that owns this add-on"],
+)
+
+
+class NoopAuthorization(pb_grpc.AuthorizationServiceServicer):
+    async def Check(  # noqa: N802 (gRPC method name)
+        self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckResponse:
+        return CONSTANT_RESPONSE
+
+    async def CheckBatch(  # noqa: N802
+        self, request: pb.CheckBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckBatchResponse:
+        return pb.CheckBatchResponse(results=[CONSTANT_RESPONSE] * len(request.items))
+
+
+async def start_noop(listen: str, *, intercepted: bool = False) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(**_server_kwargs(authz_interceptors() if intercepted else []))
+    pb_grpc.add_AuthorizationServiceServicer_to_server(NoopAuthorization(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(listen)
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server, port
+
+
+async def run(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def on_stdin() -> None:
+        # Readable stdin means EOF here (the parent never writes): it closed the pipe or died.
+        data = b""
+        with contextlib.suppress(OSError):
+            data = os.read(stdin_fd, 4096)
+        if not data:
+            loop.remove_reader(stdin_fd)
+            stop.set()
+
+    stdin_fd = sys.stdin.fileno()
+    loop.add_reader(stdin_fd, on_stdin)
+    loop.call_later(args.max_seconds, stop.set)
+
+    profiler = cProfile.Profile() if args.cprofile else None
+    final: dict[str, Any] = {"stopped": True}
+
+    def serving() -> None:
+        if profiler:
+            profiler.enable()
+
+    if args.kind == "noop":
+        server, port = await start_noop(args.listen, intercepted=args.intercepted)
+        print(json.dumps({"port": port, "pid": os.getpid(), "kind": "noop"}), flush=True)
+        serving()
+        await stop.wait()
+        if profiler:
+            profiler.disable()
+        await server.stop(1)
+    else:
+        settings = Settings(
+            listen=args.listen,
+            policy_dir=Path(args.policies),
+            data_dir=Path(args.data_dir),
+            sso_salts=(args.sso_salt,),
+            heroku_api_url=args.heroku_url,
+            heroku_id_url=args.heroku_url,
+            heroku_client_secret=os.environ.get("AUTHZ_BENCH_CLIENT_SECRET", ""),
+            token_key=os.environ.get("AUTHZ_BENCH_TOKEN_KEY", ""),
+            audit_mode=args.audit,
+        )
+        service = await start_service(settings, watch_interval=None)
+        print(
+            json.dumps(
+                {
+                    "port": service.port,
+                    "pid": os.getpid(),
+                    "kind": "authz",
+                    "audit": args.audit,
+                    "revision": service.policies.current.revision,
+                }
+            ),
+            flush=True,
+        )
+        serving()
+        await stop.wait()
+        if profiler:
+            profiler.disable()
+        await service.stop(grace=2)
+        final["audit"] = service.audit.counters()
+    if profiler and args.cprofile:
+        profiler.dump_stats(args.cprofile)
+    print(json.dumps(final), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m authz.bench.serve")
+    parser.add_argument("--kind", choices=("authz", "noop"), required=True)
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--policies", default="policies")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--audit", choices=("durable", "async", "off"), default="off")
+    parser.add_argument("--heroku-url", default="http://127.0.0.1:9")
+    parser.add_argument("--sso-salt", default="bench-sso-salt")
+    parser.add_argument("--max-seconds", type=float, default=900.0)
+    parser.add_argument("--cprofile", default="", help="write cProfile stats here at exit")
+    parser.add_argument(
+        "--intercepted",
+        action="store_true",
+        help="no-op server with authz's own server interceptors (caller identity)",
+    )
+    args = parser.parse_args(argv)
+    if not args.listen.startswith(("127.", "localhost", "[::1]")):
+        parser.error("the benchmark server listens on loopback only")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
