@@ -177,3 +177,72 @@ def test_decision_names_the_revision(policy_dir: PolicyDir) -> None:
     policy_set = compiled(policy_dir, BASIC)
     assert decide(policy_set, "doc.read", role="reader").policy_revision == policy_set.revision
     assert len(policy_set.revision) == 16
+
+
+def test_fused_conditions_beyond_one_chunk(policy_dir: PolicyDir) -> None:
+    """130 conditional rules on one action span three fused programs; each bit lands right."""
+    rules = "\n".join(
+        f"""
+  - id: r{i}
+    effect: {"deny" if i % 10 == 9 else "allow"}
+    actions: [x]
+    when: principal.id == "p{i}" || principal.id == "everyone"
+    reason: r{i}"""
+        for i in range(130)
+    )
+    policy_set = compiled(policy_dir, f"name: wide\nrules:{rules}\n")
+    plan = policy_set.plan("x", "")
+    assert [len(c.positions) for c in plan.chunks] == [62, 62, 6]
+    assert all(c.program is not None for c in plan.chunks)
+    for i in (0, 61, 62, 100, 129):
+        decision = evaluate(policy_set, build_input(action="x", principal={"id": f"p{i}"}))
+        assert [m.rule_id for m in decision.matched] == [f"r{i}"]
+        assert decision.allowed == (i % 10 != 9)
+    everyone = evaluate(policy_set, build_input(action="x", principal={"id": "everyone"}))
+    assert len(everyone.matched) == 130 and not everyone.allowed
+
+
+def test_fused_and_rule_by_rule_agree_on_the_shipped_policies() -> None:
+    """Every outcome of the fused fast path equals evaluating each rule's own program."""
+    import itertools
+
+    from authz.policy.compile import load_and_compile
+    from authz.policy.engine import _holds
+    from tests.conftest import SHIPPED_POLICIES
+
+    policy_set = load_and_compile(SHIPPED_POLICIES)
+    principals = [
+        {
+            "type": "heroku_user",
+            "id": "u1",
+            "auth": {"method": "heroku_sso", "resource_id": "a1", "session_id": "s"},
+        },
+        {"type": "heroku_user", "id": "u1", "auth": {"method": "none"}},
+        {"type": "service", "id": "web"},
+        {"type": "heroku_user", "id": "u1", "auth": {}},  # erroring conditions
+    ]
+    accesses = [
+        {"available": True, "roles": ["owner"], "age_seconds": 10.0},
+        {"available": True, "roles": [], "age_seconds": 10.0},
+        {"available": True, "roles": ["collaborator"], "age_seconds": 400.0},
+        {},
+        {"available": "yes"},  # a non-bool where a bool belongs
+    ]
+    resources = [
+        {"type": "addon", "id": "a1", "addon": {"state": "provisioned"}},
+        {"type": "addon", "id": "a2", "addon": {"state": "deprovisioned"}},
+        {"type": "account", "id": "x"},
+    ]
+    actions = sorted(policy_set.catalogue) + ["unknown.action"]
+    for principal, access, resource, action in itertools.product(
+        principals, accesses, resources, actions
+    ):
+        inputs = build_input(action=action, principal=principal, resource=resource, access=access)
+        fused = evaluate(policy_set, inputs)
+        plan = policy_set.plan(action, resource["type"])
+        activation = policy_set.env.Activation(inputs)
+        errors: list[str] = []
+        held = [c.program is None or _holds(c, activation, errors) for c in plan.rules]
+        expected = [c.rule.id for c, h in zip(plan.rules, held, strict=True) if h]
+        assert [m.rule_id for m in fused.matched] == expected, (principal, access, action)
+        assert list(fused.errors) == errors

@@ -201,7 +201,10 @@ class Decider:
                 decision = evaluate(policy_set, inputs)
             outcome = Outcome(new_decision_id(), decision)
             outcomes.append(outcome)
-            records.append(self._record(kind, outcome, subject, inputs, now, request_id, caller))
+            if self.audit is not None:
+                records.append(
+                    self._record(kind, outcome, subject, inputs, now, request_id, caller)
+                )
         elapsed_ms = (time.perf_counter() - started) * 1000 / max(1, len(items))
         for rec in records:
             rec["duration_ms"] = round(elapsed_ms, 3)
@@ -291,8 +294,10 @@ class Decider:
                 )
             return app_id, access_fact(listing, user_id, now)
 
-        pairs = await asyncio.gather(*(one(a, r) for a, r in apps.items()))
-        return dict(pairs)
+        if len(apps) == 1:  # the common case: no task for a single lookup
+            [(app_id, resource_id)] = apps.items()
+            return dict([await one(app_id, resource_id)])
+        return dict(await asyncio.gather(*(one(a, r) for a, r in apps.items())))
 
     # -- audit ----------------------------------------------------------------------------------
 
@@ -308,8 +313,6 @@ class Decider:
     ) -> dict[str, Any]:
         decision = outcome.decision
         resource = inputs["resource"]
-        recorded_input = {k: v for k, v in inputs.items() if k != "now"}
-        recorded_input["now"] = rfc3339(now)
         return {
             "decision_id": outcome.decision_id,
             "time": now,
@@ -337,8 +340,22 @@ class Decider:
             "reasons": list(decision.reasons),
             "errors": list(decision.errors),
             "policy_revision": decision.policy_revision,
-            "input": redact(recorded_input),
+            "input": _recorded_input(inputs, rfc3339(now)),
         }
+
+
+def _recorded_input(inputs: Mapping[str, Any], now_text: str) -> dict[str, Any]:
+    """The evaluated input as the audit log keeps it. Only what callers send can hold a secret
+    (attributes and context); the facts authz gathered itself are recorded as they are."""
+    recorded = dict(inputs)
+    recorded["now"] = now_text
+    for name in ("principal", "resource"):
+        entity = inputs[name]
+        if entity.get("attributes"):
+            recorded[name] = {**entity, "attributes": redact(entity["attributes"])}
+    if inputs["context"]:
+        recorded["context"] = redact(inputs["context"])
+    return recorded
 
 
 def redact(value: Any) -> Any:

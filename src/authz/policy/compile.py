@@ -12,6 +12,7 @@ from cel_expr_python import cel
 
 from authz.policy.load import LoadedSet, PolicyError, Problem, load_policy_dir
 from authz.policy.model import Policy, Rule, Source
+from authz.policy.plan import Plan, build_plan
 
 _DYN_MAP = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
 
@@ -55,6 +56,9 @@ class CompiledPolicySet:
     _exact: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict, repr=False)
     _globs: tuple[tuple[str, CompiledRule], ...] = field(default=(), repr=False)
     _by_action: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict, repr=False)
+    _order: dict[int, int] = field(default_factory=dict, repr=False)
+    _plans: dict[tuple[str, str], Plan] = field(default_factory=dict, repr=False)
+    _plans_by_rules: dict[tuple[int, ...], Plan] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         exact: dict[str, list[CompiledRule]] = {}
@@ -67,6 +71,7 @@ class CompiledPolicySet:
                     exact.setdefault(pattern, []).append(compiled)
         self._exact = {action: tuple(rules) for action, rules in exact.items()}
         self._globs = tuple(globs)
+        self._order = {id(r): i for i, r in enumerate(self.rules)}
         for action in self.catalogue:
             self.rules_for(action)
 
@@ -80,12 +85,35 @@ class CompiledPolicySet:
         for pattern, compiled in self._globs:
             if fnmatch.fnmatchcase(action, pattern):
                 found[id(compiled)] = compiled
-        order = {id(r): i for i, r in enumerate(self.rules)}
-        result = tuple(sorted(found.values(), key=lambda r: order[id(r)]))
+        result = tuple(sorted(found.values(), key=lambda r: self._order[id(r)]))
         # Only bounded memory for actions callers invent.
         if len(self._by_action) < _MAX_CACHED_ACTIONS:
             self._by_action[action] = result
         return result
+
+    def plan(self, action: str, resource_type: str) -> Plan:
+        """The rules for this action that apply to this resource type, conditions fused.
+
+        Plans are shared by every (action, type) with the same candidate rules, so the number
+        of compiled programs is bounded by the policies, not by what callers send.
+        """
+        key = (action, resource_type)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        rules = tuple(
+            r
+            for r in self.rules_for(action)
+            if not r.resource_types or resource_type in r.resource_types
+        )
+        rules_key = tuple(self._order[id(r)] for r in rules)
+        plan = self._plans_by_rules.get(rules_key)
+        if plan is None:
+            plan = build_plan(self.env, rules)
+            self._plans_by_rules[rules_key] = plan
+        if len(self._plans) < _MAX_CACHED_ACTIONS:
+            self._plans[key] = plan
+        return plan
 
     @property
     def rule_count(self) -> int:

@@ -442,7 +442,10 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
 
         async def read_one(context: grpc.aio.ServicerContext) -> Any:
             try:
-                request = await asyncio.wait_for(context.read(), timeout)
+                # asyncio.timeout arms one timer on this task; wait_for would start a new task
+                # for every call.
+                async with asyncio.timeout(timeout):
+                    request = await context.read()
             except TimeoutError:
                 await abort(
                     context,

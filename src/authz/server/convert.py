@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from authz.policy.model import Effect
 from authz.v1 import authorization_pb2 as pb
 
 MAX_BATCH_ITEMS = 100
+_BAD_ID_CHAR = re.compile(r"[\s\x00-\x1f]")
 MAX_DEPTH = 10
 MAX_STRING = 4096
 MAX_ID = 256
@@ -65,7 +67,7 @@ def _identifier(value: str, field: str) -> str:
         raise BadRequest(f'{field} is empty; name it, e.g. {field}="addon"')
     if len(value) > MAX_ID:
         raise BadRequest(f"{field} is longer than {MAX_ID} characters")
-    if any(ch.isspace() or ord(ch) < 32 for ch in value):
+    if _BAD_ID_CHAR.search(value):
         raise BadRequest(f"{field} contains whitespace or control characters")
     return value
 
