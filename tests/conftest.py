@@ -69,6 +69,19 @@ def base_settings(tmp_path: Path) -> Settings:
     )
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_backend_settings(
+    request: pytest.FixtureRequest, base_settings: Settings, tmp_path: Path
+) -> Iterator[Settings]:
+    """base_settings on each backend: SQLite files, then a throwaway PostgreSQL schema (skipped
+    with the reason when no PostgreSQL server can be reached)."""
+    from tests.pg import use_backend
+
+    with use_backend(request.param, tmp_path / "db") as chosen:
+        url = None if chosen.name == "sqlite" else chosen.target
+        yield replace(base_settings, database_url=url)
+
+
 @pytest.fixture
 def start(loop_thread: LoopThread) -> Iterator[Callable[..., RunningService]]:
     """start(settings, **overrides) → a RunningService; all are stopped after the test."""

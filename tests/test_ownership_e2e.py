@@ -28,10 +28,10 @@ def sim() -> Iterator[HerokuSimulator]:
 
 @pytest.fixture
 def make_world(
-    sim: HerokuSimulator, start: Callable[..., RunningService], base_settings: Settings
+    sim: HerokuSimulator, start: Callable[..., RunningService], any_backend_settings: Settings
 ) -> Callable[..., World]:
     def _make(**overrides: object) -> World:
-        return World(sim, start(world_settings(base_settings, sim, **overrides)))
+        return World(sim, start(world_settings(any_backend_settings, sim, **overrides)))
 
     return _make
 

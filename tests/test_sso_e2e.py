@@ -33,9 +33,9 @@ def sim() -> Iterator[HerokuSimulator]:
 
 @pytest.fixture
 def world(
-    sim: HerokuSimulator, start: Callable[..., RunningService], base_settings: Settings
+    sim: HerokuSimulator, start: Callable[..., RunningService], any_backend_settings: Settings
 ) -> World:
-    return World(sim, start(world_settings(base_settings, sim)))
+    return World(sim, start(world_settings(any_backend_settings, sim)))
 
 
 def test_sha256_and_sha1_tokens_accepted(world: World) -> None:

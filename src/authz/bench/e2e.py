@@ -46,7 +46,7 @@ STREAMS = 16
 class Scenario:
     key: str
     label: str
-    server: str  # noop | off | durable
+    server: str  # noop | noop_intercepted | off | async | durable
     kind: str  # session | direct | batch
     decisions: int  # per request
 
@@ -66,6 +66,13 @@ SCENARIOS = (
         "check_session_durable",
         "authz Check, session token, durable audit",
         "durable",
+        "session",
+        1,
+    ),
+    Scenario(
+        "check_session_async",
+        "authz Check, session token, async audit",
+        "async",
         "session",
         1,
     ),
@@ -148,6 +155,7 @@ def run_e2e(
     )
     off = lab.authz("off")
     durable = lab.authz("durable") if any(s.server == "durable" for s in scenarios) else None
+    queued = lab.authz("async") if any(s.server == "async" for s in scenarios) else None
     servers: dict[str, tuple[int, int, str]] = {
         "noop": (noop.pid, noop.port, noop.address),
         "off": (off.process.pid, off.process.port, off.process.address),
@@ -156,13 +164,16 @@ def run_e2e(
         servers["noop_intercepted"] = (intercepted.pid, intercepted.port, intercepted.address)
     if durable is not None:
         servers["durable"] = (durable.process.pid, durable.process.port, durable.process.address)
+    if queued is not None:
+        servers["async"] = (queued.process.pid, queued.process.port, queued.process.address)
+    audited = {"durable": durable, "async": queued}
     is_noop = {"noop", "noop_intercepted"}
 
     reply_sizes: dict[str, int] = {}
     builders = {"session": check_session, "direct": check_direct, "batch": check_batch}
 
     def body_for(s: Scenario) -> bytes:
-        source = durable if s.server == "durable" and durable is not None else off
+        source = audited.get(s.server) or off
         request = builders[s.kind](source)
         kind = "noop" if s.server in is_noop else s.kind
         reply_sizes[s.key] = verify(servers[s.server][2], kind, request)
@@ -215,6 +226,8 @@ def run_e2e(
     if intercepted is not None:
         intercepted.stop()
     off.stop()
+    if queued is not None:
+        queued.stop()
     audit_check: dict[str, Any] = {}
     if durable is not None:
         final = durable.stop()

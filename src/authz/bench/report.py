@@ -107,6 +107,12 @@ def targets(results: dict[str, Any]) -> list[Verdict]:
             f"throughput {d['req_per_s']:,.0f} vs {o['req_per_s']:,.0f} req/s = {tput:.1%}; "
             f"p99 {d['max']['p99_ms']:.1f} vs {o['max']['p99_ms']:.1f} ms = {p99:.2f}×"
         )
+        if "check_session_async" in e2e:
+            a = e2e["check_session_async"]
+            text += (
+                f"; async audit {ratio(a['req_per_s'], o['req_per_s']):.1%}, "
+                f"p99 {ratio(a['max']['p99_ms'], o['max']['p99_ms']):.2f}×"
+            )
         if "batch10_durable" in e2e and "batch10" in e2e:
             bd, bo = e2e["batch10_durable"], e2e["batch10"]
             text += (
