@@ -165,6 +165,7 @@ def test_faults_end_in_a_fast_explained_deny_while_fresh_apps_are_served(
     world.admin.InvalidateAccess(
         admin_pb2.InvalidateAccessRequest(app_id=world.sim.app("acme-billing")["id"])
     )
+    fault = dict(fault)  # parametrize shares the dict between backends
     kind = fault.pop("kind")
     world.sim.add_fault(kind, path_prefix=f"/addons/{acme}", **fault)
     started = time.monotonic()
