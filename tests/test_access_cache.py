@@ -18,23 +18,11 @@ from authz.facts.access import AccessCache, AccessUnavailable, PlatformAccessFet
 from authz.facts.heroku import AccessList, AppMember, PlatformClient
 from authz.facts.oauth_tokens import OAuthTokenStore, TokenManager
 from authz.store import open_database
+from tests.clock import FakeClock
 
 T = TypeVar("T")
 KEY = "test-token-key-0123456789abcdef"
 DEADLINE = 0.3
-
-
-class FakeClock:
-    """A settable clock (Unix seconds) for time travel; not a stand-in for any of our code."""
-
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:

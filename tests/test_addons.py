@@ -19,6 +19,7 @@ from authz.facts.addons import (
     RegistryError,
 )
 from authz.store import Database, open_database
+from tests.clock import FakeClock
 from tests.pg import BACKENDS, Backend, use_backend
 
 T0 = 1_700_000_000.0
@@ -26,17 +27,6 @@ RID = "01234567-89ab-cdef-0123-456789abcdef"
 OTHER_RID = "fedcba98-7654-3210-fedc-ba9876543210"
 APP_ID = "6f0d4bb2-9c1e-4a40-8f4e-0a1b2c3d4e5f"
 REGION = "amazon-web-services::us-east-1"
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

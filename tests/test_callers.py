@@ -69,11 +69,20 @@ def tokens_file(tmp_path: Path, tokens: dict[str, str]) -> Path:
     return path
 
 
-@pytest.fixture
-def token_settings(base_settings: Settings, tokens_file: Path) -> Settings:
+@pytest.fixture(params=[10.0, 0.0], ids=["request-guard", "no-request-guard"])
+def token_settings(
+    request: pytest.FixtureRequest, base_settings: Settings, tokens_file: Path
+) -> Settings:
+    """Token callers, with the request-timeout guard on (default) and off (AUTHZ_REQUEST_TIMEOUT=0):
+    authentication and admin separation must not depend on it."""
     env = {"AUTHZ_CALLER_TOKENS": str(tokens_file), "AUTHZ_ADMINS": "ops, deploy-bot"}
     from_env = Settings.from_env(env)
-    return replace(base_settings, caller_tokens=from_env.caller_tokens, admins=from_env.admins)
+    return replace(
+        base_settings,
+        caller_tokens=from_env.caller_tokens,
+        admins=from_env.admins,
+        request_timeout=request.param,
+    )
 
 
 @pytest.fixture

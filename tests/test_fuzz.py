@@ -12,7 +12,8 @@ every generated Check, CheckBatch and ExchangeSso request:
 - the server logged no error (an unhandled exception in a servicer is logged at ERROR).
 
 Policy files are fuzzed without a server: load_and_compile either succeeds or raises PolicyError.
-AUTHZ_FUZZ_SCALE multiplies the example counts (default 1: 7,500 examples in all, a thousand or more per target).
+AUTHZ_FUZZ_SCALE multiplies the example counts (default 1: 7,500 examples in all, a thousand
+or more per target).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from authz.facts.oauth_tokens import (
     TokenStoreError,
 )
 from authz.store import open_database
+from tests.clock import FakeClock
 from tests.pg import BACKENDS, Backend, dump, use_backend
 
 T = TypeVar("T")
@@ -27,16 +28,6 @@ KEY = "test-token-key-0123456789abcdef"
 ACME = "authz-curved-12345"
 GLOBEX = "authz-spherical-67890"
 INITECH = "authz-angular-24680"
-
-
-class FakeClock:
-    """A settable clock (Unix seconds) for time travel; not a stand-in for any of our code."""
-
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:

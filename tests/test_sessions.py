@@ -11,6 +11,7 @@ import sqlite_utils
 
 from authz.facts.sessions import TOKEN_PREFIX, Session, SessionStore
 from authz.store import Database, open_database
+from tests.clock import FakeClock
 from tests.pg import BACKENDS, Backend, count, dump, use_backend
 
 T0 = 1_700_000_000.0
@@ -19,17 +20,6 @@ USER = "038df634-6962-43b9-a1ec-9ff09b8ce665"
 OTHER_USER = "11111111-2222-3333-4444-555555555555"
 RESOURCE = "01234567-89ab-cdef-0123-456789abcdef"
 OTHER_RESOURCE = "fedcba98-7654-3210-fedc-ba9876543210"
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

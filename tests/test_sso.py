@@ -29,6 +29,7 @@ from authz.facts.sso import (
     verify_sso_form,
 )
 from authz.store import Database, open_store
+from tests.clock import FakeClock
 from tests.pg import BACKENDS, Backend, count, use_backend
 
 # The reference document's sha256 test vector.
@@ -39,19 +40,6 @@ EMAIL = "user@example.com"
 TS = 1267597772
 SHA256_DIGEST = "333d1434c7d0000577771aa3a8efc40d555b8620975467d469c994c34a69165a"
 SHA1_DIGEST = resource_token(RESOURCE_ID, SALT, str(TS))
-
-
-class FakeClock:
-    """A controllable clock: call it for the time, advance() to move it."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def sha256_form(

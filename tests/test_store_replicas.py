@@ -12,20 +12,13 @@ import pytest
 from authz.facts.addons import ADDON_DEPROVISIONED, AddonRegistry, RegistryError
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import SessionStore
+from tests.clock import FakeClock
 from tests.pg import BACKENDS, Backend, use_backend
 
 T0 = 1_700_000_000.0
 RID = "01234567-89ab-cdef-0123-456789abcdef"
 APP_ID = "6f0d4bb2-9c1e-4a40-8f4e-0a1b2c3d4e5f"
 USER = "038df634-6962-43b9-a1ec-9ff09b8ce665"
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=BACKENDS)

@@ -152,6 +152,16 @@ def _bounded(name: str, value: float, upper: float) -> float:
     return value
 
 
+def _request_timeout(env: Mapping[str, str]) -> float:
+    """Seconds a call may take to send its request; 0 turns the guard off (trusted callers)."""
+    value = _float(env, "AUTHZ_REQUEST_TIMEOUT", 10.0)
+    if value == 0:
+        return 0.0
+    if not 0 < value <= 60.0:
+        raise ConfigError(f"AUTHZ_REQUEST_TIMEOUT={value:g} must be 0 (off) or up to 60 seconds")
+    return value
+
+
 def _database_url(env: Mapping[str, str]) -> str | None:
     from authz.store import StoreError, database_url_from_env
 
@@ -261,9 +271,7 @@ class Settings:
             caller_tokens=load_caller_tokens(tokens_file) if tokens_file else (),
             admins=_names(env.get("AUTHZ_ADMINS", "")),
             max_concurrent_rpcs=_positive_int(env, "AUTHZ_MAX_CONCURRENT_RPCS", 1000),
-            request_timeout=_bounded(
-                "AUTHZ_REQUEST_TIMEOUT", _float(env, "AUTHZ_REQUEST_TIMEOUT", 10.0), 60.0
-            ),
+            request_timeout=_request_timeout(env),
         )
         settings.check_transport()
         return settings

@@ -14,6 +14,7 @@ from typing import Any
 from authz.clock import Clock, system_clock
 from authz.config import Settings
 from authz.decide import ADDON, HEROKU_USER, Decider, Entity, Item, Subject, sso_subject
+from authz.errors import Refusal
 from authz.facts.addons import AddonRegistry
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import Session, SessionStore
@@ -22,15 +23,14 @@ from authz.facts.sso import SsoError, verify_sso_form
 LOGIN_ACTION = "session.login"
 
 
-class LoginRefused(Exception):
-    """A login was refused; `code` is a stable machine-readable reason (e.g. SSO_REPLAYED)."""
+class LoginRefused(Refusal):
+    """A login was refused, and the refusal was recorded as decision `decision_id`."""
 
-    def __init__(self, code: str, message: str, decision_id: str, invalid_argument: bool = False):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def __init__(
+        self, code: str, message: str, decision_id: str, invalid_argument: bool = False
+    ) -> None:
+        super().__init__(code, message, invalid_argument)
         self.decision_id = decision_id
-        self.invalid_argument = invalid_argument
 
 
 @dataclass(frozen=True, slots=True)

