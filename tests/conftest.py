@@ -70,16 +70,19 @@ def base_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def any_backend_settings(
-    request: pytest.FixtureRequest, base_settings: Settings, tmp_path: Path
-) -> Iterator[Settings]:
-    """base_settings on each backend: SQLite files, then a throwaway PostgreSQL schema (skipped
-    with the reason when no PostgreSQL server can be reached)."""
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An empty store on each backend: a SQLite file, then a throwaway PostgreSQL schema
+    (skipped, with the reason, when no PostgreSQL server can be reached). See tests/pg.py."""
     from tests.pg import use_backend
 
-    with use_backend(request.param, tmp_path / "db") as chosen:
-        url = None if chosen.name == "sqlite" else chosen.target
-        yield replace(base_settings, database_url=url)
+    with use_backend(request.param, tmp_path) as chosen:
+        yield chosen
+
+
+@pytest.fixture
+def any_backend_settings(backend: Any, base_settings: Settings) -> Settings:
+    """base_settings with the whole service on each backend."""
+    return replace(base_settings, database_url=None if backend.name == "sqlite" else backend.target)
 
 
 @pytest.fixture

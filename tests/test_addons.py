@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from authz.facts.addons import (
 )
 from authz.store import Database, open_database
 from tests.clock import FakeClock
-from tests.pg import BACKENDS, Backend, use_backend
+from tests.pg import Backend
 
 T0 = 1_700_000_000.0
 RID = "01234567-89ab-cdef-0123-456789abcdef"
@@ -32,12 +31,6 @@ REGION = "amazon-web-services::us-east-1"
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    with use_backend(request.param, tmp_path) as chosen:
-        yield chosen
 
 
 @pytest.fixture

@@ -21,15 +21,9 @@ import pytest
 
 from authz.audit import AuditLog, AuditRecordInvalid, AuditUnavailable, migrate_audit, verify
 from authz.audit.testing import execute_sql, fetch_all, hold_write_lock, make_record
-from tests.pg import BACKENDS, Backend, postgres, tables, use_backend
+from tests.pg import Backend, postgres, tables, use_backend
 
 Target = Path | str
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    with use_backend(request.param, tmp_path) as chosen:
-        yield chosen
 
 
 @pytest.fixture

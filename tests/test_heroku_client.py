@@ -21,7 +21,7 @@ from authz.facts.oauth_tokens import (
 )
 from authz.store import open_database
 from tests.clock import FakeClock
-from tests.pg import BACKENDS, Backend, dump, use_backend
+from tests.pg import Backend, dump
 
 T = TypeVar("T")
 KEY = "test-token-key-0123456789abcdef"
@@ -214,12 +214,6 @@ def test_no_calls_left_stops_the_recipe_early() -> None:
 
 
 # -- token store ---------------------------------------------------------------------------
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    with use_backend(request.param, tmp_path) as chosen:
-        yield chosen
 
 
 def test_tokens_are_encrypted_at_rest(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import sqlite_utils
 from authz.facts.sessions import TOKEN_PREFIX, Session, SessionStore
 from authz.store import Database, open_database
 from tests.clock import FakeClock
-from tests.pg import BACKENDS, Backend, count, dump, use_backend
+from tests.pg import Backend, count, dump
 
 T0 = 1_700_000_000.0
 TTL = 8 * 3600.0
@@ -25,12 +24,6 @@ OTHER_RESOURCE = "fedcba98-7654-3210-fedc-ba9876543210"
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    with use_backend(request.param, tmp_path) as chosen:
-        yield chosen
 
 
 @pytest.fixture

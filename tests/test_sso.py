@@ -6,8 +6,7 @@ import hashlib
 import multiprocessing
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +29,7 @@ from authz.facts.sso import (
 )
 from authz.store import Database, open_store
 from tests.clock import FakeClock
-from tests.pg import BACKENDS, Backend, count, use_backend
+from tests.pg import Backend, count
 
 # The reference document's sha256 test vector.
 SALT = "2f97bfa52ca102f8874716e2eb1d3b4920ad0be4"
@@ -501,12 +500,6 @@ def test_tampering_with_a_signed_form_is_never_accepted(field: str, value: str, 
 
 
 # --- replay guard (on SQLite and on PostgreSQL) ------------------------------------------------
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    with use_backend(request.param, tmp_path) as chosen:
-        yield chosen
 
 
 def test_second_claim_is_refused(backend: Backend) -> None:

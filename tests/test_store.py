@@ -8,7 +8,6 @@ import multiprocessing
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,10 @@ from authz.store import (
 )
 from authz.store.migrations import portable
 from authz.store.postgres import advisory_key, translate_placeholders
-from tests.pg import BACKENDS, Backend, count, tables, use_backend
+from tests.pg import Backend, count, tables
 
 ALL_VERSIONS = [m.version for m in MIGRATIONS]
 FACT_TABLES = {"addons", "heroku_oauth_tokens", "schema_migrations", "sessions", "sso_replay"}
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    with use_backend(request.param, tmp_path) as chosen:
-        yield chosen
 
 
 @pytest.fixture

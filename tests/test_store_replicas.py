@@ -4,8 +4,6 @@ SQLite: its own connection to the same file), and what one does the other sees a
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -13,18 +11,12 @@ from authz.facts.addons import ADDON_DEPROVISIONED, AddonRegistry, RegistryError
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import SessionStore
 from tests.clock import FakeClock
-from tests.pg import BACKENDS, Backend, use_backend
+from tests.pg import Backend
 
 T0 = 1_700_000_000.0
 RID = "01234567-89ab-cdef-0123-456789abcdef"
 APP_ID = "6f0d4bb2-9c1e-4a40-8f4e-0a1b2c3d4e5f"
 USER = "038df634-6962-43b9-a1ec-9ff09b8ce665"
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    with use_backend(request.param, tmp_path) as chosen:
-        yield chosen
 
 
 def test_a_session_revoked_on_one_replica_fails_on_the_other_at_once(backend: Backend) -> None:
