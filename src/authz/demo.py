@@ -4,6 +4,7 @@ partner that provisions add-ons, logs users in through Heroku SSO and asks for d
 from __future__ import annotations
 
 import asyncio
+import secrets
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from authz.audit.chain import verify
 from authz.audit.commands import explain
 from authz.audit.query import get_entry, query
 from authz.cli import format_decision
-from authz.config import Settings
+from authz.config import CallerToken, Settings
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
 from authz.devtools.sso_forms import heroku_sso_form
 from authz.server.app import Service, start_service
@@ -26,6 +27,9 @@ from authz.v1 import authorization_pb2_grpc as pb_grpc
 # Demo-only secrets: the simulator is local and these never leave this process.
 DEMO_SALT = "demo-sso-salt-local-only"
 DEMO_TOKEN_KEY = "demo-token-encryption-key-local-only-0123456789"
+# Two partner services: the web tier (which also provisions, so it is an admin) and the dashboard.
+WEB_TIER_TOKEN = secrets.token_urlsafe(32)
+DASHBOARD_TOKEN = secrets.token_urlsafe(32)
 
 
 def say(text: str = "") -> None:
@@ -37,6 +41,8 @@ class Partner:
 
     def __init__(self, channel: grpc.aio.Channel, sim: HerokuSimulator) -> None:
         self.sim = sim
+        self.as_web_tier = (("authorization", f"Bearer {WEB_TIER_TOKEN}"),)
+        self.as_dashboard = (("authorization", f"Bearer {DASHBOARD_TOKEN}"),)
         self.admin = admin_pb2_grpc.AdminServiceStub(channel)
         self.sessions = session_pb2_grpc.SessionServiceStub(channel)
         self.authz = pb_grpc.AuthorizationServiceStub(channel)
@@ -52,7 +58,8 @@ class Partner:
                 plan=addon["plan"]["name"],
                 region="us",
                 oauth_grant_code=self.sim.create_grant(addon["id"]),
-            )
+            ),
+            metadata=self.as_web_tier,
         )
         say(
             f"  provisioned {addon_name} for app {app['name']} "
@@ -63,7 +70,9 @@ class Partner:
     async def sso(self, title: str, form: dict[str, str]) -> str:
         say(f"• {title}")
         try:
-            reply = await self.sessions.ExchangeSso(session_pb2.ExchangeSsoRequest(form=form))
+            reply = await self.sessions.ExchangeSso(
+                session_pb2.ExchangeSsoRequest(form=form), metadata=self.as_web_tier
+            )
         except grpc.aio.AioRpcError as exc:
             info = error_info(exc)
             say(f"  REFUSED {exc.code().name} {info.reason if info else ''}: {exc.details()}\n")
@@ -80,7 +89,8 @@ class Partner:
                 session_token=token,
                 action=action,
                 resource=pb.Resource(type="addon", id=resource_id),
-            )
+            ),
+            metadata=self.as_dashboard,
         )
         say(f"• {title}\n{format_decision(reply)}\n")
 
@@ -100,12 +110,18 @@ async def run_demo(policy_dir: Path) -> None:
             heroku_id_url=sim.base_url,
             heroku_client_secret=sim.client_secret,
             token_key=DEMO_TOKEN_KEY,
+            caller_tokens=(
+                CallerToken.of("web-tier", WEB_TIER_TOKEN),
+                CallerToken.of("dashboard", DASHBOARD_TOKEN),
+            ),
+            admins=frozenset({"web-tier"}),
         )
         service = await start_service(settings, watch_interval=None)
         say(f"Heroku API simulator at {sim.base_url}")
         say(
             f"authz server on 127.0.0.1:{service.port}, policy revision "
-            f"{service.policies.current.revision}, audit {settings.audit_mode}\n"
+            f"{service.policies.current.revision}, audit {settings.audit_mode};\n"
+            "partner services authenticate with bearer tokens: web-tier (admin) and dashboard\n"
         )
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
@@ -155,10 +171,20 @@ async def script(partner: Partner, sim: HerokuSimulator, service: Service) -> No
     say("On Heroku, carol is removed from acme-billing; a webhook makes the partner invalidate:")
     sim.remove_collaborator("acme-billing", "carol")
     await partner.admin.InvalidateAccess(
-        admin_pb2.InvalidateAccessRequest(app_id=sim.app("acme-billing")["id"])
+        admin_pb2.InvalidateAccessRequest(app_id=sim.app("acme-billing")["id"]),
+        metadata=partner.as_web_tier,
     )
     await partner.check("carol opens the dashboard again", carol, "dashboard.view", acme)
-    await partner.sessions.RevokeSession(session_pb2.RevokeSessionRequest(session_token=alice))
+    await partner.sessions.RevokeSession(
+        session_pb2.RevokeSessionRequest(session_token=alice), metadata=partner.as_web_tier
+    )
+    say("The dashboard service (not an admin) asks AdminService for the policy status:")
+    try:
+        await partner.admin.GetPolicyStatus(
+            admin_pb2.GetPolicyStatusRequest(), metadata=partner.as_dashboard
+        )
+    except grpc.aio.AioRpcError as exc:
+        say(f"  REFUSED {exc.code().name}: {exc.details()}\n")
     await partner.check("alice logged out; her old session is used", alice, "dashboard.view", acme)
 
 
