@@ -110,3 +110,29 @@ def test_db_migrate_is_idempotent(tmp_path: Path) -> None:
     first, second = run(), run()
     assert first.returncode == 0 and "applied schema versions [1" in first.stdout, first.stderr
     assert second.returncode == 0 and "up to date" in second.stdout
+
+
+def test_check_sends_the_caller_token(
+    start: Callable[..., RunningService], base_settings: Settings
+) -> None:
+    from dataclasses import replace
+
+    from authz.config import CallerToken
+
+    svc = start(replace(base_settings, caller_tokens=(CallerToken.of("web", "s3cret-token"),)))
+    args = (
+        "check",
+        "--server",
+        svc.address,
+        "--principal",
+        "svc:web",
+        "--action",
+        "account.login_password",
+        "--resource",
+        "account:1",
+    )
+    refused = authz(*args)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+    accepted = authz(*args, "--token", "s3cret-token")
+    assert accepted.returncode == 3, accepted.stderr
+    assert accepted.stdout.startswith("DENY")

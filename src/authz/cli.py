@@ -106,7 +106,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     with grpc.insecure_channel(args.server) as channel:
         try:
             response = pb_grpc.AuthorizationServiceStub(channel).Check(
-                request, timeout=args.timeout
+                request, timeout=args.timeout, metadata=_credentials(args)
             )
         except grpc.RpcError as exc:
             print(f"authz: {exc.code().name}: {exc.details()}", file=sys.stderr)
@@ -147,7 +147,9 @@ def cmd_policy_status(args: argparse.Namespace) -> int:
     with grpc.insecure_channel(args.server) as channel:
         try:
             status = admin_pb2_grpc.AdminServiceStub(channel).GetPolicyStatus(
-                admin_pb2.GetPolicyStatusRequest(), timeout=args.timeout
+                admin_pb2.GetPolicyStatusRequest(),
+                timeout=args.timeout,
+                metadata=_credentials(args),
             )
         except grpc.RpcError as exc:
             print(f"authz: {exc.code().name}: {exc.details()}", file=sys.stderr)
@@ -206,6 +208,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(Path(args.policies))
 
 
+def _add_token_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("AUTHZ_CALLER_TOKEN"),
+        help="this caller's bearer token (default AUTHZ_CALLER_TOKEN), when the server needs one",
+    )
+
+
+def _credentials(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {args.token}"),) if args.token else ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--context", action="append", default=[], help="context KEY=VALUE")
     check.add_argument("--request-id")
     check.add_argument("--timeout", type=float, default=5.0)
+    _add_token_argument(check)
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_check)
 
@@ -267,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = policy.add_parser("status", help="ask a running server which policy revision serves")
     status.add_argument("--server", default=os.environ.get("AUTHZ_SERVER", "127.0.0.1:50051"))
     status.add_argument("--timeout", type=float, default=5.0)
+    _add_token_argument(status)
     status.set_defaults(func=cmd_policy_status)
 
     from authz.audit.commands import add_audit_commands
