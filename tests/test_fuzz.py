@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 from authz.config import CallerToken, Settings
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
 from authz.devtools.sso_forms import heroku_sso_form
+from authz.facts.sso import FORM_FIELDS
 from authz.policy.compile import load_and_compile
 from authz.policy.load import PolicyError, load_policy_dir
 from authz.server.convert import MAX_BATCH_ITEMS, MAX_DEPTH, MAX_ID, MAX_STRING
@@ -275,19 +276,7 @@ def batch_requests(draw: st.DrawFn) -> pb.CheckBatchRequest:
     return pb.CheckBatchRequest(items=items, context=struct(draw(STRUCT)), **draw(subjects()))
 
 
-SSO_FIELDS = [
-    "resource_id",
-    "timestamp",
-    "user_id",
-    "email",
-    "app",
-    "context_app",
-    "user_scoped_resource_token",
-    "resource_token",
-    "id",
-    "token",
-    "nav-data",
-]
+SSO_FIELDS = [*FORM_FIELDS, "nav-data"]  # what Heroku sends, and one field we ignore
 SSO_VALUES = st.one_of(
     TEXT,
     st.sampled_from(CEL_LOOKING),

@@ -75,7 +75,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REOPEN = "ask the user to open the add-on again from the Heroku dashboard"
 
 # Every form field this module reads; nothing else in the form is looked at.
-_FIELDS: Final = (
+FORM_FIELDS: Final = (
     "resource_id",
     "timestamp",
     "user_id",
@@ -267,7 +267,7 @@ def verify_sso_form(
 def _read_fields(form: Mapping[str, str]) -> dict[str, str]:
     """The fields this module reads, absent ones as "", after type, length and character checks."""
     fields: dict[str, str] = {}
-    for name in _FIELDS:
+    for name in FORM_FIELDS:
         value = form.get(name, "")
         if value is None:
             value = ""
