@@ -9,9 +9,10 @@ import grpc
 
 from authz.config import Settings
 from authz.devtools.heroku_sim import HerokuSimulator
+from authz.devtools.provisioning import register_addon_request
 from authz.devtools.sso_forms import heroku_sso_form
 from authz.server.errors import error_info
-from authz.v1 import admin_pb2, admin_pb2_grpc, session_pb2, session_pb2_grpc
+from authz.v1 import admin_pb2_grpc, session_pb2, session_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 from tests.conftest import RunningService
@@ -53,19 +54,8 @@ class World:
 
     def provision(self, addon: str, *, grant: bool = True) -> str:
         """Register an add-on as Heroku's provisioning call would; returns its resource id."""
-        info = self.sim.addon(addon)
-        app = self.sim.app(info["app"]["id"])
-        self.admin.RegisterAddon(
-            admin_pb2.RegisterAddonRequest(
-                resource_id=info["id"],
-                app_id=app["id"],
-                app_name=app["name"],
-                plan=info.get("plan", {}).get("name", "authz:basic"),
-                region="us",
-                oauth_grant_code=self.sim.create_grant(info["id"]) if grant else "",
-            )
-        )
-        return info["id"]
+        reply = self.admin.RegisterAddon(register_addon_request(self.sim, addon, grant=grant))
+        return reply.addon.resource_id
 
     def form(self, resource_id: str, handle: str, **kwargs: Any) -> dict[str, str]:
         user = self.user(handle)

@@ -101,6 +101,12 @@ def test_query_decisions_streams_filtered_records(
     assert all(r.effect == pb.EFFECT_DENY for r in denied)
     assert denied[0].matched_rules[0].rule_id == "no-password-login"
     assert denied[0].record.fields["request_id"].string_value.startswith("req-")
+    by_effect = {
+        effect: list(admin.QueryDecisions(admin_pb2.QueryDecisionsRequest(effect=effect, limit=50)))
+        for effect in (pb.EFFECT_ALLOW, pb.EFFECT_DENY)
+    }
+    assert by_effect[pb.EFFECT_ALLOW] == []  # services are allowed nothing by the shipped policies
+    assert sorted(r.decision_id for r in by_effect[pb.EFFECT_DENY]) == sorted(ids)
     with pytest.raises(grpc.RpcError) as info:
         list(admin.QueryDecisions(admin_pb2.QueryDecisionsRequest(limit=-1)))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import authz
 from authz.audit import query, verify
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
+from authz.devtools.provisioning import register_addon_request
 from authz.devtools.sso_forms import heroku_sso_form
 from authz.server.errors import error_info
 from authz.v1 import admin_pb2, admin_pb2_grpc, session_pb2, session_pb2_grpc
@@ -100,20 +101,8 @@ class Replica:
     # -- calls ---------------------------------------------------------------------------------
 
     def provision(self, sim: HerokuSimulator, addon: str) -> str:
-        info = sim.addon(addon)
-        app = sim.app(info["app"]["id"])
-        self.admin.RegisterAddon(
-            admin_pb2.RegisterAddonRequest(
-                resource_id=info["id"],
-                app_id=app["id"],
-                app_name=app["name"],
-                plan=info.get("plan", {}).get("name", "authz:basic"),
-                region="us",
-                oauth_grant_code=sim.create_grant(info["id"]),
-            ),
-            timeout=RPC_TIMEOUT,
-        )
-        return str(info["id"])
+        request = register_addon_request(sim, addon)
+        return self.admin.RegisterAddon(request, timeout=RPC_TIMEOUT).addon.resource_id
 
     def exchange(self, form: dict[str, str]) -> session_pb2.ExchangeSsoResponse:
         request = session_pb2.ExchangeSsoRequest(form=form)

@@ -23,6 +23,7 @@ import pytest
 
 from authz.config import CallerToken, ConfigError, Settings
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
+from authz.devtools.provisioning import register_addon_request
 from authz.devtools.sso_forms import heroku_sso_form
 from authz.server.errors import error_info
 from authz.v1 import admin_pb2, session_pb2
@@ -78,20 +79,9 @@ class Run:
         raise AssertionError("the call was expected to fail")
 
     def provision(self, name: str) -> str:
-        info = self.sim.addon(name)
-        app = self.sim.app(info["app"]["id"])
-        code = self.keep("oauth grant code", self.sim.create_grant(info["id"]))
-        self.ops.admin.RegisterAddon(
-            admin_pb2.RegisterAddonRequest(
-                resource_id=info["id"],
-                app_id=app["id"],
-                app_name=app["name"],
-                plan="authz:basic",
-                region="us",
-                oauth_grant_code=code,
-            )
-        )
-        return info["id"]
+        code = self.keep("oauth grant code", self.sim.create_grant(self.sim.addon(name)["id"]))
+        request = register_addon_request(self.sim, name, grant_code=code)
+        return self.ops.admin.RegisterAddon(request).addon.resource_id
 
     def form(self, resource_id: str, handle: str, **kwargs: object) -> dict[str, str]:
         form = self.ops.form(resource_id, handle, **kwargs)

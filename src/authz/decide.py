@@ -180,6 +180,7 @@ class Decider:
         base_context = dict(context or {})
         resources = await self.facts.call(self._resource_inputs, [i.resource for i in items])
         access = await self._access_facts(subject, resources, now)
+        no_access = access_fact(None, subject.principal.get("id", ""), now, NO_APP)
         caller_fact = {"id": caller}
         outcomes: list[Outcome] = []
         records: list[dict[str, Any]] = []
@@ -191,8 +192,7 @@ class Decider:
                 "action": item.action,
                 "context": item_context,
                 "now": now_dt,
-                "access": access.get(resource.get("addon", {}).get("app_id", ""))
-                or access_fact(None, subject.principal.get("id", ""), now, NO_APP),
+                "access": access.get(resource.get("addon", {}).get("app_id", ""), no_access),
                 "caller": caller_fact,
             }
             if subject.refusal:

@@ -17,6 +17,7 @@ from authz.audit.query import get_entry, query
 from authz.cli import format_decision
 from authz.config import CallerToken, Settings
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
+from authz.devtools.provisioning import register_addon_request
 from authz.devtools.sso_forms import heroku_sso_form
 from authz.server.app import Service, start_service
 from authz.server.errors import error_info
@@ -48,24 +49,14 @@ class Partner:
         self.authz = pb_grpc.AuthorizationServiceStub(channel)
 
     async def provision(self, addon_name: str) -> str:
-        addon = self.sim.addon(addon_name)
-        app = self.sim.app(addon["app"]["id"])
         reply = await self.admin.RegisterAddon(
-            admin_pb2.RegisterAddonRequest(
-                resource_id=addon["id"],
-                app_id=app["id"],
-                app_name=app["name"],
-                plan=addon["plan"]["name"],
-                region="us",
-                oauth_grant_code=self.sim.create_grant(addon["id"]),
-            ),
-            metadata=self.as_web_tier,
+            register_addon_request(self.sim, addon_name), metadata=self.as_web_tier
         )
         say(
-            f"  provisioned {addon_name} for app {app['name']} "
+            f"  provisioned {addon_name} for app {reply.addon.app_name} "
             f"(OAuth tokens stored encrypted: {reply.addon.has_oauth_tokens})"
         )
-        return addon["id"]
+        return reply.addon.resource_id
 
     async def sso(self, title: str, form: dict[str, str]) -> str:
         say(f"• {title}")

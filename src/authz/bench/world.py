@@ -24,8 +24,9 @@ from typing import IO, Any
 import grpc
 
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
+from authz.devtools.provisioning import register_addon_request
 from authz.devtools.sso_forms import heroku_sso_form
-from authz.v1 import admin_pb2, admin_pb2_grpc, session_pb2, session_pb2_grpc
+from authz.v1 import admin_pb2_grpc, session_pb2, session_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -204,20 +205,8 @@ class Lab:
         return server
 
     def _provision(self, server: AuthzServer, addon: str) -> tuple[str, str]:
-        info = self.sim.addon(addon)
-        app = self.sim.app(info["app"]["id"])
-        server.admin.RegisterAddon(
-            admin_pb2.RegisterAddonRequest(
-                resource_id=info["id"],
-                app_id=app["id"],
-                app_name=app["name"],
-                plan=info.get("plan", {}).get("name", "authz:basic"),
-                region="us",
-                oauth_grant_code=self.sim.create_grant(info["id"]),
-            ),
-            timeout=30,
-        )
-        return info["id"], app["id"]
+        reply = server.admin.RegisterAddon(register_addon_request(self.sim, addon), timeout=30)
+        return reply.addon.resource_id, reply.addon.app_id
 
     def _login(self, server: AuthzServer, resource_id: str, handle: str) -> str:
         user = self.sim.user(handle)

@@ -7,28 +7,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from authz.facts.addons import Addon, AddonRegistry, RegistryError
 from authz.facts.sessions import SessionStore
 from authz.policies_runtime import PolicyHolder
-from authz.server.convert import dict_to_struct
+from authz.server.convert import EFFECT_TO_PROTO, PROTO_TO_EFFECT, dict_to_struct, timestamp
 from authz.server.errors import abort
 from authz.v1 import admin_pb2 as pb
 from authz.v1 import admin_pb2_grpc as pb_grpc
 from authz.v1 import authorization_pb2 as authz_pb
 
-_EFFECT_NAMES = {authz_pb.EFFECT_ALLOW: "ALLOW", authz_pb.EFFECT_DENY: "DENY"}
-_EFFECTS = {"ALLOW": authz_pb.EFFECT_ALLOW, "DENY": authz_pb.EFFECT_DENY}
 MAX_QUERY_LIMIT = 10_000
-
-
-def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    value = timestamp_pb2.Timestamp()
-    value.FromNanoseconds(int(seconds * 1e9))
-    return value
 
 
 def addon_message(addon: Addon, has_tokens: bool) -> pb.Addon:
@@ -183,7 +172,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             "resource": request.resource or None,
             "app": request.app or None,
             "action": request.action or None,
-            "effect": _EFFECT_NAMES.get(request.effect),
+            "effect": effect.value if (effect := PROTO_TO_EFFECT.get(request.effect)) else None,
             "rule": request.rule or None,
             "limit": request.limit or 100,
         }
@@ -200,7 +189,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             yield pb.QueryDecisionsResponse(
                 decision_id=rec["decision_id"],
                 time=timestamp(rec["time"]),
-                effect=_EFFECTS.get(rec["effect"], authz_pb.EFFECT_UNSPECIFIED),
+                effect=EFFECT_TO_PROTO.get(rec["effect"], authz_pb.EFFECT_UNSPECIFIED),
                 action=rec["action"],
                 principal=f"{rec['principal']['type']}:{rec['principal']['id']}",
                 resource=f"{rec['resource']['type']}:{rec['resource']['id']}",
@@ -210,7 +199,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                     authz_pb.MatchedRule(
                         policy=m["policy"],
                         rule_id=m["rule_id"],
-                        effect=_EFFECTS[m["effect"]],
+                        effect=EFFECT_TO_PROTO[m["effect"]],
                         reason=m["reason"],
                     )
                     for m in rec.get("matched_rules", [])

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from authz.decide import Entity, Item, Outcome
 from authz.policy.model import Effect
@@ -19,7 +19,9 @@ MAX_DEPTH = 10
 MAX_STRING = 4096
 MAX_ID = 256
 
-_EFFECTS = {Effect.ALLOW: pb.EFFECT_ALLOW, Effect.DENY: pb.EFFECT_DENY}
+# Effect is a StrEnum, so these also map the plain "ALLOW"/"DENY" of audit records.
+EFFECT_TO_PROTO = {Effect.ALLOW: pb.EFFECT_ALLOW, Effect.DENY: pb.EFFECT_DENY}
+PROTO_TO_EFFECT = {v: k for k, v in EFFECT_TO_PROTO.items()}
 
 
 class BadRequest(ValueError):
@@ -126,19 +128,31 @@ def request_id_of(value: str) -> str:
 def check_response(outcome: Outcome) -> pb.CheckResponse:
     decision = outcome.decision
     return pb.CheckResponse(
-        effect=_EFFECTS[decision.effect],
+        effect=EFFECT_TO_PROTO[decision.effect],
         allowed=decision.allowed,
         decision_id=outcome.decision_id,
         policy_revision=decision.policy_revision,
         matched_rules=[
             pb.MatchedRule(
-                policy=m.policy, rule_id=m.rule_id, effect=_EFFECTS[m.effect], reason=m.reason
+                policy=m.policy,
+                rule_id=m.rule_id,
+                effect=EFFECT_TO_PROTO[m.effect],
+                reason=m.reason,
             )
             for m in decision.matched
         ],
         reasons=decision.reasons,
         errors=decision.errors,
     )
+
+
+def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    """Unix seconds as a protobuf Timestamp (None stays None: the field is left unset)."""
+    if seconds is None:
+        return None
+    value = timestamp_pb2.Timestamp()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
 
 
 def dict_to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:

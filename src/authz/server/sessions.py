@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from authz.audit.errors import AuditUnavailable
 from authz.login import LoginRefused, SsoLogins
@@ -49,11 +48,9 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
                 refused.code,
                 {"decision_id": refused.decision_id},
             )
-        expires_at = timestamp_pb2.Timestamp()
-        expires_at.FromNanoseconds(int(result.session.expires_at * 1e9))
         return pb.ExchangeSsoResponse(
             session_token=result.token,
-            expires_at=expires_at,
+            expires_at=convert.timestamp(result.session.expires_at),
             principal_id=result.session.user_id,
             resource_id=result.session.resource_id,
             decision_id=result.decision_id,
