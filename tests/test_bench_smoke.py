@@ -1,20 +1,41 @@
 """The benchmark suite (python -m authz.bench) runs at tiny sizes: its tables have the rows they
-should, the generated policies compile and decide without errors, and the peers agree with authz.
+should, the generated policies compile and decide without errors, the peers agree with authz, and
+the Cerbos comparison's policy means the same on authz (and on Cerbos) as its oracle says.
 
 No timing is asserted: numbers from a shared CI machine mean nothing. The peer comparison needs
-`pip install -e '.[bench]'`; without it (CI installs only .[dev]) that test is skipped.
+`pip install -e '.[bench]'`; without it (CI installs only .[dev]) that test is skipped. The Cerbos
+tests need the binary `make bench` installs into .tools/; without it they are skipped.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from authz.bench import cerbos, documents
 from authz.bench.common import Table
 from authz.bench.engine import SHIPPED_CASES, generate_rules, generated_engine, shipped_engine
+from authz.bench.load import non_2xx, process_tree_cpu_seconds
 from authz.bench.peers import available_peers, compare_peers
-from authz.bench.report import KEEP_END, KEEP_MARKER, targets, write_markdown
+from authz.bench.report import (
+    KEEP_END,
+    KEEP_MARKER,
+    at_least,
+    at_most,
+    cerbos_goals,
+    goals_table,
+    plain_summary,
+    targets,
+    write_markdown,
+)
+from authz.policy.compile import load_and_compile
+from authz.policy.engine import evaluate
+from authz.policy.inputs import build_input
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -99,6 +120,7 @@ def test_report_keeps_hand_written_text(tmp_path: Path) -> None:
         "machine": {"date": "today", "nproc": "2"},
         "sections": [("Part", [table], "intro")],
         "verdicts": targets({}),
+        "goals": cerbos_goals({}),
         "command": "make bench",
         "elapsed_s": 1.0,
         "appendix": "## Appendix",
@@ -111,3 +133,202 @@ def test_report_keeps_hand_written_text(tmp_path: Path) -> None:
     assert text.count(KEEP_MARKER) == 1 and text.count(KEEP_END) == 1
     assert "| x | 1.50 |" in text
     assert text.index("| x | 1.50 |") < text.index("## Notes by hand") < text.index("## Appendix")
+
+
+# -- the Cerbos comparison (issue 19) -----------------------------------------------------------
+
+# The documents policy without its suspension deny: a policy that no longer means what the oracle
+# says, so the equivalence check must catch it.
+WITHOUT_SUSPENSION = documents.AUTHZ_POLICY.replace(
+    "when: principal.attributes.suspended == true", 'when: principal.id == ""'
+)
+assert WITHOUT_SUSPENSION != documents.AUTHZ_POLICY
+
+
+def _engine_answers(policy_text: str, grid: documents.Grid) -> dict[tuple[str, str, str], bool]:
+    with tempfile.TemporaryDirectory() as tmp:
+        policy_set = load_and_compile(documents.write_authz_policies(Path(tmp), policy_text))
+    answers = {}
+    for person, document, action in grid.cases():
+        decision = evaluate(
+            policy_set,
+            build_input(
+                action=action,
+                principal={"type": "user", "id": person.id, "attributes": person.attributes()},
+                resource={
+                    "type": "document",
+                    "id": document.id,
+                    "attributes": document.attributes(),
+                },
+            ),
+        )
+        assert not decision.errors, decision.errors
+        answers[(person.id, document.id, action)] = decision.allowed
+    return answers
+
+
+def test_documents_policy_on_the_authz_engine_matches_the_oracle() -> None:
+    grid = documents.grid()
+    assert len(grid) == 2_880
+    allowed = sum(documents.oracle(*case) for case in grid.cases())
+    assert 0 < allowed < len(grid)
+    assert (
+        documents.disagreements("authz", _engine_answers(documents.AUTHZ_POLICY, grid), grid) == []
+    )
+    # The load generator's requests mix ALLOW and DENY: the single Check allows, the batch of 10
+    # allows 3.
+    assert documents.oracle(*documents.SINGLE)
+    assert [documents.oracle(*case) for case in documents.BATCH].count(True) == 3
+
+
+def test_equivalence_check_catches_a_policy_that_means_something_else() -> None:
+    grid = documents.grid()
+    wrong = documents.disagreements("authz", _engine_answers(WITHOUT_SUSPENSION, grid), grid)
+    assert wrong and all(d.principal in {p.id for p in grid.people if p.suspended} for d in wrong)
+    assert all(d.got and not d.expected for d in wrong)
+    # A missing answer is a disagreement too: it was never checked.
+    answers = _engine_answers(documents.AUTHZ_POLICY, grid)
+    answers.pop(next(iter(answers)))
+    assert len(documents.disagreements("authz", answers, grid)) == 1
+
+
+def test_authz_server_answers_the_grid_as_the_oracle_over_grpc() -> None:
+    """The harness's own check, against a real authz server process: the grid through CheckBatch,
+    then the load generator's Check and CheckBatch bodies."""
+    with cerbos.started([cerbos.BY_KEY["authz_off"]]) as servers:
+        table, results = cerbos.check_agreement(servers)
+        assert results["all_agree"], results["disagreements"]
+        assert table.column("decisions") == ["2,880"]
+        assert table.column("disagreements with the oracle") == ["0"]
+        client = servers["authz_off"].client
+        for workload in ("check", "batch10"):
+            assert cerbos.verify(client, workload, client.request(workload)) > 5
+
+
+def test_authz_server_with_a_wrong_policy_is_refused() -> None:
+    with cerbos.started([cerbos.BY_KEY["authz_off"]], authz_policy=WITHOUT_SUSPENSION) as servers:
+        table, results = cerbos.check_agreement(servers)
+    assert not results["all_agree"]
+    assert results["disagreements_per_server"]["authz_off"] > 0
+    assert "no speed is reported" in table.notes[-1]
+    goals = cerbos_goals({"cerbos": results})
+    assert [g.holds for g in goals] == [None] * 5
+    assert all("disagree" in g.measured for g in goals)
+
+
+def test_cerbos_part_is_skipped_with_its_reason_when_cerbos_is_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "no-cerbos-here"
+    tables, results = cerbos.run_cerbos(
+        quick=True, duration=0.1, warmup=0.1, rounds=1, binary=str(missing)
+    )
+    assert tables == []
+    assert "h2load" in results["skipped"] or str(missing) in results["skipped"]
+    goals = cerbos_goals({"cerbos": results})
+    assert all(g.holds is None and results["skipped"] in g.measured for g in goals)
+
+
+def test_goals_say_by_how_much() -> None:
+    assert at_least(0.36, 1.0) == "0.36× against ≥ 1.00×: 64% short, needs 2.78× what it has"
+    assert at_least(1.6, 1.5).endswith("7% to spare")
+    assert at_most(2.0, 1.3) == "2.00× against ≤ 1.30×: 54% over, must come down by 35%"
+    assert at_most(1.0, 1.3).endswith("23% to spare")
+
+    def row(**numbers: float) -> dict[str, float]:
+        return {"req_per_s": 0.0, "decisions_per_s": 0.0, "cpu_us_per_req": 0.0, **numbers}
+
+    rows = {
+        "check:authz_off:64": row(req_per_s=3_545, cpu_us_per_req=303),
+        "check:cerbos_off:64": row(req_per_s=9_889, cpu_us_per_req=149),
+        "batch10:authz_off:64": row(decisions_per_s=40_000),
+        "batch10:cerbos_off:64": row(decisions_per_s=20_000),
+    }
+    goals = cerbos_goals({"cerbos": {"all_agree": True, "rows": rows}})
+    assert [g.holds for g in goals] == [False, True, None, False, None]
+    assert goals[0].measured == "authz 3,545 vs Cerbos 9,889 req/s = 0.36×"
+    sentences = plain_summary(goals)
+    assert sentences[0].startswith("Check req/s ≥ 1.0× Cerbos's: not met — 0.36× against")
+    assert sentences[1].startswith("Batch of 10: decisions/s ≥ 1.5× Cerbos's: met — 2.00×")
+    assert sentences[2].endswith("not run.")
+    # The report leaves a placeholder for the analysis naming each goal missed, and only those.
+    placeholder = goals_table(goals).notes[-1]
+    assert placeholder.startswith("Analysis not written yet")
+    assert "Check req/s" in placeholder and "Server CPU per Check" in placeholder
+    assert "Batch of 10" not in placeholder
+
+
+# h2load's summary of a run where one request straddled the end of the warm-up (seen in a run).
+H2LOAD_SUMMARY = """
+finished in 1.00s, 2096.00 req/s, 270.75KB/s
+requests: 1048 total, 1048 started, 1048 done, 1048 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 1049 2xx, 0 3xx, 0 4xx, 0 5xx
+"""
+
+
+def test_load_run_refuses_non_2xx_replies_only() -> None:
+    assert not non_2xx(H2LOAD_SUMMARY)  # one more 2xx than "done" is the warm-up's straddler
+    assert non_2xx(H2LOAD_SUMMARY.replace("0 4xx", "3 4xx"))
+    assert non_2xx(H2LOAD_SUMMARY.replace("1049 2xx", "1040 2xx"))
+
+
+# A grandchild that burns 0.3 s of CPU, says so, and stays alive until its stdin closes.
+BURN = """
+import sys, time
+while time.process_time() < 0.3:
+    pass
+print("burnt", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_server_cpu_counts_every_process_of_the_server() -> None:
+    """A server of several processes: its children's CPU is counted, not only the root's."""
+    spawn = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {BURN!r}])"
+    root = subprocess.Popen(
+        [sys.executable, "-c", spawn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert root.stdout is not None
+        assert root.stdout.readline().strip() == "burnt"  # the grandchild is alive and has burnt
+        fields = Path(f"/proc/{root.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        root_only = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        assert process_tree_cpu_seconds(root.pid) >= 0.25 > root_only
+    finally:
+        root.communicate(timeout=30)
+    assert process_tree_cpu_seconds(root.pid) != process_tree_cpu_seconds(root.pid)  # gone: NaN
+
+
+CERBOS_BINARY, CERBOS_MISSING = cerbos.find_cerbos()
+needs_cerbos = pytest.mark.skipif(CERBOS_BINARY is None, reason=CERBOS_MISSING)
+
+
+@needs_cerbos
+def test_cerbos_and_authz_agree_with_the_oracle() -> None:
+    """Both servers on their own policy files answer all 2,880 decisions as the oracle; the
+    Cerbos request bodies (built from its reflection descriptors) get the oracle's answers."""
+    keys = ("authz_off", "cerbos_off")
+    with cerbos.started([cerbos.BY_KEY[k] for k in keys], cerbos=CERBOS_BINARY) as servers:
+        table, results = cerbos.check_agreement(servers)
+        assert results["all_agree"], results["disagreements"]
+        assert table.column("disagreements with the oracle") == ["0", "0"]
+        client = servers["cerbos_off"].client
+        assert isinstance(client, cerbos.CerbosClient)
+        for workload in ("check", "batch10"):
+            assert cerbos.verify(client, workload, client.request(workload)) > 5
+
+
+@needs_cerbos
+def test_cerbos_part_refuses_to_measure_speed_when_answers_disagree() -> None:
+    tables, results = cerbos.run_cerbos(
+        quick=True,
+        duration=0.1,
+        warmup=0.1,
+        rounds=1,
+        binary=str(CERBOS_BINARY),
+        authz_policy=WITHOUT_SUSPENSION,
+    )
+    if "skipped" in results:
+        pytest.skip(results["skipped"])
+    assert [t.title for t in tables] == ["Against Cerbos: agreement with the oracle"]
+    assert "rows" not in results
+    per_server = results["disagreements_per_server"]
+    assert per_server["cerbos_off"] == 0 and per_server["authz_off"] > 0

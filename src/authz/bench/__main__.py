@@ -1,4 +1,8 @@
-"""``python -m authz.bench [--quick] [--out docs/benchmarks.md] [--parts ...]``."""
+"""``python -m authz.bench [--quick] [--out FILE] [--parts ...]``.
+
+Progress goes to stderr (one line per step), the tables to stdout, and the Markdown report to
+``--out`` (default data/bench/benchmarks.md; the committed docs/benchmarks.md only when asked).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from authz.bench.common import Table, machine, machine_table
+from authz.bench.common import Table, machine, machine_table, progress
 
-PARTS = ("engine", "peers", "e2e", "facts")
-DEFAULT_OUT = Path("docs/benchmarks.md")
+PARTS = ("engine", "peers", "e2e", "facts", "cerbos")
+DEFAULT_OUT = Path("data/bench/benchmarks.md")
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,29 @@ proto path whose Check returns a constant response, built exactly like authz's s
 with the shipped policies, the Heroku simulator on loopback for access facts (warm cache), a
 session-token subject (an SSO user opening the dashboard: ALLOW) or a principal given directly (a
 service: DENY). Each body is first sent with a real gRPC client and its answer checked, and again
-after the load. "server CPU µs/req" is the server process's CPU time divided by requests served.
+after the load. "server CPU µs/req" is the CPU time of the server's processes divided by requests
+served.
 """,
     "facts": """
 The authz server runs with audit off; the client is a plain gRPC client. Cold means the app's
 access list was dropped (AdminService.InvalidateAccess) just before the timed Check, so the Check
 fetches it from the Heroku simulator on loopback.
+""",
+    "cerbos": """
+authz against [Cerbos](https://cerbos.dev), the binary of the npm package
+`@cerbos/cerbos-linux-x64`, on one policy written for each (texts at the end of this page):
+documents with owner, team and role rules and overriding denies. Each server runs in its own
+process on 127.0.0.1; Cerbos from a disk store in a temporary directory with telemetry off. Before
+any load, every server answers a grid of 24 principals × 24 documents × 5 actions and each answer
+is compared with a plain-Python oracle; speed is reported only when all agree. Then h2load drives
+both in interleaved rounds (authz, Cerbos, authz, Cerbos...): one decision per request (authz
+`Check` with a principal given directly; Cerbos `CheckResources` with one resource and one action)
+and ten (authz `CheckBatch` of 10 items; Cerbos `CheckResources` with 5 resources × 2 actions),
+audit off and on (authz durable and async; Cerbos's `local` audit backend with decision logs on,
+access logs off), at 64 requests in flight and at one. Server CPU is user + system time of every
+process of the server, divided by requests served. Each side answers as it does in production:
+authz's replies carry decision ids, matched rules and reasons, Cerbos's only the effects and a
+call id.
 """,
 }
 
@@ -98,14 +119,15 @@ fetches it from the Heroku simulator on loopback.
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m authz.bench",
-        description="authz benchmark suite (issue 7): engine, peers, end to end, access facts.",
+        description="authz benchmark suite (issues 7 and 19): engine, peers, end to end, "
+        "access facts, and against Cerbos.",
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument(
         "--out",
-        default=None,
-        help="Markdown report to write (default: docs/benchmarks.md for a full run, none for "
-        "--quick; '-' writes nothing)",
+        default=str(DEFAULT_OUT),
+        help=f"Markdown report to write (default: {DEFAULT_OUT}; '-' writes none). The committed "
+        "report is docs/benchmarks.md: `make bench BENCH_OUT=docs/benchmarks.md`",
     )
     parser.add_argument("--json", default=None, help="also write every number as JSON here")
     parser.add_argument(
@@ -123,6 +145,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="sample the server with py-spy during one more Check run (default: on for a full run)",
     )
     parser.add_argument("--profile-dir", default=None, help="where py-spy's raw stacks go")
+    parser.add_argument(
+        "--cerbos",
+        default=None,
+        help="the Cerbos binary (default: the one `make bench` installs into .tools/, else "
+        "`cerbos` on PATH)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.parts.split(",")) - set(PARTS)
     if unknown:
@@ -144,8 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds is not None:
         plan = replace(plan, rounds=args.rounds)
     parts = [p for p in PARTS if p in args.parts.split(",")]
-    out = args.out if args.out is not None else (None if args.quick else str(DEFAULT_OUT))
-    out_path = None if out in (None, "-") else Path(out)
+    out_path = None if args.out == "-" else Path(args.out)
     profile = args.profile if args.profile is not None else not args.quick
     policy_dir = Path(args.policies)
     if not policy_dir.is_dir():
@@ -153,7 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     started = time.monotonic()
+    progress(f"{'quick' if args.quick else 'full'} run of: {', '.join(parts)}")
     info = machine()
+    if "cerbos" in parts:
+        from authz.bench.cerbos import cerbos_version, find_cerbos
+
+        found, _ = find_cerbos(args.cerbos)
+        info["cerbos"] = cerbos_version(found) if found else "not installed"
     _show([machine_table(info)])
     results: dict[str, Any] = {"machine": info, "plan": asdict(plan), "quick": args.quick}
     sections: list[tuple[str, list[Table], str]] = []
@@ -162,14 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from authz.bench.anatomy import check_path_anatomy
         from authz.bench.engine import generated_engine, shipped_engine
 
+        progress("engine: shipped policies")
         shipped_table, shipped = shipped_engine(
             policy_dir, min_time=plan.min_time, repeats=plan.repeats
         )
         _show([shipped_table])
+        progress(f"engine: generated sets of {', '.join(f'{n:,}' for n in plan.sizes)} rules")
         generated_table, generated = generated_engine(
             plan.sizes, min_time=plan.min_time, repeats=plan.repeats, isolate=True
         )
         _show([generated_table])
+        progress("engine: anatomy of a Check")
         anatomy_table, anatomy = check_path_anatomy(
             policy_dir, min_time=plan.min_time, repeats=plan.repeats
         )
@@ -190,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "compared without them",
                 flush=True,
             )
+        progress("peers: agreement, then µs per decision")
         peer_tables, peers = compare_peers(
             n_requests=plan.peer_requests, rounds=plan.peer_rounds, min_time=plan.min_time
         )
@@ -204,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from authz.bench.load import h2load_path
         from authz.bench.world import Lab
 
+        progress("end to end: starting the Heroku simulator")
         with Lab(policy_dir) as lab:
             if "e2e" in parts:
                 if h2load_path() is None:
@@ -212,11 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(apt-get install nghttp2-client; make bench does)"
                     )
                     print(f"\nend to end {note}", flush=True)
+                    progress(f"end to end {note}")
                     results["e2e"] = {"skipped": note}
                 else:
                     from authz.bench.e2e import run_e2e
 
                     profile_dir = Path(args.profile_dir) if args.profile_dir else lab.workdir
+                    progress("end to end: servers, then interleaved load rounds")
                     e2e_tables, e2e = run_e2e(
                         lab,
                         quick=args.quick,
@@ -232,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "facts" in parts:
                 from authz.bench.facts import run_facts
 
+                progress("access facts: warm, cold and single flight")
                 facts_tables, facts = run_facts(
                     lab,
                     warm_count=plan.warm_checks,
@@ -243,15 +284,42 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["facts"] = facts
                 sections.append(("4. Access facts", facts_tables, INTROS["facts"]))
 
-    from authz.bench.report import summary_text, targets, write_markdown
+    if "cerbos" in parts:
+        from authz.bench.cerbos import run_cerbos
+        from authz.bench.documents import policy_texts as document_policies
+
+        progress("against Cerbos: agreement over the grid, then interleaved load rounds")
+        cerbos_tables, cerbos = run_cerbos(
+            quick=args.quick,
+            duration=plan.duration,
+            warmup=plan.warmup,
+            rounds=plan.rounds,
+            binary=args.cerbos,
+        )
+        results["cerbos"] = cerbos
+        if "skipped" in cerbos:
+            print(f"\nagainst Cerbos skipped: {cerbos['skipped']}", flush=True)
+        else:
+            _show(cerbos_tables)
+            sections.append(("5. Against Cerbos", cerbos_tables, INTROS["cerbos"]))
+            appendix += "\n\n## The Cerbos comparison's policy, as each server was given it\n\n"
+            appendix += "\n".join(
+                f"{name}:\n\n```yaml\n{text.rstrip()}\n```\n"
+                for name, text in document_policies().items()
+            )
+
+    from authz.bench.report import cerbos_goals, summary_text, targets, write_markdown
 
     load1, load5, _ = os.getloadavg()
     info["load average at end (1, 5 min)"] = f"{load1:.2f}, {load5:.2f}"
     verdicts = targets(results)
+    goals = cerbos_goals(results)
     results["targets"] = [asdict(v) for v in verdicts]
+    results["goals_vs_cerbos"] = [asdict(v) for v in goals]
     elapsed = time.monotonic() - started
+    progress("done; the summary follows")
     print()
-    print(summary_text(verdicts))
+    print(summary_text(verdicts, goals))
     start_load = info["load average at start (1, 5 min)"]
     end_load = info["load average at end (1, 5 min)"]
     print(
@@ -265,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             machine=info,
             sections=sections,
             verdicts=verdicts,
+            goals=goals,
             command=command,
             elapsed_s=elapsed,
             appendix=appendix,

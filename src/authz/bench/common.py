@@ -9,6 +9,7 @@ import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,16 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+# -- progress --------------------------------------------------------------------------------
+
+_STARTED = time.monotonic()
+
+
+def progress(step: str) -> None:
+    """One line per step on stderr, so a long run shows where it is (stdout keeps the tables)."""
+    print(f"[bench {time.monotonic() - _STARTED:5.0f} s] {step}", file=sys.stderr, flush=True)
+
 
 # -- timing ----------------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ h2load's per-request log, and the server's CPU time per request.
 
 from __future__ import annotations
 
-import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from authz.bench import profile as prof
 from authz.bench.common import Table, ratio
-from authz.bench.load import LoadResult, run_h2load
+from authz.bench.load import LoadResult, Run, measured_run
 from authz.bench.world import (
     BATCH_PATH,
     CHECK_PATH,
@@ -88,22 +87,6 @@ SCENARIOS = (
 QUICK = ("noop", "check_session", "check_session_durable", "batch10")
 
 
-@dataclass
-class Run:
-    result: LoadResult
-    cpu_us_per_req: float
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
 def _run(
     pid: int,
     port: int,
@@ -114,11 +97,10 @@ def _run(
     warmup: float,
     rps_per_client: float | None = None,
 ) -> Run:
-    path = BATCH_PATH if scenario.kind == "batch" else CHECK_PATH
-    before = _cpu_seconds(pid)
-    result = run_h2load(
+    return measured_run(
+        pid,
         port,
-        path,
+        BATCH_PATH if scenario.kind == "batch" else CHECK_PATH,
         body,
         duration=duration,
         warmup=warmup,
@@ -126,10 +108,6 @@ def _run(
         streams=STREAMS,
         rps_per_client=rps_per_client,
     )
-    cpu = _cpu_seconds(pid) - before
-    # Warm-up requests used CPU too: spread the CPU over every request of the run.
-    total = result.done * (duration + warmup) / duration if duration else result.done
-    return Run(result, cpu / max(1.0, total) * 1e6)
 
 
 def run_e2e(

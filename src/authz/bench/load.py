@@ -9,6 +9,7 @@ answer checked (world.verify), and the durable audit log's record count is compa
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -49,6 +50,18 @@ class LoadResult:
     def complete_replies(self, reply_size: int) -> bool:
         """Every request got a full reply body (h2load cannot read gRPC's status trailers)."""
         return self.done > 0 and self.data_bytes >= self.done * reply_size
+
+
+def non_2xx(out: str) -> bool:
+    """Whether h2load's summary reports a response that was not 2xx. The non-2xx counts decide,
+    not 2xx against "done": a request that straddles the end of the warm-up is in the status
+    counts but not in "done"."""
+    status = _STATUS.search(out)
+    counts = _REQUESTS.search(out)
+    if status is None or counts is None:
+        return False
+    two, three, four, five = (int(status.group(i)) for i in (1, 2, 3, 4))
+    return three + four + five > 0 or two < int(counts.group(3))
 
 
 def run_h2load(
@@ -107,9 +120,8 @@ def run_h2load(
             raise LoadError(
                 f"h2load failed ({done.returncode}):\n{out[-1500:]}{done.stderr[-800:]}"
             )
-        status = _STATUS.search(out)
         traffic = _TRAFFIC.search(out)
-        if status and int(status.group(1)) != int(counts.group(3)):
+        if non_2xx(out):
             raise LoadError(f"non-2xx responses:\n{out[-1500:]}")
         latencies = _read_log(log_path)  # h2load logs the measured window only
     return LoadResult(
@@ -136,3 +148,70 @@ def _read_log(log_path: Path) -> list[float]:
     except OSError:
         pass
     return values
+
+
+# -- server CPU ------------------------------------------------------------------------------------
+
+
+def process_tree_cpu_seconds(root: int) -> float:
+    """User + system CPU time so far of a process and every descendant (Linux), so that a server
+    of several worker processes is measured whole. Descendants that already exited count too,
+    through their parent's cutime/cstime once it waited for them. NaN when `root` is gone."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        # utime, stime, cutime, cstime (proc(5): fields 14-17, here after "state" and "ppid")
+        ticks[pid] = sum(int(x) for x in fields[11:15])
+    if root not in ticks:
+        return float("nan")
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(ticks[pid] for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    result: LoadResult
+    cpu_us_per_req: float  # the server's CPU (all its processes) per request served
+
+
+def measured_run(
+    pid: int,
+    port: int,
+    path: str,
+    body: bytes,
+    *,
+    duration: float,
+    warmup: float,
+    clients: int,
+    streams: int,
+    rps_per_client: float | None = None,
+) -> Run:
+    """One h2load run against the server whose root process is `pid`, with its CPU time."""
+    before = process_tree_cpu_seconds(pid)
+    result = run_h2load(
+        port,
+        path,
+        body,
+        duration=duration,
+        warmup=warmup,
+        clients=clients,
+        streams=streams,
+        rps_per_client=rps_per_client,
+    )
+    cpu = process_tree_cpu_seconds(pid) - before
+    # Warm-up requests used CPU too: spread the CPU over every request of the run.
+    total = result.done * (duration + warmup) / duration if duration else result.done
+    return Run(result, cpu / max(1.0, total) * 1e6)

@@ -52,6 +52,17 @@ BATCH_ACTIONS = (
 BATCH_ALLOWED = (True, True, True, True, False, False, False, False, False, False)
 
 
+def terminate(proc: subprocess.Popen[Any], grace: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL (of this child only) if it has not stopped within `grace` s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 class ServerProcess:
     """One `python -m authz.bench.serve` child."""
 
@@ -96,13 +107,7 @@ class ServerProcess:
 
     def stop(self) -> dict[str, Any]:
         """Graceful stop; returns the child's last JSON line (its audit counters)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
         with contextlib.suppress(OSError, ValueError):
             if self.proc.stdin:
                 self.proc.stdin.close()
