@@ -101,7 +101,8 @@ fetches it from the Heroku simulator on loopback.
 authz against [Cerbos](https://cerbos.dev), the binary of the npm package
 `@cerbos/cerbos-linux-x64`, on one policy written for each (texts at the end of this page):
 documents with owner, team and role rules and overriding denies. Each server runs in its own
-process on 127.0.0.1; Cerbos from a disk store in a temporary directory with telemetry off. Before
+process on 127.0.0.1; Cerbos from a disk store in a temporary directory, telemetry off, at log
+level warn (at its default, info, it writes two log lines per request; authz writes none). Before
 any load, every server answers a grid of 24 principals × 24 documents × 5 actions and each answer
 is compared with a plain-Python oracle; speed is reported only when all agree. Then h2load drives
 both in interleaved rounds (authz, Cerbos, authz, Cerbos...): one decision per request (authz
@@ -111,7 +112,8 @@ audit off and on (authz durable and async; Cerbos's `local` audit backend with d
 access logs off), at 64 requests in flight and at one. Server CPU is user + system time of every
 process of the server, divided by requests served. Each side answers as it does in production:
 authz's replies carry decision ids, matched rules and reasons, Cerbos's only the effects and a
-call id.
+call id. After the load, both audit logs are counted: authz's durable records, and Cerbos's
+decision log entries read back through its Admin API by a second instance on the same store.
 """,
 }
 

@@ -23,6 +23,7 @@ here.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import platform
@@ -166,7 +167,16 @@ def _listening_loopback_ports(pid: int) -> tuple[list[int], list[str]]:
 class CerbosServer:
     """One Cerbos process on the given policy directory, stopped by stop() (or when we die)."""
 
-    def __init__(self, binary: Path, workdir: Path, policy_dir: Path, *, audit: bool) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        policy_dir: Path,
+        *,
+        audit: bool,
+        admin: bool = False,
+        name: str = "cerbos",
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.audit_dir = workdir / "audit" if audit else None
         # https://docs.cerbos.dev/cerbos/latest/configuration/ (server, storage, audit, telemetry)
@@ -182,6 +192,11 @@ class CerbosServer:
             "telemetry": {"disabled": True},
             "audit": {"enabled": False},
         }
+        if admin:
+            # Without adminCredentials the Admin API takes the documented default user: only for
+            # reading the audit store back, from a second instance on loopback (see below).
+            # https://docs.cerbos.dev/cerbos/latest/api/admin_api
+            config["server"]["adminAPI"] = {"enabled": True}
         if self.audit_dir is not None:
             config["audit"] = {
                 "enabled": True,
@@ -190,9 +205,9 @@ class CerbosServer:
                 "decisionLogsEnabled": True,
                 "local": {"storagePath": str(self.audit_dir)},
             }
-        config_path = workdir / "cerbos.yaml"
+        config_path = workdir / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        self.log_path = workdir / "cerbos.log"
+        self.log_path = workdir / f"{name}.log"
         self._log = self.log_path.open("w")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         env["CERBOS_NO_TELEMETRY"] = "1"  # belt and braces with telemetry.disabled
@@ -201,7 +216,8 @@ class CerbosServer:
         setpriv = shutil.which("setpriv")
         prefix = [setpriv, "--pdeathsig", "TERM"] if setpriv else []
         self.proc = subprocess.Popen(
-            [*prefix, str(binary), "server", f"--config={config_path}"],
+            # At its default level (info) Cerbos logs two lines per request; authz logs none.
+            [*prefix, str(binary), "server", f"--config={config_path}", "--log-level=warn"],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -247,14 +263,45 @@ class CerbosServer:
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             raise self._fail(f"reports {reply.status} instead of SERVING")
 
-    def audit_bytes(self) -> int:
-        if self.audit_dir is None or not self.audit_dir.exists():
-            return 0
-        return sum(p.stat().st_size for p in self.audit_dir.rglob("*") if p.is_file())
-
     def stop(self) -> None:
         terminate(self.proc)
         self._log.close()
+
+
+ADMIN_BASIC_AUTH = "Basic " + base64.b64encode(b"cerbos:cerbosAdmin").decode()  # the default
+
+
+def decision_log_entries(binary: Path, workdir: Path, policy_dir: Path) -> int:
+    """How many decision log entries the local audit store in `workdir` holds. A second Cerbos on
+    the same store reads them back through the Admin API, once the measured one has stopped
+    gracefully (and so flushed what it buffered); the measured one ran without the Admin API."""
+    reader = CerbosServer(binary, workdir, policy_dir, audit=True, admin=True, name="reader")
+    try:
+        with grpc.insecure_channel(reader.address) as channel:
+            pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+            method = pool.FindServiceByName("cerbos.svc.v1.CerbosAdminService").methods_by_name[
+                "ListAuditLogEntries"
+            ]
+            request = message_factory.GetMessageClass(method.input_type)()
+            request.kind = (
+                method.input_type.fields_by_name["kind"]
+                .enum_type.values_by_name["KIND_DECISION"]
+                .number
+            )
+            request.since.seconds = 24 * 3600
+            entries = channel.unary_stream(
+                f"/cerbos.svc.v1.CerbosAdminService/{method.name}",
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=bool,  # counted, not parsed (None would mean an error)
+            )
+            return sum(
+                1
+                for _ in entries(
+                    request, metadata=[("authorization", ADMIN_BASIC_AUTH)], timeout=300
+                )
+            )
+    finally:
+        reader.stop()
 
 
 # -- the two servers' clients ------------------------------------------------------------------
@@ -529,12 +576,15 @@ def run_cerbos(
             progress("cerbos: answers disagree with the oracle; no speed is measured")
             return [agreement], results
         runs, sizes = _load(servers, rows, duration=duration, warmup=warmup, rounds=rounds)
+        progress("cerbos: stopping the servers; reading the audit logs back")
         finals = {key: server.stop() for key, server in servers.items()}
     results["rows"] = _summaries(rows, runs)
     results["incomplete_replies"] = sorted(
         r.key for r in rows if not all(x.result.complete_replies(sizes[r.key]) for x in runs[r.key])
     )
-    results["audit_check"] = _audit_check(rows, runs, finals, agreed["decisions_per_server"])
+    results["audit_check"] = _audit_check(
+        rows, runs, finals, agreed["decisions_per_server"], agreed["principals"]
+    )
     tables = _tables(rows, results, rounds=rounds, duration=duration)
     return [agreement, *tables], results
 
@@ -610,11 +660,14 @@ def _start_authz(c: Contender, workdir: Path, policies: Path, lifetime: float) -
 
 
 def _start_cerbos(c: Contender, binary: Path, workdir: Path, policies: Path) -> Server:
-    cerbos = CerbosServer(binary, workdir / c.key, policies, audit=c.audit == "local")
+    audit = c.audit == "local"
+    cerbos = CerbosServer(binary, workdir / c.key, policies, audit=audit)
 
     def stop() -> dict[str, Any]:
         cerbos.stop()
-        return {"audit_bytes": cerbos.audit_bytes()}
+        if not audit:
+            return {}
+        return {"decision_log_entries": decision_log_entries(binary, workdir / c.key, policies)}
 
     try:
         client = CerbosClient(cerbos.address)
@@ -660,6 +713,7 @@ def check_agreement(servers: dict[str, Server]) -> tuple[Table, dict[str, Any]]:
     return table, {
         "all_agree": all_agree,
         "decisions_per_server": len(cases),
+        "principals": len(cases.people),  # Cerbos answers the grid in one call per principal
         "allowed_by_oracle": expected_allowed,
         "disagreements_per_server": counts,
         "disagreements": found,
@@ -726,6 +780,7 @@ def _audit_check(
     runs: dict[str, list[Run]],
     finals: dict[str, dict[str, Any]],
     grid_decisions: int,
+    grid_calls: int,
 ) -> dict[str, Any]:
     check: dict[str, Any] = {}
     if "authz_durable" in finals:
@@ -742,8 +797,14 @@ def _audit_check(
             "ok": written >= answered + grid_decisions,
         }
     if "cerbos_audit" in finals:
-        size = int(finals["cerbos_audit"].get("audit_bytes", 0))
-        check["cerbos_audit"] = {"audit_bytes": size, "ok": size > 0}
+        # One decision log entry per CheckResources call, whatever it asks.
+        entries = int(finals["cerbos_audit"].get("decision_log_entries", 0))
+        calls = sum(x.result.done for r in rows if r.server == "cerbos_audit" for x in runs[r.key])
+        check["cerbos_audit"] = {
+            "decision_log_entries": entries,
+            "calls_answered_under_load": calls,
+            "ok": entries >= calls + grid_calls,
+        }
     return check
 
 
@@ -808,8 +869,10 @@ def _tables(
     if "cerbos_audit" in audit:
         c = audit["cerbos_audit"]
         at_max.notes.append(
-            f"Cerbos local audit store: {c['audit_bytes'] / 1024 / 1024:.1f} MiB on disk after "
-            f"the run{'' if c['ok'] else ' (NOTHING WRITTEN)'}."
+            f"Cerbos local audit: {c['decision_log_entries']:,} decision log entries (one per "
+            f"call) for {c['calls_answered_under_load']:,} calls answered under load, read back "
+            "after a graceful stop "
+            f"({'every answered call was recorded' if c['ok'] else 'ENTRIES MISSING'})."
         )
     one.notes.append("h2load 1 connection × 1 stream: each request waits for the one before.")
     return [at_max, one]
