@@ -117,7 +117,8 @@ def targets(results: dict[str, Any]) -> list[Verdict]:
             )
         )
     else:
-        out.append(Verdict("Faster than each peer", "not run (peer packages missing?)", None))
+        why = "not run: peer packages missing" if peers else "not run"
+        out.append(Verdict("Faster than each peer", why, None))
     e2e = results.get("e2e", {}).get("scenarios", {})
     if "noop" in e2e and "check_session" in e2e:
         base = e2e["noop"]["req_per_s"]
