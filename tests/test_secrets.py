@@ -135,7 +135,7 @@ def test_no_secret_in_logs_errors_audit_or_state(
     # Provisioning with OAuth grants, and SSO logins.
     acme, globex = run.provision(ACME), run.provision(GLOBEX)
     alice = run.login(acme, "alice")
-    bob = run.login(acme, "bob", token="sha1")
+    bob = run.login(acme, "bob", token="both")
     erin = run.login(globex, "erin")
 
     # Refused logins: forged, replayed, stale, a stranger, a legacy form, an unknown add-on.
@@ -151,6 +151,7 @@ def test_no_secret_in_logs_errors_audit_or_state(
     run.failed(lambda: web.exchange({"id": acme, "token": secrets.token_hex(20), "timestamp": "1"}))
     unknown = heroku_sso_form("0" * 8, sim.user("alice")["id"], "a@x", SALT)
     run.failed(lambda: web.exchange(unknown))
+    run.failed(lambda: web.exchange(run.form(acme, "carol", token="sha1")))  # SHA-1 only
 
     # Checks with sessions, batches, a bogus session, secrets a caller put in the context.
     assert web.check(alice, "dashboard.view", acme).allowed

@@ -109,8 +109,17 @@ def direct_subject(principal: Entity) -> Subject:
 
 
 def sso_subject(
-    user_id: str, resource_id: str, session_id: str, issued_at: float, email: str
+    user_id: str,
+    resource_id: str,
+    session_id: str,
+    issued_at: float,
+    email: str,
+    *,
+    token_kind: str,
 ) -> Subject:
+    """A Heroku user after a verified SSO login. ``token_kind`` is the token that verified it
+    (``sha256``; ``sha1`` in the legacy mode; ``unknown`` for older sessions): policies see it as
+    ``principal.auth.token_kind``, and the audit log records it with the input."""
     return Subject(
         {
             "type": HEROKU_USER,
@@ -121,6 +130,7 @@ def sso_subject(
                 "session_id": session_id,
                 "resource_id": resource_id,
                 "issued_at": rfc3339(issued_at),
+                "token_kind": token_kind,
             },
         },
         {"email": email} if email else {},
@@ -158,6 +168,7 @@ class Decider:
             session.session_id,
             session.issued_at,
             session.email,
+            token_kind=session.token_kind,
         )
 
     # -- decisions ------------------------------------------------------------------------------

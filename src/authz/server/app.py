@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from authz.audit.log import AuditLog
 from authz.audit.schema import audit_target
 from authz.clock import Clock, system_clock
-from authz.config import Settings
+from authz.config import SHA1_LEGACY_ADDONS, Settings
 from authz.decide import Decider, Facts
 from authz.facts.access import AccessCache, PlatformAccessFetcher
 from authz.facts.addons import AddonRegistry
@@ -191,7 +191,24 @@ async def start_service(
         settings.audit_mode,
     )
     log_transport(settings, transport, service.address)
+    _log_sso_settings(settings)
     return service
+
+
+def _log_sso_settings(settings: Settings) -> None:
+    if settings.sso_allow_sha1 == SHA1_LEGACY_ADDONS:
+        log.warning(
+            "AUTHZ_SSO_ALLOW_SHA1=legacy-addons: Heroku SSO forms carrying only the SHA-1 "
+            "resource_token are accepted for add-ons that have never sent the SHA-256 token. That "
+            "token does not cover the user, so any member of such an add-on's app can log in as "
+            "any other member (e.g. its owner); such sessions carry principal.auth.token_kind "
+            "'sha1'. Set AUTHZ_SSO_ALLOW_SHA1=never once Heroku sends user_scoped_resource_token"
+        )
+    if any("," in salt for salt in settings.sso_salts):
+        log.warning(
+            "AUTHZ_SSO_SALT: a salt contains ','; salts are separated by whitespace, not commas, "
+            "so if it was meant as a list, separate the salts with spaces or newlines"
+        )
 
 
 def _bind(server: grpc.aio.Server, listen: str, transport: Transport) -> int:
