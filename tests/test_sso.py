@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from authz.facts.replay import ReplayGuard
+from authz.facts.replay import RETENTION, ReplayGuard
 from authz.facts.sso import (
     FORM_FIELDS,
     SSO_BAD_TOKEN,
@@ -535,21 +535,43 @@ def test_claim_works_again_after_expiry(backend: Backend) -> None:
     clock = FakeClock(TS)
     guard = ReplayGuard(backend.open(), clock)
     assert guard.claim("k", TS + 300)
-    clock.advance(300)
+    clock.advance(RETENTION)
     assert not guard.claim("k", TS + 300)
     clock.advance(1)
     assert guard.claim("k", TS + 600)
     assert not guard.claim("k", TS + 600)
 
 
-def test_claim_keeps_a_key_at_least_a_minute(backend: Backend) -> None:
+def test_claim_keeps_a_key_for_the_ceiling_and_the_skew(backend: Backend) -> None:
     # A form verified just before its window closed must not be claimable twice just after.
     clock = FakeClock(TS + 301)
     guard = ReplayGuard(backend.open(), clock)
     assert guard.claim("late", TS + 300)
+    clock.advance(RETENTION - 1)
     assert not guard.claim("late", TS + 300)
-    clock.advance(61)
+    clock.advance(2)
     assert guard.claim("late", TS + 300)
+    assert RETENTION == 360.0  # 300 s of age plus 60 s of future skew, the largest allowed
+
+
+def test_raising_the_configured_window_does_not_reopen_a_claimed_form(backend: Backend) -> None:
+    """Issue 12 item 8: keys lived only for the configured max age."""
+    clock = FakeClock(TS + 30)
+    guard = ReplayGuard(backend.open(), clock)
+    first = verify_sso_form(sha256_form(), salts=[SALT], now=clock(), max_age=60)
+    assert guard.claim(first.replay_key, first.expires_at)
+    clock.advance(170)  # the form is 200 s old: stale under max_age=60 ...
+    refuse(sha256_form(), SSO_STALE_TIMESTAMP, now=clock(), max_age=60)
+    # ... until the window is raised again (a restart, or another replica's configuration).
+    again = verify_sso_form(sha256_form(), salts=[SALT], now=clock(), max_age=300)
+    assert again.replay_key == first.replay_key
+    assert not guard.claim(again.replay_key, again.expires_at)
+    # A form dated 60 s ahead (the largest skew) stays claimed until its 300 s window closes.
+    ahead = verify_sso_form(sha256_form(ts=int(clock()) + 60), salts=[SALT], now=clock())
+    assert guard.claim(ahead.replay_key, ahead.expires_at)
+    clock.advance(359)
+    assert verify_sso_form(sha256_form(ts=ahead.timestamp), salts=[SALT], now=clock())
+    assert not guard.claim(ahead.replay_key, ahead.expires_at)
 
 
 def test_claim_is_shared_between_connections_and_persists(backend: Backend) -> None:
@@ -563,10 +585,10 @@ def test_purge_expired(backend: Backend) -> None:
     db = backend.open()
     guard = ReplayGuard(db, clock)
     for i in range(5):
-        assert guard.claim(f"k{i}", TS + 100 + i * 100)
-    clock.advance(250)
-    assert guard.purge_expired() == 2
-    assert count(db, "sso_replay") == 3
+        assert guard.claim(f"k{i}", TS + 100 + i * 100)  # kept until 360, 360, 360, 400, 500
+    clock.advance(450)
+    assert guard.purge_expired() == 4
+    assert count(db, "sso_replay") == 1
     # Claims purge opportunistically too.
     clock.advance(1000)
     assert guard.claim("fresh", clock() + 300)
@@ -611,7 +633,7 @@ def test_racing_for_an_expired_key_exactly_one_takes_it_over(backend: Backend) -
     seed = ReplayGuard(backend.open(), clock)
     for k in range(keys):
         assert seed.claim(f"key-{k}", TS + 100)
-    clock.advance(200)  # every key's window has closed; the rows are still there
+    clock.advance(RETENTION + 1)  # every key's retention has passed; the rows are still there
     guards = [ReplayGuard(backend.open(), clock) for _ in range(threads_n)]
     for guard in guards:
         guard._next_purge = float("inf")  # no purge: race the take-over, not a fresh insert
