@@ -143,6 +143,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE addons ADD COLUMN sso_sha256_since {FLOAT}",
         ),
     ),
+    Migration(
+        6,
+        "forget the OAuth tokens of deprovisioned add-ons",
+        # Deprovisioning now deletes them (server.admin); this clears those kept before.
+        portable(
+            "DELETE FROM heroku_oauth_tokens WHERE resource_id IN "
+            "(SELECT resource_id FROM addons WHERE state = 'deprovisioned')"
+        ),
+    ),
 )
 
 _BOOKKEEPING = portable(
