@@ -328,3 +328,21 @@ def test_session_tokens_are_redacted_wherever_a_caller_puts_them(
     world.svc.stop = lambda: None  # type: ignore[method-assign]  # the fixture stops it too
     for name, data in data_files(settings.data_dir).items():
         assert tail[:16].encode() not in data, name
+
+
+def test_redact_session_tokens_walks_only_records_that_hold_one() -> None:
+    from datetime import UTC, datetime
+
+    from authz.decide import redact_session_tokens
+
+    token = "azs_" + secrets.token_urlsafe(32)
+    clean = {"principal": {"id": "user-1"}, "input": {"context": {"note": ["x", 1.5, None]}}}
+    assert redact_session_tokens(clean) is clean  # no prefix anywhere: the record itself
+    short = {"input": {"context": {"azs_": "azs_short"}}}
+    assert redact_session_tokens(short) == short  # the prefix alone is not a token
+    # A value marshal cannot encode (here a datetime) takes the slow path, and still redacts.
+    odd = {"when": datetime(2025, 1, 1, tzinfo=UTC), "ids": (f"{token}!", {token: [token]})}
+    assert redact_session_tokens(odd) == {
+        "when": odd["when"],
+        "ids": ["[redacted]!", {"[redacted]": ["[redacted]"]}],
+    }
