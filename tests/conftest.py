@@ -65,7 +65,7 @@ def base_settings(tmp_path: Path) -> Settings:
         listen="127.0.0.1:0",
         policy_dir=SHIPPED_POLICIES,
         data_dir=tmp_path / "data",
-        sso_salts=("test-salt",),
+        sso_salts=("test-sso-salt-for-fixtures",),
     )
 
 

@@ -255,3 +255,44 @@ def test_works_on_a_plain_sqlite_utils_database(tmp_path: Path, clock: FakeClock
     registry = AddonRegistry(sqlite_utils.Database(path), clock)
     addon, _ = registry.register(RID, APP_ID, "my-app", "test", REGION)
     assert AddonRegistry(open_database(path), clock).get(RID) == addon
+
+
+def test_the_first_sha256_sso_login_is_remembered_across_connections(
+    backend: Backend, clock: FakeClock
+) -> None:
+    registry = AddonRegistry(backend.open(), clock)
+    registry.register(RID, APP_ID, "my-app", "test", REGION)
+    registry.register(OTHER_RID, APP_ID, "my-app", "test", REGION)
+    assert registry.get(RID).sso_sha256_since is None  # type: ignore[union-attr]
+    clock.advance(5)
+    assert registry.note_sha256_sso(RID) is True
+    clock.advance(5)
+    assert registry.note_sha256_sso(RID.upper()) is False  # once; the first time is kept
+    # Another connection (a restart, another replica) sees it; other add-ons are unaffected.
+    restarted = AddonRegistry(backend.open(), clock)
+    assert restarted.get(RID).sso_sha256_since == T0 + 5  # type: ignore[union-attr]
+    assert restarted.get(OTHER_RID).sso_sha256_since is None  # type: ignore[union-attr]
+    # A later provisioning retry or plan change does not forget it.
+    restarted.register(RID, APP_ID, "renamed-app", "test", REGION)
+    restarted.change_plan(RID, "bigger")
+    assert restarted.get(RID).sso_sha256_since == T0 + 5  # type: ignore[union-attr]
+    with pytest.raises(RegistryError):
+        restarted.note_sha256_sso("not-a-uuid")
+
+
+def test_concurrent_first_sha256_logins_record_it_once(backend: Backend, clock: FakeClock) -> None:
+    AddonRegistry(backend.open(), clock).register(RID, APP_ID, "my-app", "test", REGION)
+    registries = [AddonRegistry(backend.open(), clock) for _ in range(6)]
+    barrier = threading.Barrier(len(registries))
+    firsts: list[bool] = []
+
+    def run(registry: AddonRegistry) -> None:
+        barrier.wait()
+        firsts.append(registry.note_sha256_sso(RID))
+
+    workers = [threading.Thread(target=run, args=(r,)) for r in registries]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(firsts) == [False] * 5 + [True]

@@ -19,7 +19,13 @@ def test_demo_shows_logins_refusals_decisions_and_a_verified_audit_log() -> None
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.count("session issued for heroku_user:") == 3
-    for reason in ("SSO_REPLAYED", "LOGIN_DENIED", "SSO_STALE_TIMESTAMP", "SESSION_UNKNOWN"):
+    for reason in (
+        "SSO_REPLAYED",
+        "SSO_SHA256_REQUIRED",
+        "LOGIN_DENIED",
+        "SSO_STALE_TIMESTAMP",
+        "SESSION_UNKNOWN",
+    ):
         assert reason in out, reason
     assert "REFUSED PERMISSION_DENIED: AdminService is only for administrators" in out
     assert "matched allow app-ownership/app-members-use-addon" in out

@@ -363,6 +363,9 @@ def test_sso_exchange_accepts_only_signed_forms(shared: Shared, data: st.DataObj
         assert signed is not None, form
         for field in ("resource_id", "timestamp", "user_id"):
             assert form.get(field) == signed[field]
+        # SHA-1 is off by default: only a form with its SHA-256 token intact gets in.
+        token = form.get("user_scoped_resource_token", "")
+        assert token and token.lower() == signed["user_scoped_resource_token"], form
         assert response.principal_id == shared.alice["id"]
         assert response.session_token.startswith("azs_")
     else:

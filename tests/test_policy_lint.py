@@ -316,4 +316,4 @@ def test_validate_fails_on_errors_and_names_them(
     assert f"{directory}/p.yaml:5:22: error [readers]: action 'account.login'" in captured.out
     assert "1 error(s), 1 warning(s); policy set refused" in captured.err
     assert run(["policy", "validate", str(SHIPPED_POLICIES)]) == 0
-    assert re.match(r"ok: 3 policies, \d+ rules, \d+ catalogued actions", capsys.readouterr().out)
+    assert re.match(r"ok: 4 policies, \d+ rules, \d+ catalogued actions", capsys.readouterr().out)

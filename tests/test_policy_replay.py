@@ -60,7 +60,9 @@ class Access:
 
 
 def sso(user: str) -> Subject:
-    return sso_subject(user, ADDON_ID, f"session-{user}", T0 - 60, f"{user}@example.com")
+    return sso_subject(
+        user, ADDON_ID, f"session-{user}", T0 - 60, f"{user}@example.com", token_kind="sha256"
+    )
 
 
 @pytest.fixture

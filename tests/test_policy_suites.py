@@ -80,7 +80,7 @@ def test_shipped_suites_pass_with_full_coverage() -> None:
     assert report.rule_coverage == 100.0
     assert report.condition_coverage == 100.0
     assert report.ok(min_coverage=100)
-    assert {s.name for s in report.suites} == {"sso-only", "app-ownership"}
+    assert {s.name for s in report.suites} == {"sso-only", "app-ownership", "sso-token-kind"}
     # Every mission rule is the deciding rule of at least one check.
     deciding = {rule for r in report.results for rule in r.expected.rules}
     assert deciding >= {
@@ -92,6 +92,7 @@ def test_shipped_suites_pass_with_full_coverage() -> None:
         "session-bound-to-its-addon",
         "no-password-login",
         "sso-users-never-change-authentication",
+        "sensitive-actions-need-a-sha256-login",
     }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from authz.config import CallerToken, ConfigError, Settings
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
@@ -135,7 +136,7 @@ def test_no_secret_in_logs_errors_audit_or_state(
     # Provisioning with OAuth grants, and SSO logins.
     acme, globex = run.provision(ACME), run.provision(GLOBEX)
     alice = run.login(acme, "alice")
-    bob = run.login(acme, "bob", token="sha1")
+    bob = run.login(acme, "bob", token="both")
     erin = run.login(globex, "erin")
 
     # Refused logins: forged, replayed, stale, a stranger, a legacy form, an unknown add-on.
@@ -151,6 +152,7 @@ def test_no_secret_in_logs_errors_audit_or_state(
     run.failed(lambda: web.exchange({"id": acme, "token": secrets.token_hex(20), "timestamp": "1"}))
     unknown = heroku_sso_form("0" * 8, sim.user("alice")["id"], "a@x", SALT)
     run.failed(lambda: web.exchange(unknown))
+    run.failed(lambda: web.exchange(run.form(acme, "carol", token="sha1")))  # SHA-1 only
 
     # Checks with sessions, batches, a bogus session, secrets a caller put in the context.
     assert web.check(alice, "dashboard.view", acme).allowed
@@ -280,3 +282,67 @@ def test_secrets_come_from_env_or_files_and_never_show(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"AUTHZ_SSO_SALT_FILE": str(tmp_path / "absent")})
     assert "AUTHZ_SSO_SALT_FILE: cannot read" in str(caught.value)
+
+
+def test_session_tokens_are_redacted_wherever_a_caller_puts_them(
+    sim: HerokuSimulator, start: Callable[..., RunningService], base_settings: Settings
+) -> None:
+    """Issue 12 item 12: redaction went by key name only, so a session token sent as an id, a
+    request id or a value under an innocent key was written to the audit log as it was."""
+    settings = world_settings(base_settings, sim)
+    world = World(sim, start(settings))
+    acme = world.provision(ACME)
+    token = world.login(acme, "alice")
+    tail = token.removeprefix("azs_")
+    innocent = pb.CheckRequest(
+        principal=pb.Principal(type="service", id=token),
+        action="dashboard.view",
+        resource=pb.Resource(type="addon", id=f"x/{token}/y"),
+        request_id=token,
+    )
+    innocent.principal.attributes.update({token: "as a key", "note": f"copied: {token}"})
+    innocent.context.update({"remember": [token, {"deep": token}], "cut": token[:12]})
+    assert not world.authz.Check(innocent).allowed
+    batch = pb.CheckBatchRequest(
+        session_token=token,
+        request_id=f"batch {token}",
+        items=[pb.CheckItem(action="dashboard.view", resource=pb.Resource(type="addon", id=acme))],
+    )
+    batch.items[0].context.update({"seen": token})
+    assert [r.allowed for r in world.authz.CheckBatch(batch).results] == [True]
+    # An SSO refusal records the claimed (unverified) user id.
+    forged = dict(world.form(acme, "alice"), user_id=token)
+    assert world.refusal(forged)[1] == "SSO_BAD_TOKEN"
+
+    records = [
+        json_format.MessageToJson(reply.record)
+        for reply in world.admin.QueryDecisions(admin_pb2.QueryDecisionsRequest(limit=1000))
+    ]
+    assert len(records) >= 4
+    assert not [r for r in records if tail[:16] in r]
+    assert any('"id": "[redacted]"' in r for r in records)  # principal.id
+    assert any('"request_id": "[redacted]"' in r for r in records)
+    assert any('"x/[redacted]/y"' in r for r in records)
+    assert any(f'"cut": "{token[:12]}"' in r for r in records)  # too short to be one: kept
+    world.svc.stop()
+    world.svc.stop = lambda: None  # type: ignore[method-assign]  # the fixture stops it too
+    for name, data in data_files(settings.data_dir).items():
+        assert tail[:16].encode() not in data, name
+
+
+def test_redact_session_tokens_walks_only_records_that_hold_one() -> None:
+    from datetime import UTC, datetime
+
+    from authz.decide import redact_session_tokens
+
+    token = "azs_" + secrets.token_urlsafe(32)
+    clean = {"principal": {"id": "user-1"}, "input": {"context": {"note": ["x", 1.5, None]}}}
+    assert redact_session_tokens(clean) is clean  # no prefix anywhere: the record itself
+    short = {"input": {"context": {"azs_": "azs_short"}}}
+    assert redact_session_tokens(short) == short  # the prefix alone is not a token
+    # A value marshal cannot encode (here a datetime) takes the slow path, and still redacts.
+    odd = {"when": datetime(2025, 1, 1, tzinfo=UTC), "ids": (f"{token}!", {token: [token]})}
+    assert redact_session_tokens(odd) == {
+        "when": odd["when"],
+        "ids": ["[redacted]!", {"[redacted]": ["[redacted]"]}],
+    }

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from authz.facts.replay import ReplayGuard
+from authz.facts.replay import RETENTION, ReplayGuard
 from authz.facts.sso import (
     FORM_FIELDS,
     SSO_BAD_TOKEN,
@@ -21,6 +21,7 @@ from authz.facts.sso import (
     SSO_MALFORMED,
     SSO_MISSING_FIELD,
     SSO_NO_SALT,
+    SSO_SHA256_REQUIRED,
     SSO_STALE_TIMESTAMP,
     SsoError,
     SsoLogin,
@@ -139,7 +140,7 @@ def test_sha1_reference_vector_verifies() -> None:
         "user_id": USER_ID,
         "resource_token": "bb466eb1d6bc345d11072c3cd25c311f21be130d",
     }
-    login = verify_sso_form(form, salts=[SALT], now=TS)
+    login = verify_sso_form(form, salts=[SALT], now=TS, allow_sha1=True)
     assert (login.token_kind, login.resource_id, login.user_id) == ("sha1", "123", USER_ID)
     assert login.email == "" and login.app == "" and login.context_app == ""
 
@@ -153,10 +154,12 @@ def test_valid_sha256_form_is_accepted() -> None:
     assert (login.app, login.context_app) == ("billing-app", "context-app")
 
 
-def test_valid_sha1_form_is_accepted() -> None:
-    login = verify_sso_form(sha1_form(), salts=[SALT], now=TS + 1)
+def test_valid_sha1_form_is_accepted_only_when_allowed() -> None:
+    login = verify_sso_form(sha1_form(), salts=[SALT], now=TS + 1, allow_sha1=True)
     assert login.token_kind == "sha1"
     assert login.user_id == USER_ID
+    err = refuse(sha1_form(), SSO_SHA256_REQUIRED)  # the default
+    assert "user_scoped_resource_token" in err.message and not err.invalid_argument
 
 
 def test_upper_case_token_is_accepted() -> None:
@@ -170,7 +173,7 @@ def test_salt_rotation_second_salt_verifies() -> None:
     form = sha256_form(salt="new-salt-after-rotation")
     login = verify_sso_form(form, salts=[SALT, "new-salt-after-rotation"], now=TS)
     assert login.user_id == USER_ID
-    login = verify_sso_form(sha1_form(), salts=["another-salt", SALT], now=TS)
+    login = verify_sso_form(sha1_form(), salts=["another-salt", SALT], now=TS, allow_sha1=True)
     assert login.token_kind == "sha1"
 
 
@@ -187,17 +190,39 @@ def test_thirty_seconds_ahead_is_accepted() -> None:
     assert verify_sso_form(sha256_form(), salts=[SALT], now=TS - 60).timestamp == TS
 
 
-def test_replay_key_binds_token_and_resource_and_hides_the_token() -> None:
+def test_replay_key_names_the_form_and_hides_the_token() -> None:
     a = verify_sso_form(sha256_form(), salts=[SALT], now=TS)
     b = verify_sso_form(sha256_form(), salts=[SALT], now=TS + 100)
     c = verify_sso_form(sha256_form(ts=TS + 1), salts=[SALT], now=TS)
-    d = verify_sso_form(sha1_form(), salts=[SALT], now=TS)
+    d = verify_sso_form(sha1_form(), salts=[SALT], now=TS, allow_sha1=True)
     assert a.replay_key == b.replay_key
-    assert len({a.replay_key, c.replay_key, d.replay_key}) == 3
+    assert a.replay_key != c.replay_key
     assert SHA256_DIGEST not in a.replay_key and SHA256_DIGEST not in repr(a)
     assert SHA1_DIGEST not in d.replay_key and SHA1_DIGEST not in repr(d)
     assert a.expires_at == TS + 300
     assert verify_sso_form(sha256_form(), salts=[SALT], now=TS, max_age=120).expires_at == TS + 120
+
+
+def test_a_form_with_both_tokens_has_one_replay_key_whichever_token_verifies() -> None:
+    both = dict(sha256_form(), resource_token=SHA1_DIGEST)
+    by_sha256 = verify_sso_form(both, salts=[SALT], now=TS, allow_sha1=True)
+    by_sha1 = verify_sso_form(
+        dict(both, user_scoped_resource_token=""), salts=[SALT], now=TS, allow_sha1=True
+    )
+    assert (by_sha256.token_kind, by_sha1.token_kind) == ("sha256", "sha1")
+    assert by_sha256.replay_key == by_sha1.replay_key
+
+
+def test_sha1_replay_key_includes_the_user() -> None:
+    # Two users opening the add-on in the same second get the same SHA-1 token.
+    other_user = "11111111-2222-3333-4444-555555555555"
+    mine = verify_sso_form(sha1_form(), salts=[SALT], now=TS, allow_sha1=True)
+    theirs = verify_sso_form(
+        dict(sha1_form(), user_id=other_user), salts=[SALT], now=TS, allow_sha1=True
+    )
+    assert mine.replay_key != theirs.replay_key
+    sha256_theirs = verify_sso_form(sha256_form(user_id=other_user), salts=[SALT], now=TS)
+    assert sha256_theirs.replay_key == theirs.replay_key
 
 
 # --- refused forms ----------------------------------------------------------------------------
@@ -210,12 +235,12 @@ def test_wrong_token_is_refused() -> None:
     assert not err.invalid_argument
     form = sha1_form()
     form["resource_token"] = "f" * 40
-    refuse(form, SSO_BAD_TOKEN)
+    refuse(form, SSO_BAD_TOKEN, allow_sha1=True)
 
 
 def test_wrong_salt_is_refused() -> None:
     refuse(sha256_form(salt="not-the-salt"), SSO_BAD_TOKEN)
-    refuse(sha1_form(salt="not-the-salt"), SSO_BAD_TOKEN)
+    refuse(sha1_form(salt="not-the-salt"), SSO_BAD_TOKEN, allow_sha1=True)
 
 
 @pytest.mark.parametrize("field", ["resource_id", "timestamp", "user_id", "email"])
@@ -235,7 +260,7 @@ def test_wrong_sha256_token_is_not_rescued_by_a_correct_sha1_token() -> None:
 
 
 def test_sha1_refused_when_disabled() -> None:
-    err = refuse(sha1_form(), SSO_LEGACY_TOKEN, allow_sha1=False)
+    err = refuse(sha1_form(), SSO_SHA256_REQUIRED, allow_sha1=False)
     assert not err.invalid_argument
     # The SHA-256 token still works with SHA-1 disabled.
     assert verify_sso_form(sha256_form(), salts=[SALT], now=TS, allow_sha1=False)
@@ -259,7 +284,7 @@ def test_six_minute_old_timestamp_is_refused() -> None:
     assert "360 s old" in err.message and "300 s" in err.message
     assert "open the add-on again" in err.message
     assert not err.invalid_argument
-    refuse(sha1_form(), SSO_STALE_TIMESTAMP, now=TS + 360)
+    refuse(sha1_form(), SSO_STALE_TIMESTAMP, now=TS + 360, allow_sha1=True)
     refuse(sha256_form(), SSO_STALE_TIMESTAMP, now=TS + 300.5)
 
 
@@ -304,14 +329,14 @@ def test_missing_field_sha256(field: str, how: str) -> None:
 def test_missing_field_sha1(field: str) -> None:
     form = sha1_form()
     del form[field]
-    err = refuse(form, SSO_MISSING_FIELD)
+    err = refuse(form, SSO_MISSING_FIELD, allow_sha1=True)
     assert repr(field) in err.message and err.invalid_argument
 
 
 def test_sha1_form_does_not_need_email() -> None:
     form = sha1_form()
     del form["email"]
-    assert verify_sso_form(form, salts=[SALT], now=TS).email == ""
+    assert verify_sso_form(form, salts=[SALT], now=TS, allow_sha1=True).email == ""
 
 
 def test_missing_token() -> None:
@@ -372,7 +397,7 @@ def test_malformed_fields(field: str, value: str | None) -> None:
 def test_malformed_sha1_token() -> None:
     form = sha1_form()
     form["resource_token"] = "g" * 40
-    refuse(form, SSO_MALFORMED)
+    refuse(form, SSO_MALFORMED, allow_sha1=True)
 
 
 def test_non_text_field_is_malformed() -> None:
@@ -406,7 +431,7 @@ def test_error_messages_never_contain_secrets() -> None:
     cases: list[tuple[dict[str, str], dict[str, object]]] = [
         (good, {"now": TS + 360}),
         (good, {"now": TS - 120}),
-        (good_sha1, {"now": TS + 360}),
+        (good_sha1, {"now": TS + 360, "allow_sha1": True}),
         (good_sha1, {"allow_sha1": False}),
         (wrong, {}),
         (dict(good, user_scoped_resource_token=good["user_scoped_resource_token"][:-1]), {}),
@@ -466,6 +491,7 @@ def test_arbitrary_forms_raise_only_sso_error(
         assert PROPERTY_SALT not in str(err)
         return
     assert _correctly_signed(form, login)
+    assert login.token_kind == "sha256" or allow_sha1
 
 
 @settings(max_examples=300)
@@ -480,7 +506,7 @@ def test_tampering_with_a_signed_form_is_never_accepted(field: str, value: str, 
     original = form.get(field)
     form[field] = value
     try:
-        login = verify_sso_form(form, salts=[PROPERTY_SALT], now=TS)
+        login = verify_sso_form(form, salts=[PROPERTY_SALT], now=TS, allow_sha1=kind == "sha1")
     except SsoError:
         return
     # Only an unchanged signed field (or, for SHA-1, the unsigned user_id/email) may pass.
@@ -509,21 +535,43 @@ def test_claim_works_again_after_expiry(backend: Backend) -> None:
     clock = FakeClock(TS)
     guard = ReplayGuard(backend.open(), clock)
     assert guard.claim("k", TS + 300)
-    clock.advance(300)
+    clock.advance(RETENTION)
     assert not guard.claim("k", TS + 300)
     clock.advance(1)
     assert guard.claim("k", TS + 600)
     assert not guard.claim("k", TS + 600)
 
 
-def test_claim_keeps_a_key_at_least_a_minute(backend: Backend) -> None:
+def test_claim_keeps_a_key_for_the_ceiling_and_the_skew(backend: Backend) -> None:
     # A form verified just before its window closed must not be claimable twice just after.
     clock = FakeClock(TS + 301)
     guard = ReplayGuard(backend.open(), clock)
     assert guard.claim("late", TS + 300)
+    clock.advance(RETENTION - 1)
     assert not guard.claim("late", TS + 300)
-    clock.advance(61)
+    clock.advance(2)
     assert guard.claim("late", TS + 300)
+    assert RETENTION == 360.0  # 300 s of age plus 60 s of future skew, the largest allowed
+
+
+def test_raising_the_configured_window_does_not_reopen_a_claimed_form(backend: Backend) -> None:
+    """Issue 12 item 8: keys lived only for the configured max age."""
+    clock = FakeClock(TS + 30)
+    guard = ReplayGuard(backend.open(), clock)
+    first = verify_sso_form(sha256_form(), salts=[SALT], now=clock(), max_age=60)
+    assert guard.claim(first.replay_key, first.expires_at)
+    clock.advance(170)  # the form is 200 s old: stale under max_age=60 ...
+    refuse(sha256_form(), SSO_STALE_TIMESTAMP, now=clock(), max_age=60)
+    # ... until the window is raised again (a restart, or another replica's configuration).
+    again = verify_sso_form(sha256_form(), salts=[SALT], now=clock(), max_age=300)
+    assert again.replay_key == first.replay_key
+    assert not guard.claim(again.replay_key, again.expires_at)
+    # A form dated 60 s ahead (the largest skew) stays claimed until its 300 s window closes.
+    ahead = verify_sso_form(sha256_form(ts=int(clock()) + 60), salts=[SALT], now=clock())
+    assert guard.claim(ahead.replay_key, ahead.expires_at)
+    clock.advance(359)
+    assert verify_sso_form(sha256_form(ts=ahead.timestamp), salts=[SALT], now=clock())
+    assert not guard.claim(ahead.replay_key, ahead.expires_at)
 
 
 def test_claim_is_shared_between_connections_and_persists(backend: Backend) -> None:
@@ -537,10 +585,10 @@ def test_purge_expired(backend: Backend) -> None:
     db = backend.open()
     guard = ReplayGuard(db, clock)
     for i in range(5):
-        assert guard.claim(f"k{i}", TS + 100 + i * 100)
-    clock.advance(250)
-    assert guard.purge_expired() == 2
-    assert count(db, "sso_replay") == 3
+        assert guard.claim(f"k{i}", TS + 100 + i * 100)  # kept until 360, 360, 360, 400, 500
+    clock.advance(450)
+    assert guard.purge_expired() == 4
+    assert count(db, "sso_replay") == 1
     # Claims purge opportunistically too.
     clock.advance(1000)
     assert guard.claim("fresh", clock() + 300)
@@ -585,7 +633,7 @@ def test_racing_for_an_expired_key_exactly_one_takes_it_over(backend: Backend) -
     seed = ReplayGuard(backend.open(), clock)
     for k in range(keys):
         assert seed.claim(f"key-{k}", TS + 100)
-    clock.advance(200)  # every key's window has closed; the rows are still there
+    clock.advance(RETENTION + 1)  # every key's retention has passed; the rows are still there
     guards = [ReplayGuard(backend.open(), clock) for _ in range(threads_n)]
     for guard in guards:
         guard._next_purge = float("inf")  # no purge: race the take-over, not a fresh insert

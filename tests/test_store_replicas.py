@@ -22,13 +22,13 @@ USER = "038df634-6962-43b9-a1ec-9ff09b8ce665"
 def test_a_session_revoked_on_one_replica_fails_on_the_other_at_once(backend: Backend) -> None:
     clock = FakeClock(T0)
     a, b = SessionStore(backend.open(), clock), SessionStore(backend.open(), clock)
-    token, session = a.issue(USER, RID, "user@example.com")
+    token, session = a.issue(USER, RID, "user@example.com", token_kind="sha256")
     assert b.resolve(token) == session  # issued by A, works on B
     assert b.revoke(token) is True
     assert a.resolve(token) is None  # revoked on B, fails on A with no delay
     assert a.revoke(token) is False
 
-    other, _ = b.issue(USER, RID, "")
+    other, _ = b.issue(USER, RID, "", token_kind="sha256")
     assert a.revoke_for_resource(RID) == 1
     assert b.resolve(other) is None
 
@@ -39,7 +39,7 @@ def test_deprovisioning_on_one_replica_stops_the_other(backend: Backend) -> None
     registry_a, registry_b = AddonRegistry(db_a, clock), AddonRegistry(db_b, clock)
     sessions_a, sessions_b = SessionStore(db_a, clock), SessionStore(db_b, clock)
     registry_a.register(RID, APP_ID, "my-app", "test", "us")
-    token, _ = sessions_b.issue(USER, RID, "")
+    token, _ = sessions_b.issue(USER, RID, "", token_kind="sha256")
     assert registry_b.get(RID).state == "provisioned"  # type: ignore[union-attr]
 
     registry_a.deprovision(RID)

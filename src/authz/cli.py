@@ -28,10 +28,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from authz.config import ConfigError, Settings
     from authz.server.app import serve
 
-    logging.basicConfig(
-        level=os.environ.get("AUTHZ_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     # Flags mirror the environment variables and win over them.
     env = dict(os.environ)
     for attr, name in _SERVE_ENV.items():
@@ -47,6 +43,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["data_dir"] = Path(args.data_dir)
     try:
         settings = replace(Settings.from_env(env), **overrides)
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         asyncio.run(serve(settings))
     except (ConfigError, OSError) as exc:
         print(f"authz serve: {exc}", file=sys.stderr)

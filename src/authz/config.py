@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +13,17 @@ MAX_ACCESS_TTL = 300.0
 """Heroku's rule: a cached list of authorized users is never older than 5 minutes."""
 MAX_SSO_PAST_SECONDS = 300.0
 MAX_SSO_FUTURE_SECONDS = 60.0
+MIN_SSO_SALT_LENGTH = 16
+"""Heroku generates long random salts; a short one is a typo or a fragment of a list."""
+
+SHA1_NEVER = "never"
+SHA1_LEGACY_ADDONS = "legacy-addons"
+SSO_SHA1_MODES = (SHA1_NEVER, SHA1_LEGACY_ADDONS)
+"""AUTHZ_SSO_ALLOW_SHA1: ``never`` refuses every form without a valid SHA-256
+``user_scoped_resource_token``; ``legacy-addons`` also accepts the SHA-1 ``resource_token``, but
+only for an add-on that has never sent a SHA-256 token (authz.login)."""
+AUDIT_MODES = ("durable", "async", "off")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(ValueError):
@@ -114,6 +125,46 @@ def load_caller_tokens(path: Path | str) -> tuple[CallerToken, ...]:
     return parse_caller_tokens(text, str(path))
 
 
+def choice(env: Mapping[str, str], name: str, accepted: Sequence[str], default: str) -> str:
+    """An enumerated (or boolean) setting: unset or empty means ``default``; anything else must
+    be one of ``accepted`` exactly (no case folding, no trimming), so a typo, a synonym or a
+    stray space stops the service at start instead of quietly meaning something else."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return accepted_value(name, raw, accepted)
+
+
+def accepted_value(name: str, value: str, accepted: Sequence[str]) -> str:
+    if value not in accepted:
+        raise ConfigError(f"{name}={value!r} is not accepted; use one of: {', '.join(accepted)}")
+    return value
+
+
+def parse_sso_salts(text: str, name: str = "AUTHZ_SSO_SALT") -> tuple[str, ...]:
+    """Salts separated by whitespace (spaces or one per line in a ``_FILE``), so a salt may hold
+    any other character, commas included. Each must be at least 16 characters; the message
+    says which one (by position) breaks the rule and never shows a salt."""
+    salts = tuple(text.split())
+    check_sso_salts(salts, name)
+    return salts
+
+
+def check_sso_salts(salts: Sequence[str], name: str = "AUTHZ_SSO_SALT") -> None:
+    for position, salt in enumerate(salts, start=1):
+        if len(salt) < MIN_SSO_SALT_LENGTH:
+            raise ConfigError(
+                f"{name}: salt {position} of {len(salts)} is shorter than "
+                f"{MIN_SSO_SALT_LENGTH} characters; use the add-on manifest's sso_salt, and "
+                "separate several salts with spaces or newlines (not commas)"
+            )
+        if any(ch.isspace() for ch in salt):
+            raise ConfigError(
+                f"{name}: salt {position} of {len(salts)} contains whitespace, which separates "
+                "salts; a salt may not contain it"
+            )
+
+
 def _path(env: Mapping[str, str], name: str) -> Path | None:
     raw = env.get(name, "").strip()
     return Path(raw) if raw else None
@@ -178,7 +229,7 @@ class Settings:
     data_dir: Path = Path("data")
     # SSO: several salts may be active at once so a salt can be rotated.
     sso_salts: tuple[str, ...] = field(default=(), repr=False)
-    sso_allow_sha1: bool = True
+    sso_allow_sha1: str = SHA1_NEVER  # one of SSO_SHA1_MODES
     sso_max_age: float = MAX_SSO_PAST_SECONDS
     sso_max_future: float = MAX_SSO_FUTURE_SECONDS
     session_ttl: float = 8 * 3600.0
@@ -203,6 +254,15 @@ class Settings:
     insecure: bool = False  # --insecure: allow a non-loopback bind without caller credentials
     max_concurrent_rpcs: int = 1000
     request_timeout: float = 10.0  # seconds a call may take to deliver its request message
+    log_level: str = "INFO"  # one of LOG_LEVELS (authz serve)
+
+    def __post_init__(self) -> None:
+        # Settings built in code (tests, the demo, benchmarks) obey the rules the environment
+        # does; the messages name the variable that sets each field.
+        check_sso_salts(self.sso_salts)
+        accepted_value("AUTHZ_SSO_ALLOW_SHA1", self.sso_allow_sha1, SSO_SHA1_MODES)
+        accepted_value("AUTHZ_AUDIT_MODE", self.audit_mode, AUDIT_MODES)
+        accepted_value("AUTHZ_LOG_LEVEL", self.log_level, LOG_LEVELS)
 
     @property
     def authenticates_callers(self) -> bool:
@@ -226,20 +286,14 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         listen = env.get("AUTHZ_LISTEN") or (f"0.0.0.0:{env['PORT']}" if env.get("PORT") else "")
-        salts = tuple(
-            s.strip() for s in _read_secret(env, "AUTHZ_SSO_SALT").split(",") if s.strip()
-        )
-        audit_mode = env.get("AUTHZ_AUDIT_MODE", "durable")
-        if audit_mode not in ("durable", "async", "off"):
-            raise ConfigError(f"AUTHZ_AUDIT_MODE={audit_mode!r} must be durable, async or off")
+        salts = parse_sso_salts(_read_secret(env, "AUTHZ_SSO_SALT"))
         tokens_file = _path(env, "AUTHZ_CALLER_TOKENS")
         settings = cls(
             listen=listen or cls.listen,
             policy_dir=Path(env.get("AUTHZ_POLICY_DIR") or cls.policy_dir),
             data_dir=Path(env.get("AUTHZ_DATA_DIR") or cls.data_dir),
             sso_salts=salts,
-            sso_allow_sha1=env.get("AUTHZ_SSO_ALLOW_SHA1", "true").lower()
-            not in ("0", "false", "no"),
+            sso_allow_sha1=choice(env, "AUTHZ_SSO_ALLOW_SHA1", SSO_SHA1_MODES, SHA1_NEVER),
             sso_max_age=_bounded(
                 "AUTHZ_SSO_MAX_AGE",
                 _float(env, "AUTHZ_SSO_MAX_AGE", MAX_SSO_PAST_SECONDS),
@@ -263,7 +317,7 @@ class Settings:
             facts_deadline=_bounded(
                 "AUTHZ_FACTS_DEADLINE", _float(env, "AUTHZ_FACTS_DEADLINE", 2.0), 30.0
             ),
-            audit_mode=audit_mode,
+            audit_mode=choice(env, "AUTHZ_AUDIT_MODE", AUDIT_MODES, "durable"),
             database_url=_database_url(env),
             tls_cert=_path(env, "AUTHZ_TLS_CERT"),
             tls_key=_path(env, "AUTHZ_TLS_KEY"),
@@ -272,6 +326,7 @@ class Settings:
             admins=_names(env.get("AUTHZ_ADMINS", "")),
             max_concurrent_rpcs=_positive_int(env, "AUTHZ_MAX_CONCURRENT_RPCS", 1000),
             request_timeout=_request_timeout(env),
+            log_level=choice(env, "AUTHZ_LOG_LEVEL", LOG_LEVELS, "INFO"),
         )
         settings.check_transport()
         return settings

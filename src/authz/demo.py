@@ -137,6 +137,17 @@ async def script(partner: Partner, sim: HerokuSimulator, service: Service) -> No
     carol_form = form(acme, "carol")
     carol = await partner.sso("carol, a collaborator on acme-billing", carol_form)
     await partner.sso("the same SSO form posted again (a replay)", carol_form)
+    alice_user = sim.user("alice")
+    downgrade = {
+        **form(acme, "carol", token="both", timestamp=_ago(2)),
+        "user_id": alice_user["id"],
+        "email": alice_user["email"],
+        "user_scoped_resource_token": "",
+    }
+    await partner.sso(
+        "carol drops the SHA-256 token from a fresh form of hers and names alice instead",
+        downgrade,
+    )
     await partner.sso("dave, who provisioned the add-on but has left the app", form(acme, "dave"))
     await partner.sso(
         "frank, a plain member of team globex with no access to globex-api", form(globex, "frank")

@@ -3,22 +3,30 @@
 The policy decision (`session.login` on `addon:<resource_id>`) goes through the one decision path
 (Decider.check), so a login is evaluated and audited like every other decision; refusals that
 happen before the policies are consulted are audited too.
+
+SHA-1 forms (AUTHZ_SSO_ALLOW_SHA1): Heroku's SHA-1 ``resource_token`` does not cover the user, so
+a form carrying only it lets anyone who can open the add-on name another user. ``never`` (the
+default) refuses every such form. ``legacy-addons`` accepts one only for an add-on that has never
+sent a verified SHA-256 token: the registry remembers the first SHA-256 login of each add-on (in
+the shared store, so across replicas and restarts), and from then on that add-on's SHA-1-only
+forms are refused as downgrades.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from authz.clock import Clock, system_clock
-from authz.config import Settings
+from authz.config import SHA1_NEVER, Settings
 from authz.decide import ADDON, HEROKU_USER, Decider, Entity, Item, Subject, sso_subject
 from authz.errors import Refusal
 from authz.facts.addons import AddonRegistry
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import Session, SessionStore
-from authz.facts.sso import SsoError, verify_sso_form
+from authz.facts.sso import SsoError, sha256_required, verify_sso_form
 
 LOGIN_ACTION = "session.login"
 
@@ -70,7 +78,7 @@ class SsoLogins:
                 now=self.clock(),
                 max_age=self.settings.sso_max_age,
                 max_future=self.settings.sso_max_future,
-                allow_sha1=self.settings.sso_allow_sha1,
+                allow_sha1=self.settings.sso_allow_sha1 != SHA1_NEVER,
             )
         except SsoError as exc:
             await self._refuse(
@@ -102,6 +110,18 @@ class SsoLogins:
                 request_id,
                 caller,
             )
+        if login.token_kind == "sha256":
+            if addon.sso_sha256_since is None:
+                await call(self.registry.note_sha256_sso, login.resource_id)
+        elif addon.sso_sha256_since is not None:
+            # Heroku sends this add-on the SHA-256 token, so a form without it was altered.
+            exc = sha256_required(
+                "this add-on has sent Heroku's SHA-256 token before, so a form without it is a "
+                "downgrade, refused even with AUTHZ_SSO_ALLOW_SHA1=legacy-addons"
+            )
+            await self._refuse(
+                exc.code, exc.message, login.user_id, login.resource_id, request_id, caller
+            )
         if not await call(self.replay.claim, login.replay_key, login.expires_at):
             await self._refuse(
                 "SSO_REPLAYED",
@@ -112,7 +132,14 @@ class SsoLogins:
                 request_id,
                 caller,
             )
-        subject = sso_subject(login.user_id, login.resource_id, "", self.clock(), login.email)
+        subject = sso_subject(
+            login.user_id,
+            login.resource_id,
+            "",
+            self.clock(),
+            login.email,
+            token_kind=login.token_kind,
+        )
         [outcome] = await self.decider.check(
             subject,
             [Item(LOGIN_ACTION, Entity(ADDON, login.resource_id))],
@@ -125,7 +152,10 @@ class SsoLogins:
                 "LOGIN_DENIED", "; ".join(outcome.decision.reasons), outcome.decision_id
             )
         token, session = await call(
-            self.sessions.issue, login.user_id, login.resource_id, login.email
+            partial(self.sessions.issue, token_kind=login.token_kind),
+            login.user_id,
+            login.resource_id,
+            login.email,
         )
         return LoginResult(token, session, outcome.decision_id)
 

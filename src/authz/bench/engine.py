@@ -100,8 +100,12 @@ class ShippedWorld:
         self.addon, _ = self.addons.register(ADDON_ID, APP_ID, "acme-billing", "authz:basic", "us")
         self.sessions = SessionStore(self.db, time.time)
         self.tokens = {
-            "member": self.sessions.issue(MEMBER_ID, ADDON_ID, "alice@acme.example")[0],
-            "stranger": self.sessions.issue(STRANGER_ID, ADDON_ID, "mallory@else.example")[0],
+            "member": self.sessions.issue(
+                MEMBER_ID, ADDON_ID, "alice@acme.example", token_kind="sha256"
+            )[0],
+            "stranger": self.sessions.issue(
+                STRANGER_ID, ADDON_ID, "mallory@else.example", token_kind="sha256"
+            )[0],
         }
         self.access_list = AccessList(
             app_id=APP_ID,

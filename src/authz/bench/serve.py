@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--audit", choices=("durable", "async", "off"), default="off")
     parser.add_argument("--heroku-url", default="http://127.0.0.1:9")
-    parser.add_argument("--sso-salt", default="bench-sso-salt")
+    parser.add_argument("--sso-salt", default="bench-sso-salt-0123456789")  # 16+ characters
     parser.add_argument("--max-seconds", type=float, default=900.0)
     parser.add_argument("--cprofile", default="", help="write cProfile stats here at exit")
     parser.add_argument(

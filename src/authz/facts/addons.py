@@ -11,6 +11,8 @@ resource uuid. Choices made here, where Heroku's documentation is silent:
   a different ``app_id`` is refused (``ADDON_APP_CONFLICT``). The app *name* may change (renames).
 - ``deprovision`` of an already deprovisioned resource succeeds and changes nothing (Heroku may
   deliver the DELETE twice).
+- The registry also remembers when an add-on first sent a verified SHA-256 SSO token
+  (``sso_sha256_since``): from then on a SHA-1-only form for it is a downgrade (authz.login).
 
 Every change reads the row and writes it in one transaction locked on the resource id, so
 concurrent deliveries (also to different replicas sharing a PostgreSQL database) change it once.
@@ -49,8 +51,9 @@ AddonState = Literal["provisioned", "deprovisioned"]
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _MAX_FIELD_LENGTH = 1024
 _TABLE = "addons"
-_COLUMNS = "resource_id, app_id, app_name, plan, region, state, created_at, updated_at"
-# The table is created by schema migration 1 (authz.store.migrations).
+_INSERTED = "resource_id, app_id, app_name, plan, region, state, created_at, updated_at"
+_COLUMNS = f"{_INSERTED}, sso_sha256_since"
+# The table is created by schema migration 1, sso_sha256_since by 5 (authz.store.migrations).
 
 
 class RegistryError(Refusal):
@@ -70,6 +73,8 @@ class Addon:
     state: AddonState
     created_at: float
     updated_at: float
+    sso_sha256_since: float | None = None
+    """When a verified SHA-256 SSO token was first seen for this add-on (None: never)."""
 
 
 class AddonRegistry:
@@ -98,7 +103,7 @@ class AddonRegistry:
             if current is None:
                 addon = Addon(resource_id, app_id, app_name, plan, region, "provisioned", now, now)
                 conn.execute(
-                    f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO {_TABLE} ({_INSERTED}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         addon.resource_id,
                         addon.app_id,
@@ -165,6 +170,22 @@ class AddonRegistry:
                 (plan, now, resource_id),
             )
             return replace(current, plan=plan, updated_at=now)
+
+    def note_sha256_sso(self, resource_id: str) -> bool:
+        """Remember that Heroku sent this add-on a verified SHA-256 SSO token; True the first time.
+
+        One conditional statement, so the first time is recorded exactly once however many
+        replicas see it, and it is never cleared.
+        """
+        resource_id = _resource_id(resource_id)
+        return (
+            self._db.execute(
+                f"UPDATE {_TABLE} SET sso_sha256_since = ? "
+                "WHERE resource_id = ? AND sso_sha256_since IS NULL",
+                (self._clock(), resource_id),
+            ).rowcount
+            == 1
+        )
 
     @contextmanager
     def _transaction(self, resource_id: str) -> Iterator[Database]:

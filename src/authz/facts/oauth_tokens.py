@@ -105,19 +105,7 @@ class OAuthTokenStore:
 
     def put(self, resource_id: str, tokens: OAuthTokens) -> None:
         """Store (or replace) an add-on's tokens, encrypted under a fresh nonce."""
-        if not resource_id:
-            raise ValueError("resource_id is required")
-        cipher = self._cipher()
-        plaintext = json.dumps(
-            {
-                "access_token": tokens.access_token,
-                "refresh_token": tokens.refresh_token,
-                "expires_at": tokens.expires_at,
-                "user_id": tokens.user_id,
-            }
-        ).encode("utf-8")
-        nonce = os.urandom(12)  # 96 random bits, fresh for every write
-        ciphertext = cipher.encrypt(nonce, plaintext, self._aad(resource_id))
+        nonce, ciphertext = self._seal(resource_id, tokens)
         self._db.execute(
             f"INSERT INTO {_TABLE} "
             "(resource_id, key_id, nonce, ciphertext, expires_at, updated_at) "
@@ -134,6 +122,33 @@ class OAuthTokenStore:
                 self._clock(),
             ),
         )
+
+    def replace(self, resource_id: str, tokens: OAuthTokens) -> bool:
+        """Replace an add-on's stored tokens (a refresh); False, storing nothing, when none are
+        stored any more (the add-on was deprovisioned while the refresh was under way)."""
+        nonce, ciphertext = self._seal(resource_id, tokens)
+        updated = self._db.execute(
+            f"UPDATE {_TABLE} SET key_id = ?, nonce = ?, ciphertext = ?, expires_at = ?, "
+            "updated_at = ? WHERE resource_id = ?",
+            (self._key_id, nonce, ciphertext, float(tokens.expires_at), self._clock(), resource_id),
+        )
+        return updated.rowcount == 1
+
+    def _seal(self, resource_id: str, tokens: OAuthTokens) -> tuple[bytes, bytes]:
+        """(nonce, ciphertext) of the token pair, bound to ``resource_id``."""
+        if not resource_id:
+            raise ValueError("resource_id is required")
+        cipher = self._cipher()
+        plaintext = json.dumps(
+            {
+                "access_token": tokens.access_token,
+                "refresh_token": tokens.refresh_token,
+                "expires_at": tokens.expires_at,
+                "user_id": tokens.user_id,
+            }
+        ).encode("utf-8")
+        nonce = os.urandom(12)  # 96 random bits, fresh for every write
+        return nonce, cipher.encrypt(nonce, plaintext, self._aad(resource_id))
 
     def get(self, resource_id: str) -> OAuthTokens | None:
         """An add-on's tokens, or None when none are stored."""
@@ -262,5 +277,11 @@ class TokenManager:
     async def _do_refresh(self, resource_id: str) -> OAuthTokens:
         current = self._stored(resource_id)
         fresh = await self._client.refresh(current.refresh_token)
-        self._store.put(resource_id, fresh)
+        # Only over the stored row: a deprovisioning during the refresh deleted it for good.
+        if not self._store.replace(resource_id, fresh):
+            raise PlatformError(
+                "no_tokens",
+                f"the OAuth tokens of add-on {resource_id} were deleted during a refresh "
+                "(deprovisioned)",
+            )
         return fresh

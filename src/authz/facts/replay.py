@@ -11,16 +11,20 @@ from __future__ import annotations
 import math
 
 from authz.clock import Clock
+from authz.config import MAX_SSO_FUTURE_SECONDS, MAX_SSO_PAST_SECONDS
 from authz.store import StoreLike, ensure_schema
 
-__all__ = ["ReplayGuard"]
+__all__ = ["RETENTION", "ReplayGuard"]
 
 _TABLE = "sso_replay"
 _PURGE_INTERVAL = 60.0
 _MAX_KEY_LENGTH = 256
-_GRACE = 60.0
-"""A key is kept at least this long after its claim, even if its window closed meanwhile: a form
-verified just before the window closed and claimed just after must still be claimable only once."""
+RETENTION = MAX_SSO_PAST_SECONDS + MAX_SSO_FUTURE_SECONDS
+"""A key is kept at least this long after its claim, whatever AUTHZ_SSO_MAX_AGE says now: a form
+may be up to 60 s ahead of this clock and is accepted until 300 s past its timestamp under the
+largest window the service allows, so raising the configured window later (or a replica with a
+larger one) can never make a claimed form claimable again. It also covers a form verified just
+before its window closed and claimed just after."""
 
 # The table is created by schema migration 3 (authz.store.migrations).
 
@@ -37,8 +41,8 @@ class ReplayGuard:
         """Record ``replay_key`` until ``expires_at``; False if it is already claimed and live.
 
         A key whose retention has passed counts as unclaimed: the form it came from is stale by
-        then, so verification refuses it before it gets here. Retention is ``expires_at``, but at
-        least a minute after the claim (see ``_GRACE``).
+        then under any configuration, so verification refuses it before it gets here. Retention
+        is ``expires_at``, but at least ``RETENTION`` (360 s) after the claim.
         """
         if not replay_key or len(replay_key) > _MAX_KEY_LENGTH:
             raise ValueError("replay_key must be a non-empty string of at most 256 characters")
@@ -56,7 +60,7 @@ class ReplayGuard:
             ON CONFLICT (replay_key) DO UPDATE SET expires_at = excluded.expires_at
             WHERE {_TABLE}.expires_at < ?
             """,
-            (replay_key, max(float(expires_at), now + _GRACE), now),
+            (replay_key, max(float(expires_at), now + RETENTION), now),
         ).rowcount
         return claimed == 1
 

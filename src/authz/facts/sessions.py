@@ -5,6 +5,10 @@ what that user may do is decided afresh from the app's current access list on ev
 Heroku requires. The bearer token is shown to the caller once and never stored: the table is keyed
 by its SHA-256, so a copy of the database does not contain a usable token. ``session_id`` is a
 separate random id that is safe to log. ``email`` is display data and never a key.
+``token_kind`` records which Heroku SSO token verified the login (``sha256``; ``sha1`` only in the
+legacy mode; ``unknown`` for sessions issued before it was recorded), so policies can tell them
+apart. Expired sessions are deleted by :meth:`SessionStore.purge_expired`, which the server runs
+on a schedule.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import hashlib
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from authz.clock import Clock
 from authz.store import StoreLike, ensure_schema
@@ -21,14 +25,18 @@ from authz.store import StoreLike, ensure_schema
 __all__ = ["TOKEN_PREFIX", "Session", "SessionStore"]
 
 TOKEN_PREFIX: Final = "azs_"
-"""Bearer tokens start with this, so a leaked one is recognisable (e.g. by secret scanners)."""
+"""Bearer tokens start with this, so a leaked one is recognisable (e.g. by secret scanners, and
+by the audit log's redaction, authz.decide). Every token ever issued has it."""
 SESSION_ID_PREFIX: Final = "ses_"
 DEFAULT_TTL: Final = 8 * 3600.0
 _MAX_FIELD_LENGTH = 1024
 
 _TABLE = "sessions"
-_COLUMNS = "session_id, user_id, resource_id, email, issued_at, expires_at, revoked_at"
-# The table is created by schema migration 2 (authz.store.migrations).
+_COLUMNS = "session_id, user_id, resource_id, email, issued_at, expires_at, revoked_at, token_kind"
+# The table is created by schema migration 2, token_kind by 5 (authz.store.migrations).
+
+IssuedKind = Literal["sha256", "sha1"]
+"""The SSO token kinds a session can be issued for (authz.facts.sso.TokenKind)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class Session:
     issued_at: float
     expires_at: float
     revoked_at: float | None
+    token_kind: str
+    """``sha256``, ``sha1`` or ``unknown`` (issued before the kind was recorded)."""
 
 
 class SessionStore:
@@ -59,9 +69,16 @@ class SessionStore:
         self._clock = clock
         self._ttl = float(ttl)
 
-    def issue(self, user_id: str, resource_id: str, email: str) -> tuple[str, Session]:
-        """Start a session; returns the bearer token (shown once, never stored) and the session."""
+    def issue(
+        self, user_id: str, resource_id: str, email: str, *, token_kind: IssuedKind
+    ) -> tuple[str, Session]:
+        """Start a session; returns the bearer token (shown once, never stored) and the session.
+
+        ``token_kind`` is the SSO token that verified the login (``sha256`` or ``sha1``).
+        """
         _require("user_id", user_id)
+        if token_kind not in ("sha256", "sha1"):
+            raise ValueError(f"token_kind={token_kind!r} must be 'sha256' or 'sha1'")
         _require("resource_id", resource_id)
         if not isinstance(email, str) or len(email) > _MAX_FIELD_LENGTH:
             raise ValueError(f"email must be text of at most {_MAX_FIELD_LENGTH} characters")
@@ -76,9 +93,10 @@ class SessionStore:
             issued_at=now,
             expires_at=now + self._ttl,
             revoked_at=None,
+            token_kind=token_kind,
         )
         self._db.execute(
-            f"INSERT INTO {_TABLE} (token_sha256, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {_TABLE} (token_sha256, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 _token_hash(token),
                 session.session_id,
@@ -88,6 +106,7 @@ class SessionStore:
                 session.issued_at,
                 session.expires_at,
                 session.revoked_at,
+                session.token_kind,
             ),
         )
         return token, session
@@ -95,7 +114,8 @@ class SessionStore:
     def resolve(self, token: str) -> Session | None:
         """The live session for ``token``; None if unknown, expired or revoked.
 
-        The same work whatever the token looks like: hash it, one lookup by the hash.
+        The same work whatever the token looks like: hash it, one lookup by the hash (so a
+        token is looked up whether or not it carries ``TOKEN_PREFIX``).
         """
         now = self._clock()
         row = self._db.execute(

@@ -12,13 +12,21 @@ Token formulas (all digests lower-case hex; ``salt`` is the manifest's ``sso_sal
 
 Choices made here, where Heroku's documentation is silent:
 
+- Heroku posts every token with every v3 request and recommends ``user_scoped_resource_token``
+  (https://devcenter.heroku.com/articles/add-on-single-sign-on), so a v3 form without it was
+  altered. By default (``allow_sha1=False``) a form without a SHA-256 token is refused with
+  ``SSO_SHA256_REQUIRED`` whatever else it carries.
 - When ``user_scoped_resource_token`` is present it must verify; a wrong SHA-256 token is never
   rescued by a correct SHA-1 ``resource_token`` in the same form (that would be a downgrade).
   An empty field counts as absent (HTML forms post empty inputs).
 - The SHA-1 ``resource_token`` does not cover ``user_id`` or ``email``: anyone holding a valid SHA-1
   form for a resource (for example any collaborator of its app) can change ``user_id`` before
-  posting it. Such logins are marked ``token_kind="sha1"`` so policies can tell them apart, and
-  ``allow_sha1=False`` refuses them outright; prefer that once Heroku sends the SHA-256 token.
+  posting it and log in as another member. ``allow_sha1=True`` accepts such forms anyway (the
+  caller decides per add-on; see :mod:`authz.login`); they are marked ``token_kind="sha1"`` so
+  policies, sessions and the audit log can tell them apart.
+- The replay key names the form, not the token that was verified: the resource, the timestamp
+  and the user. A form carrying both tokens is therefore usable once, whichever token is checked,
+  and two users opening the same add-on in the same second (same SHA-1 token) do not collide.
 - ``resource_id`` and ``user_id`` may not contain ``:``. The digest joins fields with ``:``, so a
   ``user_id`` containing one could borrow characters from ``email`` and still verify.
 - No field we read may be longer than 1024 characters or contain control characters.
@@ -48,11 +56,13 @@ __all__ = [
     "SSO_MALFORMED",
     "SSO_MISSING_FIELD",
     "SSO_NO_SALT",
+    "SSO_SHA256_REQUIRED",
     "SSO_STALE_TIMESTAMP",
     "SsoError",
     "SsoLogin",
     "TokenKind",
     "resource_token",
+    "sha256_required",
     "user_scoped_resource_token",
     "verify_sso_form",
 ]
@@ -64,6 +74,7 @@ SSO_BAD_TOKEN: Final = "SSO_BAD_TOKEN"
 SSO_STALE_TIMESTAMP: Final = "SSO_STALE_TIMESTAMP"
 SSO_FUTURE_TIMESTAMP: Final = "SSO_FUTURE_TIMESTAMP"
 SSO_NO_SALT: Final = "SSO_NO_SALT"
+SSO_SHA256_REQUIRED: Final = "SSO_SHA256_REQUIRED"
 
 TokenKind = Literal["sha256", "sha1"]
 
@@ -110,7 +121,8 @@ class SsoLogin:
     timestamp: int
     token_kind: TokenKind
     replay_key: str
-    """sha256 over the accepted token and the resource id: claim it once, never the raw token."""
+    """sha256 over the resource id, timestamp and user id: one key per form, whichever token
+    verified it; claim it once."""
     expires_at: float
     """``timestamp + max_age``: the end of the window in which this form could be replayed."""
 
@@ -135,13 +147,14 @@ def verify_sso_form(
     now: float,
     max_age: float = MAX_SSO_PAST_SECONDS,
     max_future: float = MAX_SSO_FUTURE_SECONDS,
-    allow_sha1: bool = True,
+    allow_sha1: bool = False,
 ) -> SsoLogin:
     """Verify a Heroku SSO form and return who logged in, or raise :class:`SsoError`.
 
     ``salts`` are every ``sso_salt`` currently accepted (more than one while rotating);
     ``now`` is Unix seconds. ``max_age`` and ``max_future`` may only be lowered from Heroku's
-    300 s and 60 s; a larger value (or a negative one) raises ValueError.
+    300 s and 60 s; a larger value (or a negative one) raises ValueError. ``allow_sha1`` accepts
+    a form that carries only the SHA-1 ``resource_token`` (which does not cover the user).
     """
     if not (0 < max_age <= MAX_SSO_PAST_SECONDS):
         raise ValueError(f"max_age={max_age!r} must be more than 0 and at most 300 seconds")
@@ -167,11 +180,8 @@ def verify_sso_form(
         kind, token = "sha256", sha256_token
     elif sha1_token:
         if not allow_sha1:
-            raise SsoError(
-                SSO_LEGACY_TOKEN,
-                "the SSO form carries only the SHA-1 resource_token, which this service is "
-                "configured to refuse (AUTHZ_SSO_ALLOW_SHA1=false); Heroku must send the SHA-256 "
-                "user_scoped_resource_token",
+            raise sha256_required(
+                "this service accepts SHA-1 forms only with AUTHZ_SSO_ALLOW_SHA1=legacy-addons"
             )
         kind, token = "sha1", sha1_token
     elif fields["token"] or fields["id"]:
@@ -249,7 +259,7 @@ def verify_sso_form(
         )
 
     replay_key = hashlib.sha256(
-        f"heroku-sso-replay:v1:{kind}:{resource_id}:{token}".encode()
+        f"heroku-sso-replay:v2:{resource_id}:{raw_timestamp}:{user_id}".encode()
     ).hexdigest()
     return SsoLogin(
         resource_id=resource_id,
@@ -261,6 +271,17 @@ def verify_sso_form(
         token_kind=kind,
         replay_key=replay_key,
         expires_at=float(timestamp) + max_age,
+    )
+
+
+def sha256_required(why: str) -> SsoError:
+    """The refusal of a form that lacks a SHA-256 token; ``why`` says why SHA-1 was not enough."""
+    return SsoError(
+        SSO_SHA256_REQUIRED,
+        "the SSO form has no SHA-256 user_scoped_resource_token, and its SHA-1 resource_token "
+        "does not cover the user (anyone who can open the add-on could name another user with "
+        f"it); {why} — Heroku sends user_scoped_resource_token with every SSO API v3 request, "
+        "so the form was altered on its way or the add-on manifest predates API v3",
     )
 
 

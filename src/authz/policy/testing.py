@@ -12,6 +12,7 @@ never become policies). The format, in short (each shipped suite repeats it in i
         id: user-alice
         attributes: {}                   # optional
         session: {resource: dashboard}   # optional: auth = a Heroku SSO session for that add-on
+        # (token_kind: sha256 unless the session says `token_kind: sha1` or `unknown`)
         # or `auth: none` (the default) or an explicit auth mapping
     resources:                           # named resources
       dashboard:
@@ -73,7 +74,7 @@ SUITE_DIR = "tests"
 SUITE_GLOB = "*_test.yaml"
 SUITE_KEYS = {"name", "description", "now", "principals", "resources", "access", "tests"}
 PRINCIPAL_KEYS = {"type", "id", "attributes", "session", "auth"}
-SESSION_KEYS = {"resource", "session_id", "issued_at"}
+SESSION_KEYS = {"resource", "session_id", "issued_at", "token_kind"}
 RESOURCE_KEYS = {"type", "id", "attributes", "addon"}
 ADDON_KEYS = {"state", "app_id", "app_name", "plan", "region"}
 ACCESS_KEYS = set(NO_ACCESS)
@@ -455,6 +456,7 @@ class _SuiteReader:
                 "session_id": str(session.get("session_id", f"test-session-{name}")),
                 "resource_id": str(_require_map(resource_spec, line, "resource").get("id", "")),
                 "issued_at": rfc3339(issued_at.timestamp()),
+                "token_kind": str(session.get("token_kind", "sha256")),
             }
         elif "auth" in spec:
             auth = spec["auth"]

@@ -108,6 +108,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             )
             await abort(context, code, exc.message, exc.code)
         revoked = self.sessions.revoke_for_resource(addon.resource_id)
+        if self.token_store is not None:
+            # Heroku's grant ends with the add-on: its Platform API tokens must not outlive it.
+            # Runs again when Heroku repeats the DELETE, so a failure here is retried with it.
+            self.token_store.delete(addon.resource_id)
         if self.invalidations is not None:
             await self.invalidations.publish(addon.app_id)
         return pb.DeprovisionAddonResponse(

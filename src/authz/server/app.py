@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from authz.audit.log import AuditLog
 from authz.audit.schema import audit_target
 from authz.clock import Clock, system_clock
-from authz.config import Settings
+from authz.config import SHA1_LEGACY_ADDONS, Settings
 from authz.decide import Decider, Facts
 from authz.facts.access import AccessCache, PlatformAccessFetcher
 from authz.facts.addons import AddonRegistry
@@ -67,6 +67,10 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 )
 
+SESSION_PURGE_INTERVAL = 600.0
+"""Seconds between deletions of expired sessions (and closed SSO replay windows). An expired
+session is refused the moment it expires; the purge only keeps the table from growing."""
+
 SERVICE_NAMES = (
     authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name,
     session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
@@ -107,8 +111,12 @@ async def start_service(
     policies: PolicyHolder | None = None,
     clock: Clock = system_clock,
     watch_interval: float | None = 1.0,
+    purge_interval: float | None = SESSION_PURGE_INTERVAL,
 ) -> Service:
     """Open the stores, start the audit writer and the gRPC server; `Service.stop` undoes it.
+
+    ``watch_interval`` is how often the policy directory is polled, ``purge_interval`` how often
+    expired sessions are deleted (None: never, for tools that start a server briefly).
 
     Raises ConfigError before anything is opened when the listen address and the caller
     credentials do not go together (see authz.server.callers.plan_transport).
@@ -132,6 +140,9 @@ async def start_service(
         offload=state.dialect == "postgresql",
     )
     tokens, token_store = _platform_facts(settings, state, facts, clock, closers)
+    # Without Platform API credentials tokens are neither stored nor read, but the store can
+    # still delete those an earlier configuration kept (deprovisioning, server.admin).
+    token_store = token_store or OAuthTokenStore(state, "", clock=clock)
     invalidations = AccessInvalidations(facts.access, settings.database_url)
     await invalidations.start()
     closers.insert(0, invalidations.aclose)
@@ -140,11 +151,12 @@ async def start_service(
     decider = Decider(
         policies, facts=facts, audit=audit if settings.audit_mode != "off" else None, clock=clock
     )
+    replay = ReplayGuard(state, clock)
     logins = SsoLogins(
         decider,
         settings,
         registry=facts.addons,
-        replay=ReplayGuard(state, clock),
+        replay=replay,
         sessions=facts.sessions,
         clock=clock,
     )
@@ -180,6 +192,11 @@ async def start_service(
     if watch_interval:
         watcher = asyncio.get_running_loop().create_task(watch_policies(policies, watch_interval))
         closers.insert(0, watcher.cancel)
+    if purge_interval:
+        purger = asyncio.get_running_loop().create_task(
+            purge_expired(facts, replay, purge_interval)
+        )
+        closers.insert(0, purger.cancel)
     service = Service(
         settings, server, port, policies, decider, health_servicer, audit, facts, closers
     )
@@ -191,7 +208,47 @@ async def start_service(
         settings.audit_mode,
     )
     log_transport(settings, transport, service.address)
+    _log_sso_settings(settings)
     return service
+
+
+async def purge_expired(facts: Facts, replay: ReplayGuard, interval: float) -> None:
+    """Delete expired sessions and closed replay windows now and every ``interval`` seconds.
+
+    Every replica runs it; the deletes are idempotent. A failure (the database away) is logged
+    and retried at the next round: it never ends the task.
+    """
+    while True:
+        try:
+            sessions = await facts.call(facts.sessions.purge_expired)
+            keys = await facts.call(replay.purge_expired)
+        except Exception as exc:
+            log.warning(
+                "purging expired sessions failed (retrying in %g s): %s: %s",
+                interval,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            if sessions or keys:
+                log.info("purged %d expired session(s) and %d SSO replay key(s)", sessions, keys)
+        await asyncio.sleep(interval)
+
+
+def _log_sso_settings(settings: Settings) -> None:
+    if settings.sso_allow_sha1 == SHA1_LEGACY_ADDONS:
+        log.warning(
+            "AUTHZ_SSO_ALLOW_SHA1=legacy-addons: Heroku SSO forms carrying only the SHA-1 "
+            "resource_token are accepted for add-ons that have never sent the SHA-256 token. That "
+            "token does not cover the user, so any member of such an add-on's app can log in as "
+            "any other member (e.g. its owner); such sessions carry principal.auth.token_kind "
+            "'sha1'. Set AUTHZ_SSO_ALLOW_SHA1=never once Heroku sends user_scoped_resource_token"
+        )
+    if any("," in salt for salt in settings.sso_salts):
+        log.warning(
+            "AUTHZ_SSO_SALT: a salt contains ','; salts are separated by whitespace, not commas, "
+            "so if it was meant as a list, separate the salts with spaces or newlines"
+        )
 
 
 def _bind(server: grpc.aio.Server, listen: str, transport: Transport) -> int:

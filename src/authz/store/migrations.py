@@ -130,6 +130,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             """
         ),
     ),
+    Migration(
+        5,
+        "SSO token kinds",
+        portable(
+            # Which token verified the login a session came from. Sessions issued before this
+            # version may have come from a SHA-1 form: 'unknown', which policies treat as not
+            # SHA-256 (they expire within AUTHZ_SESSION_TTL anyway).
+            "ALTER TABLE sessions ADD COLUMN token_kind TEXT NOT NULL DEFAULT 'unknown'",
+            # When an add-on first sent a verified SHA-256 SSO token; from then on its SHA-1-only
+            # forms are refused even with AUTHZ_SSO_ALLOW_SHA1=legacy-addons.
+            "ALTER TABLE addons ADD COLUMN sso_sha256_since {FLOAT}",
+        ),
+    ),
+    Migration(
+        6,
+        "forget the OAuth tokens of deprovisioned add-ons",
+        # Deprovisioning now deletes them (server.admin); this clears those kept before.
+        portable(
+            "DELETE FROM heroku_oauth_tokens WHERE resource_id IN "
+            "(SELECT resource_id FROM addons WHERE state = 'deprovisioned')"
+        ),
+    ),
 )
 
 _BOOKKEEPING = portable(
