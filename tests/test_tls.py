@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz.audit.query import query
 from authz.config import CallerToken, ConfigError, Settings
-from authz.server.callers import plan_transport
 from authz.server.errors import error_info
+from authz.server.transport import plan_transport
 from authz.v1 import admin_pb2, admin_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
