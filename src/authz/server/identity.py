@@ -9,6 +9,7 @@ here ever logs or echoes a presented token.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +17,8 @@ from contextvars import ContextVar
 from typing import Any, NoReturn
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
@@ -38,11 +41,6 @@ REFLECTION_SERVICES = frozenset({reflection.SERVICE_NAME, "grpc.reflection.v1.Se
 MAX_TOKEN_LENGTH = 1024
 UNAUTHENTICATED_REASON = "CALLER_UNAUTHENTICATED"
 NOT_ADMIN_REASON = "CALLER_NOT_ADMIN"
-_CERTIFICATE_NAMES = (
-    ("peer_dns", "DNS subjectAltName"),
-    ("peer_uri", "URI subjectAltName"),
-    ("x509_common_name", "subject CN"),
-)
 
 
 def current_caller() -> str:
@@ -64,31 +62,52 @@ def _unauthenticated(message: str) -> AdmissionRefused:
 
 
 def certificate_identity(auth_context: dict[str, Sequence[bytes]]) -> str:
-    """The verified client certificate's identity, exactly as written: its first DNS SAN, else
+    """The verified client certificate's identity, exactly as issued: its first DNS SAN, else
     its first URI SAN, else its subject CN ("" when it has none of them).
 
     Names are compared exactly (with AUTHZ_ADMINS, and by policies), so a name that is not
-    exactly a name (surrounding whitespace, a character that is not printable, bytes that are not
-    UTF-8) is refused rather than tidied: a certificate for "web-tier " is not one for "web-tier".
+    exactly a name (empty, surrounding whitespace, a character that is not printable) is refused
+    rather than tidied: a certificate for "web-tier " is not one for "web-tier". The names are
+    read from the certificate itself (grpc's own peer_dns/peer_uri properties end a name at a
+    NUL byte, which would hide one).
     """
-    for key, kind in _CERTIFICATE_NAMES:
-        values = auth_context.get(key)
-        if not values:
-            continue
-        raw = values[0]
+    pems = auth_context.get("x509_pem_cert")
+    if not pems:
+        return ""
+    kind, name = _certificate_name(bytes(pems[0]))
+    if not kind or (name and name == name.strip() and name.isprintable()):
+        return name
+    raise _unauthenticated(
+        f"the client certificate's {kind} {name!r} is not an exact caller name (it is empty, "
+        "has surrounding whitespace or a character that is not printable), so it names no "
+        "caller: issue the certificate with the calling service's exact name"
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _certificate_name(pem: bytes) -> tuple[str, str]:
+    """(which name, the name) of a PEM certificate, ("", "") when it has none; a connection's
+    certificate is the same for each of its calls, so it is parsed once."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
         try:
-            name = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            name = ""
-        if name and name == name.strip() and name.isprintable():
-            return name
-        shown = raw.decode("utf-8", "backslashreplace")
-        raise _unauthenticated(
-            f"the client certificate's {kind} {shown!r} is not an exact caller name (it is "
-            "empty, has surrounding whitespace or a character that is not printable), so it "
-            "names no caller: issue the certificate with the calling service's exact name"
-        )
-    return ""
+            names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            names = None
+        for kind, name_type in (
+            ("DNS subjectAltName", x509.DNSName),
+            ("URI subjectAltName", x509.UniformResourceIdentifier),
+        ):
+            values = names.value.get_values_for_type(name_type) if names else []
+            if values:
+                return kind, values[0]
+        common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:  # grpc verified it, so this is a name cryptography cannot decode
+        return "name", ""
+    if common:
+        value = common[0].value
+        return "subject CN", value if isinstance(value, str) else ""
+    return "", ""
 
 
 def bearer_token(metadata: Sequence[tuple[str, Any]]) -> str | None:
