@@ -22,7 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from authz.config import CallerToken, Settings
+from authz.config import CallerToken, ConfigError, Settings
 from authz.server.errors import error_info
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
@@ -345,3 +345,26 @@ def test_reflection_is_open_only_in_development_mode(
     error = refused(lambda: next(stream))
     release.set()
     assert error.code() == grpc.StatusCode.UNAVAILABLE and reason(error) == "STREAM_IDLE"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AUTHZ_OPEN_RPCS": "0"},
+        {"AUTHZ_OPEN_RPCS": "lots"},
+        {"AUTHZ_STREAM_IDLE": "0"},
+        {"AUTHZ_STREAM_IDLE": "7200"},
+        {"AUTHZ_STREAM_IDLE": "soon"},
+    ],
+)
+def test_open_budget_settings_take_only_documented_values(env: dict[str, str]) -> None:
+    [(name, value)] = env.items()
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert name in str(caught.value) and value in str(caught.value)
+
+
+def test_open_budget_settings_are_read() -> None:
+    assert (Settings().open_rpcs, Settings().stream_idle) == (64, 120.0)
+    settings = Settings.from_env({"AUTHZ_OPEN_RPCS": "16", "AUTHZ_STREAM_IDLE": "30"})
+    assert (settings.open_rpcs, settings.stream_idle) == (16, 30.0)

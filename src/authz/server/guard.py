@@ -179,6 +179,7 @@ class Guard:
         self.request_timeout = request_timeout
         self.stream_idle = stream_idle
         self.log = SparseLog()
+        self._methods: dict[str, _Method] = {}  # by name; only registered methods get here
 
     def refusing(self, handler: grpc.RpcMethodHandler, refuse: Refuse) -> grpc.RpcMethodHandler:
         """A handler that refuses at once, without reading the request."""
@@ -192,7 +193,9 @@ class Guard:
         self, handler: grpc.RpcMethodHandler, name: str, admit: Admit
     ) -> grpc.RpcMethodHandler:
         """The same method, with `admit(context)` and the budget first (see the class)."""
-        method = _Method.of(handler, name)
+        method = self._methods.get(name)
+        if method is None or method.handler is not handler:
+            method = self._methods[name] = _Method.of(handler, name)
         if handler.unary_unary is not None and not self.request_timeout:
             return self._unary_read_by_grpc(method, admit)
 
@@ -246,7 +249,7 @@ class Guard:
             request = await self._one_request(method, context)
         if not handler.response_streaming:
             return await _result(behaviour(request, context))
-        if not inspect.isasyncgenfunction(behaviour):
+        if method.writes_itself:
             # A handler that answers with context.write() (e.g. health's Watch).
             await _result(behaviour(request, _Writes(context, idle, self.stream_idle)))
             return None
@@ -310,13 +313,21 @@ class _Method:
     behaviour: Callable[..., Any]  # the handler's own function
     deserializer: Callable[[bytes], Any] | None
     watch: bool  # Health/Watch, whose open streams are counted per connection
+    writes_itself: bool  # streams its answers with context.write() rather than by yielding
 
     @classmethod
     def of(cls, handler: grpc.RpcMethodHandler, name: str) -> _Method:
         behaviour = (
             handler.unary_unary or handler.unary_stream or handler.stream_unary
         ) or handler.stream_stream
-        return cls(name, handler, behaviour, handler.request_deserializer, name == WATCH_METHOD)
+        return cls(
+            name,
+            handler,
+            behaviour,
+            handler.request_deserializer,
+            watch=name == WATCH_METHOD,
+            writes_itself=not inspect.isasyncgenfunction(behaviour),
+        )
 
     async def decode(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """The request message; INVALID_ARGUMENT, in plain words, when it does not decode."""
