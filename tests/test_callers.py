@@ -25,8 +25,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from authz.audit.query import query
 from authz.config import CallerToken, ConfigError, Settings, parse_caller_tokens
 from authz.server.app import start_service
-from authz.server.callers import CallerInterceptor, is_loopback, plan_transport
 from authz.server.errors import error_info
+from authz.server.identity import CallerInterceptor
+from authz.server.transport import is_loopback, plan_transport
 from authz.v1 import admin_pb2, admin_pb2_grpc, session_pb2, session_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
@@ -369,7 +370,9 @@ def test_admin_service_is_only_for_admins(svc: RunningService, tokens: dict[str,
     assert len(calls["QueryDecisions"](ops)) == 1
 
 
-def test_health_and_reflection_are_open_to_everyone(svc: RunningService) -> None:
+def test_health_is_open_to_everyone_and_reflection_to_callers(
+    svc: RunningService, tokens: dict[str, str]
+) -> None:
     health = health_pb2_grpc.HealthStub(svc.channel)
     for service in ("", "authz.v1.AuthorizationService", "authz.v1.AdminService"):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
@@ -378,12 +381,18 @@ def test_health_and_reflection_are_open_to_everyone(svc: RunningService) -> None
     assert next(iter(watch)).status == health_pb2.HealthCheckResponse.SERVING
     watch.cancel()
     reflect = reflection_pb2_grpc.ServerReflectionStub(svc.channel)
-    replies = list(
-        reflect.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+
+    def list_services(metadata: tuple[tuple[str, str], ...]) -> set[str]:
+        replies = reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+            metadata=metadata,
+            timeout=5,
         )
-    )
-    names = {s.name for s in replies[0].list_services_response.service}
+        return {s.name for s in next(iter(replies)).list_services_response.service}
+
+    error = refusal(lambda: list_services(()))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    names = list_services(bearer(tokens["web"]))  # any caller, not only admins
     assert {"authz.v1.AuthorizationService", "grpc.health.v1.Health"} <= names
 
 

@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz.audit.query import query
 from authz.config import CallerToken, ConfigError, Settings
-from authz.server.callers import plan_transport
 from authz.server.errors import error_info
+from authz.server.transport import plan_transport
 from authz.v1 import admin_pb2, admin_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
@@ -205,3 +205,51 @@ def test_tls_misconfiguration_is_refused_at_start(
         }
     )
     assert settings.authenticates_callers and settings.client_ca == pki.ca_path
+
+
+@pytest.mark.parametrize(
+    ("common_name", "names", "shown"),
+    [
+        pytest.param("x", {"dns": ("web-tier ",)}, "'web-tier '", id="dns-trailing-space"),
+        pytest.param(" ops", {}, "' ops'", id="cn-leading-space"),
+        pytest.param("x", {"dns": ("web\ttier",)}, "'web\\ttier'", id="dns-tab"),
+        # grpc's own peer_uri property ends this one at the NUL, as "spiffe://partner/ops".
+        pytest.param("x", {"uris": ("spiffe://partner/ops\x00",)}, "\\x00", id="uri-nul-byte"),
+        pytest.param("ops\u200b", {}, "'ops\\u200b'", id="cn-zero-width-space"),
+    ],
+)
+def test_certificate_names_are_exact(
+    start: Callable[..., RunningService],
+    mtls_settings: Settings,
+    pki: Pki,
+    common_name: str,
+    names: dict[str, tuple[str, ...]],
+    shown: str,
+) -> None:
+    """Issue 12 item 15: a certificate for "web-tier " is not one for the admin "web-tier"."""
+    admins = frozenset({"web-tier", "ops", "web\ttier", "spiffe://partner/ops"})
+    svc = start(replace(mtls_settings, admins=admins))
+    with channel(svc, pki, pki.issue(common_name, **names)) as chan:
+        for call in (
+            lambda: admin_pb2_grpc.AdminServiceStub(chan).GetPolicyStatus(
+                admin_pb2.GetPolicyStatusRequest(), timeout=5
+            ),
+            lambda: check(chan),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            details = caught.value.details() or ""
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, details
+            assert "is not an exact caller name" in details and shown in details
+            info = error_info(caught.value)
+            assert info is not None and info.reason == "CALLER_UNAUTHENTICATED"
+        # The connection is still good for what is open to every connection: probes.
+        status = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+    assert callers_recorded(svc) == {}
+    # The exact name is an admin.
+    with channel(svc, pki, pki.issue("x", dns=("web-tier",))) as chan:
+        reply = admin_pb2_grpc.AdminServiceStub(chan).GetPolicyStatus(
+            admin_pb2.GetPolicyStatusRequest(), timeout=5
+        )
+        assert reply.policy_revision

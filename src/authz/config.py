@@ -255,6 +255,10 @@ class Settings:
     max_concurrent_rpcs: int = 1000
     request_timeout: float = 10.0  # seconds a call may take to deliver its request message
     log_level: str = "INFO"  # one of LOG_LEVELS (authz serve)
+    # Calls without caller credentials to what stays open (health; reflection in development
+    # mode) have a budget of their own, on top of max_concurrent_rpcs; see authz.server.guard.
+    open_rpcs: int = 64
+    stream_idle: float = 120.0  # seconds an open stream may send and receive nothing
 
     def __post_init__(self) -> None:
         # Settings built in code (tests, the demo, benchmarks) obey the rules the environment
@@ -270,7 +274,7 @@ class Settings:
         return self.client_ca is not None or bool(self.caller_tokens)
 
     def check_transport(self) -> None:
-        """Refuse TLS settings that cannot work together; see authz.server.callers for binds."""
+        """Refuse TLS settings that cannot work together; see authz.server.transport for binds."""
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError(
                 "AUTHZ_TLS_CERT and AUTHZ_TLS_KEY go together: set both (the server's certificate "
@@ -327,6 +331,10 @@ class Settings:
             max_concurrent_rpcs=_positive_int(env, "AUTHZ_MAX_CONCURRENT_RPCS", 1000),
             request_timeout=_request_timeout(env),
             log_level=choice(env, "AUTHZ_LOG_LEVEL", LOG_LEVELS, "INFO"),
+            open_rpcs=_positive_int(env, "AUTHZ_OPEN_RPCS", 64),
+            stream_idle=_bounded(
+                "AUTHZ_STREAM_IDLE", _float(env, "AUTHZ_STREAM_IDLE", 120.0), 3600.0
+            ),
         )
         settings.check_transport()
         return settings

@@ -58,7 +58,7 @@ def authz_interceptors() -> list[Any]:
     """The interceptors authz's own server runs with in development mode (loopback, no caller
     credentials), if this version of authz has any."""
     try:
-        from authz.server.callers import plan_transport
+        from authz.server.transport import plan_transport
     except ImportError:
         return []
     return list(plan_transport(Settings(listen="127.0.0.1:0")).interceptors)

@@ -28,8 +28,8 @@ from authz.login import SsoLogins
 from authz.policies_runtime import PolicyHolder, watch_policies
 from authz.server.admin import AdminServicer
 from authz.server.authorization import AuthorizationServicer
-from authz.server.callers import Transport, log_transport, plan_transport
 from authz.server.sessions import SessionServicer
+from authz.server.transport import Transport, log_transport, plan_transport
 from authz.store import migrate, open_store
 from authz.v1 import (
     admin_pb2,
@@ -44,12 +44,13 @@ log = logging.getLogger("authz.server")
 
 # Limits that keep one slow, stuck or hostile client from exhausting the server. grpc.aio has no
 # worker pool to run out of: every call is a coroutine, so what is bounded is calls in flight
-# (Settings.max_concurrent_rpcs; beyond it calls get RESOURCE_EXHAUSTED at once rather than queue),
-# how long a call may take to send its request (Settings.request_timeout, enforced by the
-# interceptor in authz.server.callers), message and metadata sizes, and how long connections
-# may sit idle or in their handshake. There is deliberately no per-connection stream limit: gRPC
-# clients that burst past it when a connection opens get REFUSED_STREAM (UNAVAILABLE) instead of
-# waiting. Batch size, attribute depth and string lengths are checked in authz.server.convert.
+# (two budgets, for callers and for calls without credentials, kept by authz.server.guard;
+# beyond them calls get RESOURCE_EXHAUSTED at once rather than queue), how long a call may take to
+# send its request (Settings.request_timeout, also in the guard), how long an open stream may
+# idle, message and metadata sizes, and how long connections may sit idle or in their handshake.
+# There is deliberately no per-connection stream limit: gRPC clients that burst past it when a
+# connection opens get REFUSED_STREAM (UNAVAILABLE) instead of waiting. Batch size, attribute
+# depth and string lengths are checked in authz.server.convert.
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 1 << 20),
     ("grpc.max_send_message_length", 4 << 20),
@@ -119,7 +120,7 @@ async def start_service(
     expired sessions are deleted (None: never, for tools that start a server briefly).
 
     Raises ConfigError before anything is opened when the listen address and the caller
-    credentials do not go together (see authz.server.callers.plan_transport).
+    credentials do not go together (see authz.server.transport.plan_transport).
     """
     transport = plan_transport(settings)
     policies = policies or PolicyHolder.load(settings.policy_dir)
@@ -163,7 +164,7 @@ async def start_service(
     server = grpc.aio.server(
         interceptors=transport.interceptors,
         options=list(SERVER_OPTIONS),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=transport.maximum_concurrent_rpcs,
     )
     authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
         AuthorizationServicer(decider), server

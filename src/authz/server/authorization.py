@@ -9,15 +9,15 @@ import grpc
 from authz.audit.errors import AuditUnavailable
 from authz.decide import Decider, Item, Outcome, Subject, direct_subject
 from authz.server import convert
-from authz.server.callers import current_caller
 from authz.server.convert import BadRequest
 from authz.server.errors import abort, abort_unrecorded
+from authz.server.identity import current_caller
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 
 
 def caller_of(context: grpc.aio.ServicerContext) -> str:
-    """The calling service's identity, as authenticated by `callers.CallerInterceptor` for this
+    """The calling service's identity, as authenticated by `identity.CallerInterceptor` for this
     call; "anonymous" in development mode, where callers are not authenticated."""
     return current_caller()
 

@@ -1,0 +1,179 @@
+"""How the server listens: TLS and mutual-TLS credentials, and the rule about open binds."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from authz.config import ConfigError, Settings
+from authz.server.guard import Guard, server_call_limit
+from authz.server.identity import ANONYMOUS, CallerInterceptor
+
+log = logging.getLogger("authz.callers")
+
+
+def is_loopback(listen: str) -> bool:
+    """True when `listen` (a gRPC address) only accepts connections from this machine."""
+    if listen.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = listen.rsplit(":", 1)[0] if ":" in listen else listen
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name (or "" / "*"): it may resolve to anything
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How the server listens and who may call: built once from Settings at start."""
+
+    credentials: grpc.ServerCredentials | None
+    interceptor: CallerInterceptor
+    description: str
+    maximum_concurrent_rpcs: int  # grpc's own server-wide limit (see authz.server.guard)
+
+    @property
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        return [self.interceptor]
+
+
+def plan_transport(settings: Settings) -> Transport:
+    """Check the listen address against the credentials and build both; ConfigError if unsafe.
+
+    A non-loopback address (which includes ``0.0.0.0:$PORT`` on Heroku) needs caller
+    authentication, mutual TLS or bearer tokens, unless ``settings.insecure``. TLS with a server
+    certificate alone encrypts but does not say who calls, so it is not enough.
+    """
+    settings.check_transport()
+    credentials = server_credentials(settings) if settings.tls_cert is not None else None
+    if (
+        not is_loopback(settings.listen)
+        and not settings.authenticates_callers
+        and not settings.insecure
+    ):
+        tls_note = (
+            " (TLS alone encrypts but does not say who calls)"
+            if settings.tls_cert is not None
+            else ""
+        )
+        raise ConfigError(
+            f"refusing to listen on {settings.listen} without caller authentication{tls_note}: "
+            "anyone who can reach that address could ask for decisions and change the add-on "
+            "registry. Set AUTHZ_CALLER_TOKENS (a file of 'name sha256-hex-of-token' lines) or "
+            "AUTHZ_CLIENT_CA with AUTHZ_TLS_CERT and AUTHZ_TLS_KEY (mutual TLS), or listen on "
+            "127.0.0.1 (AUTHZ_LISTEN; note that PORT binds 0.0.0.0), or pass --insecure if "
+            "something else guards this port"
+        )
+    guard = Guard(
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        open_rpcs=settings.open_rpcs,
+        request_timeout=settings.request_timeout,
+        stream_idle=settings.stream_idle,
+    )
+    interceptor = CallerInterceptor(
+        tokens=settings.caller_tokens,
+        mutual_tls=settings.client_ca is not None,
+        admins=settings.admins,
+        guard=guard,
+    )
+    limit = server_call_limit(settings.max_concurrent_rpcs, settings.open_rpcs)
+    return Transport(credentials, interceptor, _describe(settings), limit)
+
+
+def _describe(settings: Settings) -> str:
+    ways = []
+    if settings.client_ca is not None:
+        ways.append("mutual TLS")
+    elif settings.tls_cert is not None:
+        ways.append("TLS")
+    if settings.caller_tokens:
+        names = sorted({t.name for t in settings.caller_tokens})
+        ways.append(f"bearer tokens for {len(names)} caller(s)")
+    return " + ".join(ways) or "plaintext"
+
+
+def log_transport(settings: Settings, transport: Transport, address: str) -> None:
+    """Say loudly how this server can be reached and by whom."""
+    if not settings.authenticates_callers:
+        if settings.insecure and not is_loopback(settings.listen):
+            log.warning(
+                "INSECURE: listening on %s (%s) WITHOUT caller authentication because of "
+                "--insecure: anyone who can reach it may ask for decisions and use AdminService",
+                address,
+                transport.description,
+            )
+        else:
+            log.warning(
+                "DEVELOPMENT MODE: no caller credentials configured (AUTHZ_CALLER_TOKENS or "
+                "AUTHZ_CLIENT_CA), so every caller is %r and AdminService is open to all; "
+                "listening on loopback only (%s)",
+                ANONYMOUS,
+                address,
+            )
+        return
+    log.info("callers authenticate with %s on %s", transport.description, address)
+    if settings.tls_cert is None and not is_loopback(settings.listen):
+        log.warning(
+            "bearer tokens travel in plaintext to %s: put a TLS-terminating proxy in front "
+            "(Heroku's router does) or set AUTHZ_TLS_CERT and AUTHZ_TLS_KEY",
+            address,
+        )
+    if settings.admins:
+        log.info("AdminService is open to: %s", ", ".join(sorted(settings.admins)))
+    else:
+        log.warning("AUTHZ_ADMINS is empty: AdminService refuses every caller")
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files; with a client CA, clients must present a certificate."""
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    chain = _read_pem(settings.tls_cert, "AUTHZ_TLS_CERT")
+    key = _read_pem(settings.tls_key, "AUTHZ_TLS_KEY")
+    try:
+        certificates = x509.load_pem_x509_certificates(chain)
+    except ValueError:
+        raise ConfigError(f"AUTHZ_TLS_CERT: {settings.tls_cert} holds no PEM certificate") from None
+    try:
+        private_key = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        # The message names the file only: a key file's content is never echoed.
+        raise ConfigError(
+            f"AUTHZ_TLS_KEY: {settings.tls_key} holds no unencrypted PEM private key"
+        ) from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    if certificates[0].public_key().public_bytes(encoding, public) != (
+        private_key.public_key().public_bytes(encoding, public)
+    ):
+        raise ConfigError(
+            f"AUTHZ_TLS_KEY: {settings.tls_key} is not the private key of the first "
+            f"certificate in {settings.tls_cert}"
+        )
+    client_ca = None
+    if settings.client_ca is not None:
+        client_ca = _read_pem(settings.client_ca, "AUTHZ_CLIENT_CA")
+        try:
+            x509.load_pem_x509_certificates(client_ca)
+        except ValueError:
+            raise ConfigError(
+                f"AUTHZ_CLIENT_CA: {settings.client_ca} holds no PEM certificate"
+            ) from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def _read_pem(path: Path, name: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
