@@ -251,12 +251,19 @@ def _unauthenticated(message: str) -> Refusal:
 
 
 def certificate_identity(auth_context: dict[str, Sequence[bytes]]) -> str:
-    """The verified client certificate's identity: DNS SAN, else URI SAN, else CN ("" if none)."""
+    """The verified client certificate's identity: its first DNS SAN, else its first URI SAN,
+    else its subject CN. "" when it names none, or when that name is not exactly a name
+    (surrounding whitespace, unprintable characters, not UTF-8): identities are compared
+    exactly, so a certificate for " ops" never becomes the administrator "ops"."""
     for key in ("peer_dns", "peer_uri", "x509_common_name"):
-        for value in auth_context.get(key) or ():
-            text = value.decode("utf-8", "replace").strip()
-            if text and text.isprintable():
-                return text
+        values = auth_context.get(key)
+        if not values:
+            continue
+        try:
+            text = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+        return text if text and text == text.strip() and text.isprintable() else ""
     return ""
 
 
@@ -331,7 +338,8 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
         if self.mutual_tls and not cert_identity:
             raise _unauthenticated(
                 "the client certificate names no identity: issue it with a DNS or URI "
-                "subjectAltName (or a subject CN) naming the calling service"
+                "subjectAltName (or a subject CN) naming the calling service exactly, without "
+                "surrounding spaces"
             )
         token_identity = ""
         if self.tokens:
