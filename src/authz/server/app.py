@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,10 @@ from authz.v1 import (
     session_pb2,
     session_pb2_grpc,
 )
+from authz.web.app import ROUTE_GROUPS
+from authz.web.auth import HttpCallers
+from authz.web.routing import HttpLimits, RouteGroup, WebParts
+from authz.web.server import HttpListener, start_http_listener
 
 log = logging.getLogger("authz.server")
 
@@ -85,6 +90,7 @@ class Service:
     audit: AuditLog
     facts: Facts
     closers: list[Any] = field(default_factory=list)
+    http: HttpListener | None = None  # AUTHZ_HTTP_LISTEN (authz.web)
 
     @property
     def address(self) -> str:
@@ -92,9 +98,13 @@ class Service:
         return f"{host}:{self.port}"
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking calls, let in-flight ones finish, then close facts and the audit log."""
+        """Stop taking calls on both listeners, let in-flight ones finish, then close facts and
+        the audit log (which the calls in flight still use)."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        listeners = [self.server.stop(grace)]
+        if self.http is not None:
+            listeners.append(self.http.stop(grace))
+        await asyncio.gather(*listeners)
         for close in self.closers:
             result = close()
             if asyncio.iscoroutine(result):
@@ -107,8 +117,10 @@ async def start_service(
     policies: PolicyHolder | None = None,
     clock: Clock = system_clock,
     watch_interval: float | None = 1.0,
+    http_routes: Sequence[Callable[[WebParts], RouteGroup]] = ROUTE_GROUPS,
 ) -> Service:
-    """Open the stores, start the audit writer and the gRPC server; `Service.stop` undoes it.
+    """Open the stores, start the audit writer, the gRPC server and, with
+    Settings.http_listen, the HTTP listener serving `http_routes`; `Service.stop` undoes it.
 
     Raises ConfigError before anything is opened when the listen address and the caller
     credentials do not go together (see authz.server.callers.plan_transport).
@@ -183,6 +195,21 @@ async def start_service(
     service = Service(
         settings, server, port, policies, decider, health_servicer, audit, facts, closers
     )
+    if settings.http_listen is not None:
+        web = WebParts(
+            settings,
+            HttpCallers(transport.interceptor),
+            policies,
+            decider,
+            audit,
+            state,
+            HttpLimits.from_settings(settings),
+        )
+        try:
+            service.http = await start_http_listener(web, http_routes)
+        except BaseException:
+            await service.stop(grace=0)
+            raise
     log.info(
         "authz listening on %s, policy revision %s (%d rules), audit %s",
         service.address,
@@ -190,7 +217,7 @@ async def start_service(
         policies.current.rule_count,
         settings.audit_mode,
     )
-    log_transport(settings, transport, service.address)
+    log_transport(settings, transport, service.address, service.http and service.http.address)
     return service
 
 
@@ -247,6 +274,8 @@ async def serve(settings: Settings) -> None:
         f"authz serving on {service.address} (policy revision {service.policies.current.revision})",
         flush=True,
     )
+    if service.http is not None:
+        print(f"authz HTTP listener on {service.http.url}", flush=True)
     await stop.wait()
     log.info("shutting down: finishing in-flight calls")
     await service.stop()
