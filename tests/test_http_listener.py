@@ -36,7 +36,8 @@ from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 from authz.web import health
 from authz.web.auth import Access
-from authz.web.routing import RouteGroup, WebParts, request_id, route
+from authz.web.routing import HttpLimits, RouteGroup, WebParts, request_id, route
+from authz.web.server import HttpListener, bind
 from tests.conftest import ROOT, LoopThread, Pki
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -549,3 +550,41 @@ def test_authz_serve_runs_both_listeners_and_stops_on_sigterm(tmp_path: Path) ->
             process.wait()
     assert process.returncode == 0, stderr
     assert "shutting down: finishing in-flight calls" in stderr
+
+
+def test_open_connections_are_bounded(loop_thread: LoopThread, base_settings: Settings) -> None:
+    async def hello(scope: dict, receive: Callable, send: Callable) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    settings = replace(base_settings, http_listen="127.0.0.1:0")
+    listener = HttpListener(hello, settings, HttpLimits(max_connections=2))
+    loop_thread.run(listener.start())
+    request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+    try:
+        held = [socket.create_connection(("127.0.0.1", listener.port), timeout=5) for _ in "ab"]
+        for sock in held:  # answered, and kept open
+            sock.sendall(request)
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200 ")
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as third:
+            assert third.recv(1024) == b""  # closed at once, long before any timeout
+        held.pop().close()
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as again:
+            again.sendall(request)
+            assert again.recv(1024).startswith(b"HTTP/1.1 200 ")
+        for sock in held:
+            sock.close()
+    finally:
+        loop_thread.run(listener.stop(grace=1))
+
+
+def test_the_socket_can_be_shared_by_workers_when_asked() -> None:
+    first = bind("127.0.0.1:0", reuse_port=True)
+    try:
+        address = f"127.0.0.1:{first.getsockname()[1]}"
+        bind(address, reuse_port=True).close()  # SO_REUSEPORT: a second worker's socket
+        with pytest.raises(OSError, match=f"cannot listen on {address} for HTTP"):
+            bind(address)
+    finally:
+        first.close()
