@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import grpc
 import httpx
 import pytest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from authz.config import CallerToken, ConfigError, Settings
 from authz.server.app import Service, start_service
@@ -78,6 +78,9 @@ def probe_routes(gate: Gate) -> Callable[[WebParts], RouteGroup]:
             await gate.wait()
             return JSONResponse({"caller": caller})
 
+        async def broken(request: Request, caller: str) -> Response:
+            raise RuntimeError("secret detail of a bug")
+
         return RouteGroup(
             "probe",
             [
@@ -86,10 +89,28 @@ def probe_routes(gate: Gate) -> Callable[[WebParts], RouteGroup]:
                 route("/probe/body", body, access=Access.OPEN, methods=["POST"]),
                 route("/probe/slow", slow, access=Access.OPEN),
                 route("/probe/slow-caller", slow, access=Access.CALLER),
+                route("/probe/broken", broken, access=Access.OPEN),
             ],
         )
 
     return build
+
+
+def plain_routes(parts: WebParts) -> RouteGroup:
+    """A group whose protocol answers errors as a plain message string (as AuthZEN does)."""
+
+    async def caller(request: Request, caller: str) -> Response:
+        return PlainTextResponse(caller)
+
+    def render(status: int, message: str, headers: Mapping[str, str]) -> Response:
+        return PlainTextResponse(message, status_code=status, headers=headers)
+
+    return RouteGroup(
+        "plain",
+        [route("/plain/caller", caller, access=Access.CALLER)],
+        prefix="/plain",
+        render_error=render,
+    )
 
 
 @pytest.fixture
@@ -104,7 +125,7 @@ def serve(loop_thread: LoopThread, gate: Gate) -> Iterator[Callable[[Settings], 
 
     def _serve(settings: Settings) -> Service:
         settings = replace(settings, http_listen=settings.http_listen or "127.0.0.1:0")
-        routes = (health.routes, probe_routes(gate))
+        routes = (health.routes, probe_routes(gate), plain_routes)
         service = loop_thread.run(start_service(settings, http_routes=routes))
         started.append(service)
         return service
@@ -206,6 +227,33 @@ def test_unknown_paths_and_methods_are_answered_in_json(
     assert wrong.status_code == 405
     assert "DELETE is not allowed on /healthz" in str(error_of(wrong)["message"])
     assert "GET" in wrong.headers["allow"]
+
+
+def test_a_failing_handler_says_nothing_of_its_failure(
+    serve: Callable[[Settings], Service], base_settings: Settings
+) -> None:
+    service = serve(base_settings)
+    failed = httpx.get(url(service, "/probe/broken"), headers={"X-Request-ID": "r-500"})
+    assert failed.status_code == 500 and failed.headers["x-request-id"] == "r-500"
+    assert error_of(failed)["message"] == (
+        "internal error; the server log has the details (request id r-500)"
+    )
+    assert "RuntimeError" not in failed.text and "secret" not in failed.text
+
+
+def test_a_route_group_may_answer_errors_in_its_own_shape(
+    serve: Callable[[Settings], Service], token_settings: Settings
+) -> None:
+    service = serve(token_settings)
+    refused = httpx.get(url(service, "/plain/caller"))
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+    assert refused.headers["content-type"].startswith("text/plain")
+    assert refused.text.startswith("no caller credentials")
+    missing = httpx.get(url(service, "/plain/nothing"))
+    assert missing.status_code == 404 and missing.text == "nothing is served at /plain/nothing"
+    assert httpx.get(url(service, "/plain/caller"), headers=bearer("web")).text == "web"
+    # Elsewhere, the default JSON shape.
+    assert error_of(httpx.get(url(service, "/plainly")))["status"] == 404
 
 
 # -- callers ---------------------------------------------------------------------------------------

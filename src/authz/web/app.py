@@ -48,6 +48,8 @@ class RequestEdge:
     AuthZEN (Authorization API 1.0, Transport): when the caller sends X-Request-ID the PDP MUST
     return the same value. When it sends none, one is made up (a UUIDv7), echoed and available
     to handlers (authz.web.routing.request_id), so every answer can be traced to its decisions.
+    Behind Heroku's router every request has one already: the router adds it when the client
+    sent none (https://devcenter.heroku.com/articles/http-request-id).
     """
 
     def __init__(self, app: ASGIApp, errors: ErrorRendering, limits: HttpLimits) -> None:

@@ -62,7 +62,7 @@ def certificate_auth_context(der: bytes | None) -> AuthContext:
             attribute.value
             for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         ]
-    except ValueError:
+    except Exception:  # malformed or duplicated extensions, say: fail closed
         return {}
     context: AuthContext = {}
     for key, values in (("peer_dns", dns), ("peer_uri", uris), ("x509_common_name", common_names)):
