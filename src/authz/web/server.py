@@ -107,6 +107,9 @@ class Connection(H11Protocol):
                 f"the request did not arrive within {self.limits.request_timeout:g} s of its "
                 "start; send the whole request at once",
             )
+            # What uvicorn does when the client goes: the handler's answer is dropped and its
+            # next read says the client is gone (it would otherwise learn it one step later).
+            self.cycle.disconnected = True
         self.transport.close()
 
     def _answer(self, status: int, message: str) -> None:
