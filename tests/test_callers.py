@@ -429,9 +429,9 @@ def test_insecure_bind_is_refused_before_anything_starts(
         assert f"refusing to listen on {listen} without caller authentication" in message
         assert "AUTHZ_CALLER_TOKENS" in message and "--insecure" in message
     assert not base_settings.data_dir.exists()  # refused before any store was opened
-    # Heroku's PORT binds every interface: the same rule applies.
+    # Heroku's PORT binds every interface (for the HTTP listener): the same rule applies.
     heroku = Settings.from_env({"PORT": "0"})
-    assert heroku.listen == "0.0.0.0:0"
+    assert heroku.http_listen == "0.0.0.0:0"
     with pytest.raises(ConfigError, match="note that PORT binds 0.0.0.0"):
         plan_transport(heroku)
     # What makes it acceptable (checked without binding anything but loopback in tests):

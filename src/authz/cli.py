@@ -37,6 +37,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"insecure": bool(args.insecure)}
     if args.listen:
         overrides["listen"] = args.listen
+    if args.http_listen:
+        overrides["http_listen"] = args.http_listen
     if args.policies:
         overrides["policy_dir"] = Path(args.policies)
     if args.data_dir:
@@ -223,9 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the gRPC decision service")
+    serve = sub.add_parser("serve", help="run the decision service (gRPC, and HTTP if asked)")
+    serve.add_argument("--listen", help="gRPC host:port (default AUTHZ_LISTEN or 127.0.0.1:50051)")
     serve.add_argument(
-        "--listen", help="host:port (default AUTHZ_LISTEN, 0.0.0.0:$PORT, or 127.0.0.1:50051)"
+        "--http-listen",
+        help="HTTP listener host:port (default AUTHZ_HTTP_LISTEN, or 0.0.0.0:$PORT; "
+        "off when neither is set)",
     )
     serve.add_argument(
         "--policies", help="policy directory (default AUTHZ_POLICY_DIR or ./policies)"

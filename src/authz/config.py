@@ -165,6 +165,33 @@ def check_sso_salts(salts: Sequence[str], name: str = "AUTHZ_SSO_SALT") -> None:
             )
 
 
+def parse_host_port(value: str, name: str) -> tuple[str, int]:
+    """`host:port` (an IPv6 host in brackets) as (host, port); ConfigError naming `name`."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"{name}={value!r} must be host:port, e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080"
+        )
+    return host, int(port)
+
+
+def _http_listen(env: Mapping[str, str]) -> str | None:
+    """AUTHZ_HTTP_LISTEN, else 0.0.0.0:$PORT: Heroku's router speaks HTTP/1.1 to the dyno's
+    $PORT (https://devcenter.heroku.com/articles/http-routing), so on Heroku the port is the
+    HTTP listener's, never gRPC's. None (no HTTP listener) when neither is set."""
+    if env.get("AUTHZ_HTTP_LISTEN"):
+        parse_host_port(env["AUTHZ_HTTP_LISTEN"], "AUTHZ_HTTP_LISTEN")
+        return env["AUTHZ_HTTP_LISTEN"]
+    if env.get("PORT"):
+        port = env["PORT"]
+        if not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"PORT={port!r} must be a port number (0-65535)")
+        return f"0.0.0.0:{port}"
+    return None
+
+
 def _path(env: Mapping[str, str], name: str) -> Path | None:
     raw = env.get(name, "").strip()
     return Path(raw) if raw else None
@@ -225,6 +252,10 @@ def _database_url(env: Mapping[str, str]) -> str | None:
 @dataclass(frozen=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
+    # The HTTP listener beside gRPC (authz.web): AUTHZ_HTTP_LISTEN or 0.0.0.0:$PORT; None: off.
+    http_listen: str | None = None
+    # SO_REUSEPORT on the HTTP socket, so that several worker processes can share one port.
+    http_reuse_port: bool = False
     policy_dir: Path = Path("policies")
     data_dir: Path = Path("data")
     # SSO: several salts may be active at once so a salt can be rotated.
@@ -289,11 +320,11 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        listen = env.get("AUTHZ_LISTEN") or (f"0.0.0.0:{env['PORT']}" if env.get("PORT") else "")
         salts = parse_sso_salts(_read_secret(env, "AUTHZ_SSO_SALT"))
         tokens_file = _path(env, "AUTHZ_CALLER_TOKENS")
         settings = cls(
-            listen=listen or cls.listen,
+            listen=env.get("AUTHZ_LISTEN") or cls.listen,
+            http_listen=_http_listen(env),
             policy_dir=Path(env.get("AUTHZ_POLICY_DIR") or cls.policy_dir),
             data_dir=Path(env.get("AUTHZ_DATA_DIR") or cls.data_dir),
             sso_salts=salts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,10 @@ from authz.v1 import (
     session_pb2,
     session_pb2_grpc,
 )
+from authz.web.app import ROUTE_GROUPS
+from authz.web.auth import HttpCallers
+from authz.web.routing import HttpLimits, RouteGroup, WebParts
+from authz.web.server import HttpListener, start_http_listener
 
 log = logging.getLogger("authz.server")
 
@@ -90,6 +95,7 @@ class Service:
     audit: AuditLog
     facts: Facts
     closers: list[Any] = field(default_factory=list)
+    http: HttpListener | None = None  # AUTHZ_HTTP_LISTEN (authz.web)
 
     @property
     def address(self) -> str:
@@ -97,9 +103,13 @@ class Service:
         return f"{host}:{self.port}"
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking calls, let in-flight ones finish, then close facts and the audit log."""
+        """Stop taking calls on both listeners, let in-flight ones finish, then close facts and
+        the audit log (which the calls in flight still use)."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        listeners = [self.server.stop(grace)]
+        if self.http is not None:
+            listeners.append(self.http.stop(grace))
+        await asyncio.gather(*listeners)
         for close in self.closers:
             result = close()
             if asyncio.iscoroutine(result):
@@ -113,8 +123,10 @@ async def start_service(
     clock: Clock = system_clock,
     watch_interval: float | None = 1.0,
     purge_interval: float | None = SESSION_PURGE_INTERVAL,
+    http_routes: Sequence[Callable[[WebParts], RouteGroup]] = ROUTE_GROUPS,
 ) -> Service:
-    """Open the stores, start the audit writer and the gRPC server; `Service.stop` undoes it.
+    """Open the stores, start the audit writer, the gRPC server and, with
+    Settings.http_listen, the HTTP listener serving `http_routes`; `Service.stop` undoes it.
 
     ``watch_interval`` is how often the policy directory is polled, ``purge_interval`` how often
     expired sessions are deleted (None: never, for tools that start a server briefly).
@@ -201,6 +213,21 @@ async def start_service(
     service = Service(
         settings, server, port, policies, decider, health_servicer, audit, facts, closers
     )
+    if settings.http_listen is not None:
+        web = WebParts(
+            settings,
+            HttpCallers(transport.interceptor),
+            policies,
+            decider,
+            audit,
+            state,
+            HttpLimits.from_settings(settings),
+        )
+        try:
+            service.http = await start_http_listener(web, http_routes)
+        except BaseException:
+            await service.stop(grace=0)
+            raise
     log.info(
         "authz listening on %s, policy revision %s (%d rules), audit %s",
         service.address,
@@ -208,7 +235,7 @@ async def start_service(
         policies.current.rule_count,
         settings.audit_mode,
     )
-    log_transport(settings, transport, service.address)
+    log_transport(settings, transport, service.address, service.http and service.http.address)
     _log_sso_settings(settings)
     return service
 
@@ -305,6 +332,8 @@ async def serve(settings: Settings) -> None:
         f"authz serving on {service.address} (policy revision {service.policies.current.revision})",
         flush=True,
     )
+    if service.http is not None:
+        print(f"authz HTTP listener on {service.http.url}", flush=True)
     await stop.wait()
     log.info("shutting down: finishing in-flight calls")
     await service.stop()

@@ -11,7 +11,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from authz.config import ConfigError, Settings
+from authz.config import ConfigError, Settings, parse_host_port
 from authz.server.guard import Guard, server_call_limit
 from authz.server.identity import ANONYMOUS, CallerInterceptor
 
@@ -47,31 +47,33 @@ class Transport:
 
 
 def plan_transport(settings: Settings) -> Transport:
-    """Check the listen address against the credentials and build both; ConfigError if unsafe.
+    """Check the listen addresses against the credentials and build both; ConfigError if unsafe.
 
-    A non-loopback address (which includes ``0.0.0.0:$PORT`` on Heroku) needs caller
-    authentication, mutual TLS or bearer tokens, unless ``settings.insecure``. TLS with a server
-    certificate alone encrypts but does not say who calls, so it is not enough.
+    A non-loopback address for gRPC or for the HTTP listener (which includes ``0.0.0.0:$PORT``
+    on Heroku) needs caller authentication, mutual TLS or bearer tokens, unless
+    ``settings.insecure``. TLS with a server certificate alone encrypts but does not say who
+    calls, so it is not enough.
     """
     settings.check_transport()
     credentials = server_credentials(settings) if settings.tls_cert is not None else None
-    if (
-        not is_loopback(settings.listen)
-        and not settings.authenticates_callers
-        and not settings.insecure
-    ):
+    listeners = [(settings.listen, "AUTHZ_LISTEN")]
+    if settings.http_listen is not None:
+        parse_host_port(settings.http_listen, "AUTHZ_HTTP_LISTEN")
+        listeners.append((settings.http_listen, "AUTHZ_HTTP_LISTEN; note that PORT binds 0.0.0.0"))
+    for listen, variable in listeners:
+        if is_loopback(listen) or settings.authenticates_callers or settings.insecure:
+            continue
         tls_note = (
             " (TLS alone encrypts but does not say who calls)"
             if settings.tls_cert is not None
             else ""
         )
         raise ConfigError(
-            f"refusing to listen on {settings.listen} without caller authentication{tls_note}: "
+            f"refusing to listen on {listen} without caller authentication{tls_note}: "
             "anyone who can reach that address could ask for decisions and change the add-on "
             "registry. Set AUTHZ_CALLER_TOKENS (a file of 'name sha256-hex-of-token' lines) or "
             "AUTHZ_CLIENT_CA with AUTHZ_TLS_CERT and AUTHZ_TLS_KEY (mutual TLS), or listen on "
-            "127.0.0.1 (AUTHZ_LISTEN; note that PORT binds 0.0.0.0), or pass --insecure if "
-            "something else guards this port"
+            f"127.0.0.1 ({variable}), or pass --insecure if something else guards this port"
         )
     guard = Guard(
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -101,14 +103,22 @@ def _describe(settings: Settings) -> str:
     return " + ".join(ways) or "plaintext"
 
 
-def log_transport(settings: Settings, transport: Transport, address: str) -> None:
-    """Say loudly how this server can be reached and by whom."""
+def log_transport(
+    settings: Settings, transport: Transport, address: str, http_address: str | None = None
+) -> None:
+    """Say loudly how this server (gRPC on `address`, HTTP on `http_address`) can be reached
+    and by whom."""
+    bound = [(settings.listen, address)]
+    if settings.http_listen is not None and http_address is not None:
+        bound.append((settings.http_listen, http_address))
+    addresses = ", ".join(where for _, where in bound)
+    exposed = ", ".join(where for listen, where in bound if not is_loopback(listen))
     if not settings.authenticates_callers:
-        if settings.insecure and not is_loopback(settings.listen):
+        if settings.insecure and exposed:
             log.warning(
                 "INSECURE: listening on %s (%s) WITHOUT caller authentication because of "
                 "--insecure: anyone who can reach it may ask for decisions and use AdminService",
-                address,
+                exposed,
                 transport.description,
             )
         else:
@@ -117,15 +127,15 @@ def log_transport(settings: Settings, transport: Transport, address: str) -> Non
                 "AUTHZ_CLIENT_CA), so every caller is %r and AdminService is open to all; "
                 "listening on loopback only (%s)",
                 ANONYMOUS,
-                address,
+                addresses,
             )
         return
-    log.info("callers authenticate with %s on %s", transport.description, address)
-    if settings.tls_cert is None and not is_loopback(settings.listen):
+    log.info("callers authenticate with %s on %s", transport.description, addresses)
+    if settings.tls_cert is None and exposed:
         log.warning(
             "bearer tokens travel in plaintext to %s: put a TLS-terminating proxy in front "
             "(Heroku's router does) or set AUTHZ_TLS_CERT and AUTHZ_TLS_KEY",
-            address,
+            exposed,
         )
     if settings.admins:
         log.info("AdminService is open to: %s", ", ".join(sorted(settings.admins)))
