@@ -24,8 +24,9 @@ Modes:
 - ``async``: ``await record(rec)`` returns once the record is queued in memory, *before* it is
   durable. The queue is bounded; when it is full the caller waits (backpressure). A failed commit
   is retried until it succeeds; ``close()`` drains the queue. A crash of the process (SIGKILL,
-  OOM kill, power loss) loses what was still queued: at most ``queue_max`` records. They never
-  got a seq, so they leave no gap that ``verify`` could see.
+  OOM kill, power loss) loses what was still queued and the batch being committed: at most
+  ``queue_max + max_batch`` records. They never got a seq, so they leave no gap that ``verify``
+  could see.
 - ``off``: nothing is recorded (benchmarks only).
 
 In both recording modes the number of records written equals the number of calls that returned

@@ -13,7 +13,7 @@ import concurrent.futures
 import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -217,11 +217,15 @@ class _Parts:
         self._db = db
         self._present: bool | None = None
         self._decoded: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self.read = 0
+        """Bytes of part JSON handed out (each use counts: a reader may hold every copy)."""
 
     def __call__(self, digest: str) -> Any:
         if digest in self._decoded:
             self._decoded.move_to_end(digest)
-            return self._decoded[digest]
+            value, size = self._decoded[digest]
+            self.read += size
+            return value
         if self._present is None:
             self._present = self._db.table_exists(PARTS)
         row = (
@@ -235,13 +239,14 @@ class _Parts:
                 f"{self._db.location}; run `authz audit verify`"
             )
         value = json.loads(row[0])
-        self._decoded[digest] = value
+        self._decoded[digest] = (value, len(row[0]))
         if len(self._decoded) > self._KEEP:
             self._decoded.popitem(last=False)
+        self.read += len(row[0])
         return value
 
 
-def iter_query(
+def sized_query(
     target: Target,
     *,
     since: TimeSpec | None = None,
@@ -257,10 +262,11 @@ def iter_query(
     oldest_first: bool = False,
     now: float | None = None,
     clock: Clock = system_clock,
-) -> Iterator[dict[str, Any]]:
+) -> Generator[tuple[dict[str, Any], int], None, None]:
     """Decision records matching every filter given, newest first (or oldest first), streamed
-    from one consistent snapshot of the log. Bad filters raise ValueError at once, before the
-    log is opened; a missing log raises AuditLogNotFound on the first `next()`.
+    from one consistent snapshot of the log, each with the bytes of JSON it was read from.
+    Bad filters raise ValueError at once, before the log is opened; a missing log raises
+    AuditLogNotFound on the first `next()`.
 
     target: the SQLite file or the PostgreSQL URL of the log (AuditLog.target).
     since/until: Unix seconds or anything parse_time reads ("1h", "7d", ISO-8601); since is
@@ -286,12 +292,14 @@ def iter_query(
         "clock": clock,
     }
     _where(**filters)  # refuse bad filters before connecting
-    return _records(target, filters, limit, "ASC" if oldest_first else "DESC")
+    return _sized_records(target, filters, limit, oldest_first)
 
 
-def _records(
-    target: Target, filters: dict[str, Any], limit: int | None, order: str
-) -> Iterator[dict[str, Any]]:
+def _sized_records(
+    target: Target, filters: dict[str, Any], limit: int | None, oldest_first: bool
+) -> Generator[tuple[dict[str, Any], int], None, None]:
+    """The records, each with the bytes of JSON it was put back together from."""
+    order = "ASC" if oldest_first else "DESC"
     with _opened(target) as db, db.snapshot():
         clause, params = _where(**filters, dialect=db.dialect)
         sql = f"SELECT record FROM {LOG}{clause} ORDER BY time {order}, seq {order}"
@@ -301,25 +309,44 @@ def _records(
         parts = _Parts(db)
         with contextlib.closing(db.iterate(sql, params)) as rows:
             for (text,) in rows:
-                yield assemble(json.loads(text), parts)
+                before = parts.read
+                record = assemble(json.loads(text), parts)
+                yield record, len(text) + parts.read - before
+
+
+def iter_query(target: Target, **filters: Any) -> Generator[dict[str, Any], None, None]:
+    """The records `sized_query` finds (same filters), streamed."""
+    return (record for record, _ in sized_query(target, **filters))
 
 
 def query(target: Target, **filters: Any) -> list[dict[str, Any]]:
-    """`iter_query` as a list (newest first; at most `limit`, 100 unless given)."""
+    """The records `sized_query` finds (same filters) as a list: newest first, at most
+    `limit` (100 unless given)."""
     return list(iter_query(target, **filters))
 
 
-_CHUNK = 100
+CHUNK_RECORDS = 100
+CHUNK_BYTES = 1 << 20
+"""`aiter_query` hands records over in chunks of at most this many, or of about this many bytes
+of JSON (a record larger than that goes alone)."""
 
 
-def _next_chunk(records: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [record for _, record in zip(range(_CHUNK), records, strict=False)]
+def _next_chunk(records: Iterator[tuple[dict[str, Any], int]]) -> list[dict[str, Any]]:
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    while len(chunk) < CHUNK_RECORDS and size < CHUNK_BYTES:
+        item = next(records, None)
+        if item is None:
+            break
+        chunk.append(item[0])
+        size += item[1]
+    return chunk
 
 
 async def aiter_query(target: Target, **filters: Any) -> AsyncGenerator[dict[str, Any], None]:
     """`iter_query` for coroutines: rows are read in a thread of its own, a chunk at a time,
     so the event loop never waits for the database and memory holds one chunk."""
-    records = iter_query(target, **filters)  # bad filters raise here
+    records = sized_query(target, **filters)  # bad filters raise here
     loop = asyncio.get_running_loop()
     reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="authz-audit-query")
     try:
