@@ -265,3 +265,27 @@ def test_verify_names_every_gap_in_seq(target: Target) -> None:
     )
     report = verify(target)
     assert report.gaps == ((3, 3), (7, 8)) and "seq 9" in report.message
+
+
+def test_a_prune_interrupted_while_deleting_verifies_and_is_finished_by_the_next(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from authz.audit import chain
+
+    ids = write(target, 10)
+    original = chain._delete_through
+
+    def crash_midway(db: object, through: int, *args: object) -> int:
+        original(db, 3, *args)  # type: ignore[arg-type]
+        raise RuntimeError("killed while deleting")
+
+    monkeypatch.setattr(chain, "_delete_through", crash_midway)
+    with pytest.raises(RuntimeError, match="killed"):
+        prune(target, 2.5 * DAY, clock=lambda: NOW)  # through seq 8; stopped after seq 3
+    monkeypatch.undo()
+    report = verify(target)
+    assert report.ok and report.anchor_seq == 3 and report.first_seq == 4, report.message
+    assert prune(target, 2.5 * DAY, clock=lambda: NOW) == 5  # seq 4-8: the rest of that prune
+    report = verify(target)
+    assert report.ok and report.anchor_seq == 8 and report.prunes == 1, report.message
+    assert [r["decision_id"] for r in query(target, oldest_first=True)] == ids[8:]

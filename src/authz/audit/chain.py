@@ -780,30 +780,37 @@ def prune(
             (cutoff,),
         ).fetchone()
         boundary = int(last or 0) if first_kept is None else int(first_kept) - 1
-        total = 0
+        deleted = [0]
         while True:
             try:
-                total += _prune_through(db, boundary, now, cutoff, force=force, chunk=chunk)
+                _prune_through(db, boundary, now, cutoff, deleted, force=force, chunk=chunk)
             except _Restart:
                 continue  # (rolled back) start over from the new anchor
-            return total
+            return deleted[0]
 
 
 def _prune_through(
-    db: AuditDb, boundary: int, now: float, cutoff: float, *, force: bool, chunk: int
-) -> int:
+    db: AuditDb,
+    boundary: int,
+    now: float,
+    cutoff: float,
+    deleted: list[int],
+    *,
+    force: bool,
+    chunk: int,
+) -> None:
+    """One attempt at `prune`; adds the records it deletes to deleted[0]."""
     with db.snapshot():
         anchor = _anchor(db)
         latest = _latest_prune(db)
     start = anchor or (0, GENESIS_HASH)
     if not force and (finding := _vouch(anchor, latest)) is not None:
         raise _refuse(finding)
-    total = 0
     if latest is not None and latest.through[0] > start[0]:  # an interrupted prune: finish it
-        total += _delete_through(db, latest.through[0], now, cutoff, chunk)
-        start = latest.through
+        deleted[0] += _delete_through(db, latest.through[0], now, cutoff, chunk)
+        anchor = start = latest.through
     if boundary <= start[0]:
-        return total
+        return
     # 1. Verify (start, boundary], a chunk per snapshot.
     position = start
     while not force and position[0] < boundary:
@@ -835,7 +842,7 @@ def _prune_through(
             ),
         )
     # 3. Delete.
-    return total + _delete_through(db, boundary, now, cutoff, chunk)
+    deleted[0] += _delete_through(db, boundary, now, cutoff, chunk)
 
 
 def _delete_through(db: AuditDb, through: int, now: float, cutoff: float, chunk: int) -> int:
