@@ -59,8 +59,19 @@ from authz.store.base import Dialect
 __all__ = ["Checkpoint", "VerifyReport", "chain_hash", "checkpoint", "prune", "verify"]
 
 Problem = Literal[
-    "edited", "deleted", "reordered", "gap", "part", "anchor", "head", "truncated", "rewritten"
+    "edited",
+    "deleted",
+    "reordered",
+    "gap",
+    "part",
+    "anchor",
+    "head",
+    "truncated",
+    "rewritten",
+    "unconfirmed",
 ]
+"""What verify found; every one but "unconfirmed" (a checkpoint from before the last prune,
+which cannot be checked any more) is evidence of tampering."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,7 +585,7 @@ def _expected(
                     f"checkpoint's {point.hash[:16]}…: the log was rewritten up to there",
                 )
             return _Finding(
-                "truncated",
+                "unconfirmed",
                 point.seq,
                 None,
                 f"cannot confirm checkpoint seq {point.seq}: the log now starts after seq "
@@ -667,6 +678,8 @@ def verify(target: Target, expect: Sequence[Checkpoint] = ()) -> VerifyReport:
         message=(
             f"audit log OK: {walk.checked} records verified ({span}){after}{held}"
             if finding is None
+            else f"audit log UNCONFIRMED: {finding.message}"
+            if finding.problem == "unconfirmed"
             else f"audit log TAMPERED: {finding.message}"
         ),
         head_hash=head[1],
