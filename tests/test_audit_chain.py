@@ -172,11 +172,12 @@ def test_deleted_record_is_found(chain: tuple[Target, list[str]]) -> None:
     report = verify(path)
     assert (report.ok, report.problem, report.seq, report.decision_id) == (
         False,
-        "deleted",
+        "gap",
         5,
         ids[5],
     )
-    assert "seq 5 was deleted" in report.message
+    assert report.gaps == ((5, 5),)
+    assert "missing, seq must be gapless: seq 5" in report.message
 
 
 def test_deleted_first_and_last_records_are_found(fresh: Callable[[], Target]) -> None:
@@ -184,14 +185,14 @@ def test_deleted_first_and_last_records_are_found(fresh: Callable[[], Target]) -
     write(first, 5)
     sql(first, "DELETE FROM audit_log WHERE seq = 1")
     report = verify(first)
-    assert (report.problem, report.seq) == ("deleted", 1)
+    assert (report.problem, report.seq, report.gaps) == ("gap", 1, ((1, 1),))
 
     last = fresh()
     write(last, 5)
     sql(last, "DELETE FROM audit_log WHERE seq >= 4", "DELETE FROM audit_rule WHERE seq >= 4")
     report = verify(last)
-    assert (report.ok, report.problem, report.seq) == (False, "deleted", 4)
-    assert "seq 4-5 were deleted from the end" in report.message
+    assert (report.ok, report.problem, report.seq, report.gaps) == (False, "gap", 4, ((4, 5),))
+    assert "seq 4-5, cut off the end (the chain head is seq 5)" in report.message
 
 
 def test_deleted_and_renumbered_records_are_found(chain: tuple[Target, list[str]]) -> None:
@@ -266,13 +267,15 @@ def test_prune_keeps_the_chain_verifiable_and_restart_continues(target: Target) 
     more = write(path, 3, start=NOW)
     assert verify(path).ok
 
-    # Pruning everything still leaves a chain that verifies and continues.
+    # Pruning everything still leaves a chain that verifies and continues. Seq 11 was the
+    # first prune's entry; it goes with the records (up to seq 14), the new one is seq 15.
     assert prune(path, 0, clock=lambda: NOW + 10 * DAY) == 8
     report = verify(path)
-    assert report.ok and report.checked == 0 and report.anchor_seq == 13
+    assert report.ok and report.checked == 0 and report.anchor_seq == 14
+    assert (report.head_seq, report.prunes) == (15, 1)
     write(path, 2, start=NOW + 11 * DAY)
     report = verify(path)
-    assert report.ok and (report.first_seq, report.last_seq) == (14, 15)
+    assert report.ok and (report.first_seq, report.last_seq) == (16, 17)
     assert more  # (the three written before are gone now)
 
 
@@ -284,7 +287,7 @@ def test_tampering_after_prune_is_found(target: Target) -> None:
     report = verify(path)
     assert (report.ok, report.problem, report.seq, report.decision_id) == (
         False,
-        "deleted",
+        "gap",
         6,
         ids[6],
     )

@@ -7,6 +7,7 @@ The tests taking `log` run on both backends: `--data-dir DIR` (SQLite) and `--da
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import io
 import json
@@ -247,6 +248,29 @@ def test_show_json_and_unknown_id(log: Log, capsys: pytest.CaptureFixture[str]) 
     assert json.loads(capsys.readouterr().out)["decision_id"] == decision_id
     assert run(["audit", "show", "nope", *log.where]) == 1
     assert "no decision nope" in capsys.readouterr().err
+
+
+def test_show_and_query_put_shared_parts_back(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    """A batch's principal is stored once; show, query --json and --csv show it whole."""
+    record = make_record(principal=("user", "dave"), email="dave@example.com")
+    principal = {"type": "user", "id": "dave", "attributes": {"team": "t" * 800}}
+    del record["input"]["principal"]
+    with AuditLog(log.target) as audit:
+        asyncio.run(audit.record_many([record], {"input.principal": principal}))
+    ((stored,),) = fetch_all(
+        log.target, "SELECT record FROM audit_log WHERE decision_id = ?", (record["decision_id"],)
+    )
+    assert "t" * 800 not in stored  # stored once, apart
+    assert run(["audit", "show", record["decision_id"], *log.where]) == 0
+    out = capsys.readouterr().out
+    assert "input.principal is stored once for its batch: shared part" in out
+    assert '"team": "' + "t" * 800 in out  # the facts, whole
+    assert run(["audit", "show", record["decision_id"], "--json", *log.where]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {**record, "input": {**record["input"], "principal": principal}}
+    assert run(["audit", "query", "--json", "--principal", "user:dave", *log.where]) == 0
+    assert json.loads(capsys.readouterr().out) == shown
+    assert run(["audit", "verify", *log.where]) == 0
 
 
 def test_verify_exit_codes(log: Log, capsys: pytest.CaptureFixture[str]) -> None:

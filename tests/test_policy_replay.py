@@ -241,3 +241,46 @@ def test_replay_command_exit_codes(
     (broken / "p.yaml").write_text("name: p\nrules: [\n")
     assert run(["replay", "--candidate", str(broken), "--data-dir", data_dir]) == 1
     assert run([*argv[:-2], "--since", "yesterday-ish"]) == 1
+
+
+def test_replay_reads_records_whose_principal_and_context_are_stored_once(
+    tmp_path: Path,
+) -> None:
+    """A batch's principal and context are stored once, as shared parts; replay puts them back,
+    so a candidate rule on them sees what the recorded decision saw."""
+    from authz.audit.testing import fetch_all
+
+    path = tmp_path / "audit.db"
+    log = AuditLog(path).start()
+    decider = Decider(
+        PolicyHolder.load(SHIPPED_POLICIES),
+        facts=Facts(addons=Registry()),
+        audit=log,
+        clock=lambda: T0,
+    )
+    subject = direct_subject(Entity("service", "billing", {"tier": "gold", "pad": "p" * 2000}))
+    items = [Item("addon.read_data", Entity("addon", ADDON_ID)) for _ in range(3)]
+    try:
+        outcomes = asyncio.run(
+            decider.check(subject, items, context={"channel": "api", "pad": "q" * 1000})
+        )
+    finally:
+        log.close()
+    assert {o.decision.effect.value for o in outcomes} == {"DENY"}
+    assert fetch_all(path, "SELECT count(*) FROM audit_part") == [(2,)]
+
+    candidate = tmp_path / "candidate"
+    shutil.copytree(SHIPPED_POLICIES, candidate)
+    (candidate / "gold.yaml").write_text(
+        "name: gold\n"
+        "rules:\n"
+        "  - id: gold-services-read\n"
+        "    effect: allow\n"
+        "    actions: [addon.read_data]\n"
+        "    resource_types: [addon]\n"
+        '    when: principal.attributes.tier == "gold" && context.channel == "api"\n'
+        "    reason: Gold services may read over the API\n"
+    )
+    report = replay(path, candidate)
+    assert (report.read, report.replayed, len(report.deny_to_allow)) == (3, 3, 3)
+    assert {f.decision_id for f in report.flips} == {o.decision_id for o in outcomes}

@@ -41,7 +41,10 @@ _PREFIX_BYTES = TOKEN_PREFIX.encode()
 class AuditSink(Protocol):
     async def record(self, rec: dict[str, Any]) -> None: ...
 
-    async def record_many(self, recs: list[dict[str, Any]]) -> None: ...
+    async def record_many(
+        self, recs: list[dict[str, Any]], shared: Mapping[str, Any] | None = None
+    ) -> None:
+        """`shared`: what every record has in common, stored once ("input.principal": …)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,13 +224,15 @@ class Decider:
             outcomes.append(outcome)
             if self.audit is not None:
                 records.append(
-                    self._record(kind, outcome, subject, inputs, now, request_id, caller)
+                    self._record(
+                        kind, outcome, subject, inputs, now, request_id, caller, item.context
+                    )
                 )
         elapsed_ms = (time.perf_counter() - started) * 1000 / max(1, len(items))
         for rec in records:
             rec["duration_ms"] = round(elapsed_ms, 3)
         if self.audit is not None:
-            await self.audit.record_many(records)
+            await self.audit.record_many(records, _shared_input(subject, base_context))
         return outcomes
 
     async def record_refusal(
@@ -255,7 +260,7 @@ class Decider:
         rec = self._record(kind, outcome, subject, inputs, now, request_id, caller)
         rec["duration_ms"] = 0.0
         if self.audit is not None:
-            await self.audit.record(rec)
+            await self.audit.record_many([rec], _shared_input(subject, {}))
         return outcome.decision_id
 
     # -- facts ----------------------------------------------------------------------------------
@@ -328,7 +333,10 @@ class Decider:
         now: float,
         request_id: str,
         caller: str,
+        item_context: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """The decision's audit record, without what it shares with the rest of its request
+        (the principal and the request's context: see `_shared_input`)."""
         decision = outcome.decision
         resource = inputs["resource"]
         record = {
@@ -358,22 +366,43 @@ class Decider:
             "reasons": list(decision.reasons),
             "errors": list(decision.errors),
             "policy_revision": decision.policy_revision,
-            "input": _recorded_input(inputs, rfc3339(now)),
+            "input": _recorded_input(inputs, rfc3339(now), item_context),
         }
         return redact_session_tokens(record)
 
 
-def _recorded_input(inputs: Mapping[str, Any], now_text: str) -> dict[str, Any]:
-    """The evaluated input as the audit log keeps it. Only what callers send can hold a secret
-    (attributes and context); the facts authz gathered itself are recorded as they are."""
-    recorded = dict(inputs)
+_SHARED_INPUTS = ("principal", "context")
+
+
+def _recorded_entity(entity: Mapping[str, Any]) -> Mapping[str, Any]:
+    if entity.get("attributes"):
+        return {**entity, "attributes": redact(entity["attributes"])}
+    return entity
+
+
+def _shared_input(subject: Subject, context: Mapping[str, Any]) -> dict[str, Any]:
+    """What every decision of a request shares, redacted once: the audit log stores it once
+    (when large) instead of in every record, and gives it back whole to readers."""
+    return redact_session_tokens(
+        {
+            "input.principal": _recorded_entity(subject.principal),
+            "input.context": redact(context),
+        }
+    )
+
+
+def _recorded_input(
+    inputs: Mapping[str, Any], now_text: str, item_context: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The evaluated input as the audit log keeps it, less what the request's decisions share
+    (`_shared_input`); an item's own context is kept, over the request's. Only what callers
+    send can hold a secret (attributes and context); the facts authz gathered itself are
+    recorded as they are."""
+    recorded = {k: v for k, v in inputs.items() if k not in _SHARED_INPUTS}
     recorded["now"] = now_text
-    for name in ("principal", "resource"):
-        entity = inputs[name]
-        if entity.get("attributes"):
-            recorded[name] = {**entity, "attributes": redact(entity["attributes"])}
-    if inputs["context"]:
-        recorded["context"] = redact(inputs["context"])
+    recorded["resource"] = _recorded_entity(inputs["resource"])
+    if item_context:
+        recorded["context"] = redact(item_context)
     return recorded
 
 

@@ -5,9 +5,11 @@
     await audit.record(record)                           # returns once committed
     audit.close()
 
+    await audit.record_many(records, shared={"input.principal": p})  # p stored once
     verify(target)            # walk the hash chain, report the first edited/deleted/moved record
-    prune(target, 90 * 86400) # drop old records, keep the chain verifiable through an anchor
-    query(target, since="1h", effect="DENY", principal="user:alice")
+    head = checkpoint(target) # keep str(head) elsewhere; verify(target, expect=[head]) later
+    prune(target, 90 * 86400) # drop old records, keep the chain verifiable (a prune entry)
+    query(target, since="1h", effect="DENY", principal="user:alice")  # iter_query streams
     get(target, decision_id); stats(target, since="24h")
 
 A target is a SQLite path or a ``postgresql://`` URL; on PostgreSQL every replica's writer appends
@@ -17,7 +19,7 @@ The `authz audit …` commands live in authz.audit.commands.
 """
 
 from authz.audit.backend import Target, describe_target, is_postgres_target
-from authz.audit.chain import VerifyReport, chain_hash, prune, verify
+from authz.audit.chain import Checkpoint, VerifyReport, chain_hash, checkpoint, prune, verify
 from authz.audit.errors import (
     AuditError,
     AuditLogNotFound,
@@ -28,8 +30,10 @@ from authz.audit.errors import (
 from authz.audit.log import MODES, AuditLog, Mode
 from authz.audit.query import (
     AuditEntry,
+    aiter_query,
     get,
     get_entry,
+    iter_query,
     parse_duration,
     parse_time,
     query,
@@ -55,17 +59,21 @@ __all__ = [
     "AuditRecordInvalid",
     "AuditTampered",
     "AuditUnavailable",
+    "Checkpoint",
     "Mode",
     "Target",
     "VerifyReport",
+    "aiter_query",
     "audit_db_path",
     "audit_target",
     "canonical_json",
     "chain_hash",
+    "checkpoint",
     "describe_target",
     "get",
     "get_entry",
     "is_postgres_target",
+    "iter_query",
     "migrate_audit",
     "parse_duration",
     "parse_time",

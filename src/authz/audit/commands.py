@@ -1,4 +1,5 @@
-"""`authz audit …`: query, show, verify, prune and stats, a thin shell over authz.audit.
+"""`authz audit …`: query, show, verify, checkpoint, prune and stats, a thin shell over
+authz.audit.
 
 The `authz` CLI wires these in with::
 
@@ -16,18 +17,19 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from authz.audit.backend import is_postgres_target, normalise_target
-from authz.audit.chain import describe_anchor, prune, verify
+from authz.audit.chain import Checkpoint, checkpoint, describe_anchor, prune, verify
 from authz.audit.errors import AuditError
-from authz.audit.query import AuditEntry, get_entry, parse_duration, query, stats
+from authz.audit.query import AuditEntry, get_entry, iter_query, parse_duration, stats
 from authz.audit.schema import audit_db_path
 from authz.clock import rfc3339
 from authz.store.base import StoreError
@@ -143,14 +145,25 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], widths: Sequence[int]) -> str:
-    cells = [[_clip(c, w) for c, w in zip(row, widths, strict=True)] for row in rows]
-    sizes = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(s) for h, s in zip(headers, sizes, strict=True)).rstrip()]
-    lines.append("  ".join("-" * s for s in sizes))
-    for row in cells:
-        lines.append("  ".join(c.ljust(s) for c, s in zip(row, sizes, strict=True)).rstrip())
-    return "\n".join(lines)
+TABLE_SAMPLE = 200
+"""Rows a table's column widths are measured on; later rows are clipped to them."""
+
+
+def _table(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], widths: Sequence[int]
+) -> Iterator[str]:
+    """The lines of a table, streamed: column widths fit the first TABLE_SAMPLE rows."""
+    rows = iter(rows)
+    sample = [
+        [_clip(c, w) for c, w in zip(row, widths, strict=True)]
+        for row in itertools.islice(rows, TABLE_SAMPLE)
+    ]
+    sizes = [max([len(h), *(len(r[i]) for r in sample)]) for i, h in enumerate(headers)]
+    yield "  ".join(h.ljust(s) for h, s in zip(headers, sizes, strict=True)).rstrip()
+    yield "  ".join("-" * s for s in sizes)
+    later = ([_clip(c, w) for c, w in zip(row, sizes, strict=True)] for row in rows)
+    for row in itertools.chain(sample, later):
+        yield "  ".join(c.ljust(s) for c, s in zip(row, sizes, strict=True)).rstrip()
 
 
 def _age(seconds: float) -> str:
@@ -174,7 +187,7 @@ def cmd_query(
     url_getter: DatabaseUrlGetter = default_database_url,
 ) -> int:
     try:
-        records = query(
+        records = iter_query(
             _target(args, getter, url_getter),
             since=args.since,
             until=args.until,
@@ -187,10 +200,21 @@ def cmd_query(
             kind=args.kind,
             limit=args.limit or None,
         )
+        first = next(records, None)  # opens the log: a missing one is an error, not no rows
     except AuditError as exc:
         return _fail(args, str(exc), EXIT_NOT_FOUND)
     except (ValueError, _UsageError) as exc:
         return _fail(args, str(exc))
+    try:
+        return _print_records(args, itertools.chain([first] if first else [], records))
+    except AuditError as exc:
+        return _fail(args, str(exc), EXIT_NOT_FOUND)
+    finally:
+        records.close()
+
+
+def _print_records(args: argparse.Namespace, records: Iterator[dict[str, Any]]) -> int:
+    """Write the records as they come (JSON lines, CSV or a table)."""
     out = sys.stdout
     if args.format == "json":
         for record in records:
@@ -224,11 +248,12 @@ def cmd_query(
                 ]
             )
     else:
-        if not records:
+        first = next(records, None)
+        if first is None:
             print("no decisions match", file=sys.stderr)
             return EXIT_OK
         headers = ("TIME (UTC)", "EFFECT", "KIND", "PRINCIPAL", "ACTION", "RESOURCE", "RULES")
-        rows = [
+        rows = (
             (
                 _when(r.get("time")),
                 str(r.get("effect", "")),
@@ -239,10 +264,14 @@ def cmd_query(
                 _rules(r) or "-",
                 str(r.get("decision_id", "")),
             )
-            for r in records
-        ]
-        print(_table((*headers, "DECISION ID"), rows, (19, 6, 5, 32, 28, 40, 40, 36)))
-        if args.limit and len(records) == args.limit:
+            for r in itertools.chain([first], records)
+        )
+        lines = _table((*headers, "DECISION ID"), rows, (19, 6, 5, 32, 28, 40, 40, 36))
+        written = 0
+        for line in lines:
+            out.write(line + "\n")
+            written += 1
+        if args.limit and written - 2 == args.limit:  # (less the header and its underline)
             print(f"(showing the newest {args.limit}; use --limit to see more)", file=sys.stderr)
     return EXIT_OK
 
@@ -334,6 +363,8 @@ def explain(entry: AuditEntry) -> str:
 
     lines.append("")
     lines.append(f"Chain: seq {entry.seq}, hash {entry.hash}, previous {entry.prev_hash}")
+    for path, digest in sorted(entry.parts.items()):
+        lines.append(f"       {path} is stored once for its batch: shared part {digest}")
     return "\n".join(lines)
 
 
@@ -366,14 +397,44 @@ def cmd_verify(
     url_getter: DatabaseUrlGetter = default_database_url,
 ) -> int:
     try:
-        report = verify(_target(args, getter, url_getter))
-    except (AuditError, _UsageError) as exc:
+        expect = [Checkpoint.parse(text) for text in args.expect or ()]
+        report = verify(_target(args, getter, url_getter), expect)
+    except (AuditError, ValueError, _UsageError) as exc:
         return _fail(args, str(exc), EXIT_USAGE)
-    if report.ok:
-        print(report.message)
-        return EXIT_OK
-    print(report.message, file=sys.stderr)
-    return EXIT_TAMPERED
+    if not report.ok:
+        print(report.message, file=sys.stderr)
+        return EXIT_TAMPERED
+    print(report.message)
+    if not expect:
+        print(
+            f"head: {Checkpoint(report.head_seq, report.head_hash)} (entries cut off the end, "
+            "with the head moved back, are found only with --expect and a checkpoint kept "
+            "elsewhere)"
+        )
+    return EXIT_OK
+
+
+# -- audit checkpoint ----------------------------------------------------------------------
+
+
+def cmd_checkpoint(
+    args: argparse.Namespace,
+    getter: DataDirGetter = default_data_dir,
+    url_getter: DatabaseUrlGetter = default_database_url,
+) -> int:
+    try:
+        head = checkpoint(_target(args, getter, url_getter))
+    except _UsageError as exc:
+        return _fail(args, str(exc))
+    except AuditError as exc:
+        return _fail(args, str(exc), EXIT_TAMPERED)
+    print(head)
+    print(
+        f"keep this checkpoint outside the database; `authz audit verify --expect {head}` "
+        "proves the log still holds every entry up to it, unchanged",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 # -- audit prune ---------------------------------------------------------------------------
@@ -453,7 +514,8 @@ def add_audit_commands(
     default_data_dir_getter: DataDirGetter = default_data_dir,
     default_database_url_getter: DatabaseUrlGetter = default_database_url,
 ) -> argparse.ArgumentParser:
-    """Add `audit query|show|verify|prune|stats`; each sets func=handler(args) -> exit status."""
+    """Add `audit query|show|verify|checkpoint|prune|stats`; each sets func=handler(args) -> exit
+    status."""
     getter = default_data_dir_getter
     url_getter = default_database_url_getter
     audit = subparsers.add_parser(
@@ -527,9 +589,25 @@ def add_audit_commands(
         "verify",
         parents=[common],
         help="check the hash chain (exit 1 when tampered)",
-        description="Walk the hash chain; exit 0 when intact, 1 naming the first bad record.",
+        description="Walk the hash chain; exit 0 when intact, 1 naming the first bad entry "
+        "(and every gap in seq). With --expect, also prove the log still holds a checkpoint.",
+    )
+    v.add_argument(
+        "--expect",
+        action="append",
+        metavar="SEQ:HASH",
+        help="a checkpoint (from `authz audit checkpoint`) the log must still hold; repeatable",
     )
     bind(v, cmd_verify)
+
+    c = commands.add_parser(
+        "checkpoint",
+        parents=[common],
+        help="verify, then print the head (SEQ:HASH) to keep elsewhere",
+        description="Verify the chain, then print its head as SEQ:HASH. Keep it outside the "
+        "database; `verify --expect SEQ:HASH` later proves nothing up to it was lost or changed.",
+    )
+    bind(c, cmd_checkpoint)
 
     p = commands.add_parser(
         "prune",

@@ -5,6 +5,12 @@ replicas of the service share. Callers encode their record (in their own thread)
 the writer takes everything queued, up to `max_batch`, chains it, and commits it in one
 transaction, so concurrent decisions share one fsync.
 
+Fairness: the queue keeps one FIFO per caller (the record's "caller", the authenticated calling
+service) and the writer takes them round robin, at most `max_batch` records and `max_batch_bytes`
+bytes per transaction. Each caller may have at most `caller_budget` bytes queued or being
+committed; beyond that *its* records wait for room while every other caller's pass, so one caller
+flooding the log with large batches slows itself, not the others.
+
 Several writers (processes on one SQLite file, or replicas on one PostgreSQL database) append to
 ONE chain: each batch transaction first locks the chain head (SQLite: the file's write lock;
 PostgreSQL: ``SELECT … FROM audit_head FOR UPDATE``), then reads its seq and hash, appends, moves
@@ -15,9 +21,12 @@ Modes:
 
 - ``durable`` (default): ``await record(rec)`` returns only after the transaction holding the
   record committed. If it cannot commit, the caller gets AuditUnavailable and must fail closed.
-- ``async``: ``await record(rec)`` returns once the record is queued. The queue is bounded; when
-  it is full the caller waits (backpressure), it is never dropped. A failed commit is retried
-  until it succeeds; ``close()`` drains the queue.
+- ``async``: ``await record(rec)`` returns once the record is queued in memory, *before* it is
+  durable. The queue is bounded; when it is full the caller waits (backpressure). A failed commit
+  is retried until it succeeds; ``close()`` drains the queue. A crash of the process (SIGKILL,
+  OOM kill, power loss) loses what was still queued and the batch being committed: at most
+  ``queue_max + max_batch`` records. They never got a seq, so they leave no gap that ``verify``
+  could see.
 - ``off``: nothing is recorded (benchmarks only).
 
 In both recording modes the number of records written equals the number of calls that returned
@@ -42,10 +51,16 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from authz.audit.backend import AuditDb, Target, describe_target, normalise_target
-from authz.audit.chain import chain_hash
 from authz.audit.errors import AuditRecordInvalid, AuditUnavailable
-from authz.audit.record import INDEX_COLUMNS, PreparedRecord, prepare
-from authz.audit.schema import HEAD, LOG, RULES, open_audit
+from authz.audit.record import (
+    INDEX_COLUMNS,
+    PreparedPart,
+    PreparedRecord,
+    chain_hash,
+    prepare,
+    prepare_many,
+)
+from authz.audit.schema import LOG, PART_USE, PARTS, RULES, lock_head, move_head, open_audit
 from authz.clock import Clock, system_clock
 from authz.store.base import Dialect
 
@@ -59,10 +74,11 @@ _INSERT_LOG = (
     f"VALUES ({', '.join('?' * (len(INDEX_COLUMNS) + 4))})"
 )
 _INSERT_RULE = f"INSERT INTO {RULES} (seq, policy, rule_id, effect) VALUES (?, ?, ?, ?)"
-_HEAD_SQL: dict[Dialect, str] = {
-    "sqlite": f"SELECT seq, hash FROM {HEAD} WHERE id = 1",  # BEGIN IMMEDIATE holds the lock
-    "postgresql": f"SELECT seq, hash FROM {HEAD} WHERE id = 1 FOR UPDATE",
-}
+_INSERT_PART = f"INSERT INTO {PARTS} (hash, body) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING"
+_USE_PART = (
+    f"INSERT INTO {PART_USE} (hash, last_seq) VALUES (?, ?) "
+    "ON CONFLICT (hash) DO UPDATE SET last_seq = excluded.last_seq"
+)
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 1.0
 
@@ -72,9 +88,84 @@ class _Item:
     """One queued record and whoever waits for its commit (nobody in async mode)."""
 
     prepared: PreparedRecord
+    size: int
+    """Bytes it adds to the log: its JSON, plus the parts of its batch for the first record."""
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[None] | None = None
     blocking: concurrent.futures.Future[None] | None = None
+
+
+def _sized(prepared: list[PreparedRecord]) -> list[int]:
+    """The size of each record of one batch; its shared parts count once, on the first."""
+    sizes = [len(p.json) for p in prepared]
+    if prepared and prepared[0].parts:
+        sizes[0] += sum(len(part.json) for part in prepared[0].parts)
+    return sizes
+
+
+class _CallerQueues:
+    """The records waiting for the writer: one FIFO per caller, taken round robin, and the bytes
+    each caller has queued or being committed. The owner holds its lock around every call."""
+
+    def __init__(self) -> None:
+        self._by_caller: dict[str, collections.deque[_Item]] = {}
+        self._turn: collections.deque[str] = collections.deque()  # callers with records queued
+        self.depth = 0
+        self.held: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self.depth
+
+    def fits(self, item: _Item, budget: int) -> bool:
+        """Whether the item's caller has room for it (a caller holding nothing always has)."""
+        held = self.held.get(item.prepared.caller, 0)
+        return held == 0 or held + item.size <= budget
+
+    def put(self, item: _Item) -> None:
+        caller = item.prepared.caller
+        queue = self._by_caller.get(caller)
+        if queue is None:
+            queue = self._by_caller[caller] = collections.deque()
+            self._turn.append(caller)
+        queue.append(item)
+        self.depth += 1
+        self.held[caller] = self.held.get(caller, 0) + item.size
+
+    def take(self, max_items: int, max_bytes: int) -> list[_Item]:
+        """Up to max_items records and (beyond the first) max_bytes, one per caller in turn."""
+        batch: list[_Item] = []
+        size = 0
+        while self._turn and len(batch) < max_items:
+            caller = self._turn[0]
+            queue = self._by_caller[caller]
+            if batch and size + queue[0].size > max_bytes:
+                break
+            item = queue.popleft()
+            batch.append(item)
+            size += item.size
+            self._turn.rotate(-1)  # this caller goes to the back of the line
+            if not queue:
+                del self._by_caller[caller]
+                self._turn.pop()
+        self.depth -= len(batch)
+        return batch
+
+    def release(self, items: list[_Item]) -> None:
+        """The items were committed or given up: their bytes no longer count to the budget."""
+        for item in items:
+            caller = item.prepared.caller
+            left = self.held.get(caller, 0) - item.size
+            if left > 0:
+                self.held[caller] = left
+            else:
+                self.held.pop(caller, None)
+
+    def drain(self) -> list[_Item]:
+        items = [item for queue in self._by_caller.values() for item in queue]
+        self._by_caller.clear()
+        self._turn.clear()
+        self.depth = 0
+        return items
 
 
 def _settle(pairs: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
@@ -132,14 +223,20 @@ class AuditLog:
         *,
         mode: Mode = "durable",
         max_batch: int = 512,
+        max_batch_bytes: int = 4 << 20,
         queue_max: int = 10_000,
+        caller_budget: int = 8 << 20,
         commit_timeout: float = 5.0,
         wait_timeout: float | None = None,
         clock: Clock = system_clock,
     ) -> None:
         """
         max_batch: most records committed in one transaction.
+        max_batch_bytes: most bytes committed in one transaction (a larger record goes alone),
+            so that a transaction, and whoever waits for it, is never held up long.
         queue_max: most records waiting for the writer; callers beyond it wait for room.
+        caller_budget: most bytes one caller may have queued or being committed; its further
+            records wait (a caller holding nothing may always queue one record, however large).
         commit_timeout: how long a commit may wait for a database lock (SQLite's busy timeout;
             PostgreSQL's lock_timeout on the chain head, and its connect timeout); in async mode
             also how long a caller waits for room while commits are failing, and how long
@@ -150,8 +247,10 @@ class AuditLog:
         """
         if mode not in MODES:
             raise ValueError(f"audit mode {mode!r} must be one of {', '.join(MODES)}")
-        if max_batch < 1 or queue_max < 1:
-            raise ValueError("max_batch and queue_max must be at least 1")
+        if min(max_batch, queue_max, max_batch_bytes, caller_budget) < 1:
+            raise ValueError(
+                "max_batch, max_batch_bytes, queue_max and caller_budget must be at least 1"
+            )
         if commit_timeout <= 0:
             raise ValueError("commit_timeout must be more than 0 seconds")
         self.target: Path | str = normalise_target(target)
@@ -163,7 +262,9 @@ class AuditLog:
         self.dialect: Dialect = "postgresql" if isinstance(self.target, str) else "sqlite"
         self.mode: Mode = mode
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
         self.queue_max = queue_max
+        self.caller_budget = caller_budget
         self.commit_timeout = commit_timeout
         self.wait_timeout = 2 * commit_timeout + 1.0 if wait_timeout is None else wait_timeout
         self._clock = clock
@@ -171,7 +272,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
-        self._items: collections.deque[_Item] = collections.deque()
+        self._items = _CallerQueues()
         self._space_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._started = False
         self._closing = False
@@ -185,6 +286,8 @@ class AuditLog:
         # Counters (read them any time; written only by the writer thread or under the lock).
         self.records_written = 0
         """Records committed."""
+        self.bytes_written = 0
+        """Bytes of record JSON and new shared parts committed."""
         self.commits = 0
         """Transactions committed; far fewer than records_written under concurrent load."""
         self.largest_batch = 0
@@ -321,6 +424,7 @@ class AuditLog:
         """The counters as one dict (for metrics and /debug pages)."""
         return {
             "records_written": self.records_written,
+            "bytes_written": self.bytes_written,
             "commits": self.commits,
             "largest_batch": self.largest_batch,
             "failed_commits": self.failed_commits,
@@ -342,20 +446,28 @@ class AuditLog:
             return
         await self.record_many((rec,))
 
-    async def record_many(self, recs: Iterable[Mapping[str, Any]]) -> None:
+    async def record_many(
+        self, recs: Iterable[Mapping[str, Any]], shared: Mapping[str, Any] | None = None
+    ) -> None:
         """Record several decisions (a CheckBatch); they normally share one commit.
+
+        shared: what the records have in common, by path ("input.principal": value), stored
+        once for the batch rather than in every record (see record.prepare_many).
 
         In durable mode returns once all of them committed; if any failed, raises
         AuditUnavailable (the others may have been written).
         """
         if self.mode == "off":
             return
-        prepared = [prepare(rec, self._clock) for rec in recs]
+        prepared = prepare_many(recs, self._clock, shared)
         if not prepared:
             return
         loop = asyncio.get_running_loop()
         durable = self.mode == "durable"
-        items = [_Item(p, loop, loop.create_future()) if durable else _Item(p) for p in prepared]
+        items = [
+            _Item(p, size, loop, loop.create_future()) if durable else _Item(p, size)
+            for p, size in zip(prepared, _sized(prepared), strict=True)
+        ]
         for item in items:
             if item.future is not None:
                 item.future.add_done_callback(_retrieve)
@@ -384,7 +496,7 @@ class AuditLog:
         waiter: concurrent.futures.Future[None] | None = None
         if self.mode == "durable":
             waiter = concurrent.futures.Future()
-        self._put_blocking(_Item(prepared, blocking=waiter))
+        self._put_blocking(_Item(prepared, len(prepared.json), blocking=waiter))
         if waiter is not None:
             try:
                 waiter.result(timeout=self.wait_timeout)
@@ -405,13 +517,19 @@ class AuditLog:
             return AuditUnavailable("the audit log was not started (call start())")
         return None
 
-    def _enqueue(self, items: list[_Item]) -> None:
-        """Append items and wake the writer. Called with the lock held and room checked."""
-        self._items.extend(items)
-        depth = len(self._items)
-        if depth > self.queue_high_water:
-            self.queue_high_water = depth
-        self._not_empty.notify()
+    def _enqueue(self, items: list[_Item]) -> int:
+        """Queue the leading items that have room, wake the writer, return how many were
+        queued. Called with the lock held."""
+        queued = 0
+        for item in items:
+            if len(self._items) >= self.queue_max or not self._items.fits(item, self.caller_budget):
+                break
+            self._items.put(item)
+            queued += 1
+        if queued:
+            self.queue_high_water = max(self.queue_high_water, len(self._items))
+            self._not_empty.notify()
+        return queued
 
     async def _put_async(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
         position = 0
@@ -420,10 +538,9 @@ class AuditLog:
                 refusal = self._refuse()
                 if refusal is not None:
                     raise refusal
-                room = self.queue_max - len(self._items)
-                if room > 0:
-                    self._enqueue(items[position : position + room])
-                    position += room
+                queued = self._enqueue(items[position:])
+                if queued:
+                    position += queued
                     continue
                 space = loop.create_future()
                 self._space_waiters.append((loop, space))
@@ -445,8 +562,7 @@ class AuditLog:
                 refusal = self._refuse()
                 if refusal is not None:
                     raise refusal
-                if len(self._items) < self.queue_max:
-                    self._enqueue([item])
+                if self._enqueue([item]):
                     return
                 if self._failing:
                     if not self._not_full.wait(self.commit_timeout):
@@ -471,25 +587,35 @@ class AuditLog:
                 self._not_empty.wait()
             if not self._items:
                 return None
-            count = min(len(self._items), self.max_batch)
-            batch = [self._items.popleft() for _ in range(count)]
+            batch = self._items.take(self.max_batch, self.max_batch_bytes)
             waiters, self._space_waiters = self._space_waiters, []
             self._not_full.notify_all()
         self._wake_space(waiters)
         return batch
+
+    def _release(self, items: list[_Item]) -> None:
+        """Give the items' bytes back to their callers' budgets and wake whoever waits."""
+        with self._lock:
+            self._items.release(items)
+            waiters, self._space_waiters = self._space_waiters, []
+            self._not_full.notify_all()
+        self._wake_space(waiters)
 
     # -- the writer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             while (batch := self._take_batch()) is not None:
-                self._process(batch)
+                try:
+                    self._process(batch)
+                finally:
+                    self._release(batch)
         except BaseException as exc:  # a bug: fail everyone waiting rather than hang them
             log.critical("audit writer stopped", exc_info=True)
             with self._lock:
                 self._dead = exc
-                left = list(self._items)
-                self._items.clear()
+                left = self._items.drain()
+                self._items.release(left)
                 waiters, self._space_waiters = self._space_waiters, []
                 self._not_full.notify_all()
             self._wake_space(waiters)
@@ -498,31 +624,38 @@ class AuditLog:
                 self.records_lost += len(left)
             raise
 
-    def _write(self, batch: list[_Item]) -> None:
-        """Chain and insert the batch in one transaction; raises on any failure (rolled back)."""
+    def _write(self, batch: list[_Item]) -> int:
+        """Chain and insert the batch in one transaction; returns the bytes written. Raises on
+        any failure (rolled back)."""
         db = self._db
         assert db is not None
         db.reconnect_if_broken()
         with db.write():
-            # Lock and read the head inside the write transaction, so the chain stays linear
-            # while other processes or replicas append to the same log.
-            head_row = db.execute(_HEAD_SQL[db.dialect]).fetchone()
-            if head_row is None:
-                raise AuditUnavailable(f"the chain head ({HEAD}) of {self.location} is missing")
-            seq, head = int(head_row[0]), str(head_row[1])
+            seq, head = lock_head(db)
             rows: list[tuple[Any, ...]] = []
             rule_rows: list[tuple[Any, ...]] = []
+            parts: dict[str, tuple[PreparedPart, int]] = {}  # hash -> (part, last seq using it)
+            written = 0
             for item in batch:
                 p = item.prepared
                 seq += 1
                 digest = chain_hash(head, seq, p.json)
                 rows.append((seq, *p.columns, p.json, head, digest))
                 rule_rows.extend((seq, *rule) for rule in p.rules)
+                for part in p.parts:
+                    parts[part.hash] = (part, seq)
+                written += len(p.json)
                 head = digest
             db.executemany(_INSERT_LOG, rows)
             if rule_rows:
                 db.executemany(_INSERT_RULE, rule_rows)
-            db.execute(f"UPDATE {HEAD} SET seq = ?, hash = ? WHERE id = 1", (seq, head))
+            for part, _ in parts.values():  # a part already stored (same content) is kept
+                if db.execute(_INSERT_PART, (part.hash, part.json)).rowcount:
+                    written += len(part.json)
+            if parts:
+                db.executemany(_USE_PART, [(h, last) for h, (_, last) in parts.items()])
+            move_head(db, seq, head)
+        return written
 
     def _committed_before(self, batch: list[_Item]) -> bool:
         """After a commit whose outcome is unknown (the connection broke during it): whether
@@ -547,9 +680,9 @@ class AuditLog:
             error: Exception
             try:
                 if uncertain and self._committed_before(batch):
-                    self._committed(batch)
+                    self._committed(batch, sum(len(i.prepared.json) for i in batch))
                     return
-                self._write(batch)
+                written = self._write(batch)
             except Exception as exc:
                 if db.is_duplicate_decision(exc):  # the caller's bug, not an outage
                     if len(batch) == 1:
@@ -561,7 +694,7 @@ class AuditLog:
                 error = exc  # e.g. a seq clash after tampering, a lost connection: an outage
                 uncertain = self._connection_lost(db)
             else:
-                self._committed(batch)
+                self._committed(batch, written)
                 return
             self.failed_commits += 1
             self._last_error = f"{type(error).__name__}: {error}"
@@ -587,8 +720,9 @@ class AuditLog:
         raw = db.raw
         return db.dialect == "postgresql" and bool(raw.closed or raw.broken)
 
-    def _committed(self, batch: list[_Item]) -> None:
+    def _committed(self, batch: list[_Item], written: int) -> None:
         self.records_written += len(batch)
+        self.bytes_written += written
         self.commits += 1
         self.largest_batch = max(self.largest_batch, len(batch))
         if self._failing:
@@ -615,8 +749,9 @@ class AuditLog:
     def _lose(self, batch: list[_Item], exc: BaseException) -> None:
         """Closing with commits still failing: give up on this batch and everything queued."""
         with self._lock:
-            lost = len(batch) + len(self._items)
-            self._items.clear()
+            left = self._items.drain()
+            self._items.release(left)
+            lost = len(batch) + len(left)
         self.records_lost += lost
         log.critical(
             "audit log closing: %d acknowledged records could not be written: %s",

@@ -1,18 +1,28 @@
-"""Reviewing the audit log: find decisions, fetch one, count them; and reading times."""
+"""Reviewing the audit log: find decisions, fetch one, count them; and reading times.
+
+Readers see every record whole: the shared parts a record names are put back (record.assemble),
+so a record reads the same whether it was written before shared parts existed or after.
+`iter_query` and `aiter_query` stream, holding one chunk of rows and a few parts at a time.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from authz.audit.backend import AuditDb, Target
-from authz.audit.record import EFFECTS
-from authz.audit.schema import LOG, RULES, open_audit
+from authz.audit.errors import AuditTampered
+from authz.audit.record import EFFECTS, assemble, part_refs
+from authz.audit.schema import LOG, PARTS, RULES, open_audit
 from authz.clock import Clock, system_clock
 from authz.store.base import Dialect
 
@@ -197,7 +207,46 @@ def _where(
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-def query(
+class _Parts:
+    """Shared parts read on demand from one open log, the last few kept decoded (the records of
+    a batch are read one after another and name the same parts)."""
+
+    _KEEP = 4
+
+    def __init__(self, db: AuditDb) -> None:
+        self._db = db
+        self._present: bool | None = None
+        self._decoded: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self.read = 0
+        """Bytes of part JSON handed out (each use counts: a reader may hold every copy)."""
+
+    def __call__(self, digest: str) -> Any:
+        if digest in self._decoded:
+            self._decoded.move_to_end(digest)
+            value, size = self._decoded[digest]
+            self.read += size
+            return value
+        if self._present is None:
+            self._present = self._db.table_exists(PARTS)
+        row = (
+            self._db.execute(f"SELECT body FROM {PARTS} WHERE hash = ?", (digest,)).fetchone()
+            if self._present
+            else None
+        )
+        if row is None:
+            raise AuditTampered(
+                f"shared part {digest[:16]}… of a record is missing from the audit log at "
+                f"{self._db.location}; run `authz audit verify`"
+            )
+        value = json.loads(row[0])
+        self._decoded[digest] = (value, len(row[0]))
+        if len(self._decoded) > self._KEEP:
+            self._decoded.popitem(last=False)
+        self.read += len(row[0])
+        return value
+
+
+def sized_query(
     target: Target,
     *,
     since: TimeSpec | None = None,
@@ -210,16 +259,22 @@ def query(
     rule: str | None = None,
     kind: str | None = None,
     limit: int | None = 100,
+    oldest_first: bool = False,
     now: float | None = None,
     clock: Clock = system_clock,
-) -> list[dict[str, Any]]:
-    """Decision records matching every filter given, newest first.
+) -> Generator[tuple[dict[str, Any], int], None, None]:
+    """Decision records matching every filter given, newest first (or oldest first), streamed
+    from one consistent snapshot of the log, each with the bytes of JSON it was read from.
+    Bad filters raise ValueError at once, before the log is opened; a missing log raises
+    AuditLogNotFound on the first `next()`.
 
     target: the SQLite file or the PostgreSQL URL of the log (AuditLog.target).
     since/until: Unix seconds or anything parse_time reads ("1h", "7d", ISO-8601); since is
     inclusive, until exclusive. principal/resource: "type:id" or just the id. action: exact or a
     glob ("account.*"). effect: ALLOW or DENY (any case). rule: a matched rule id or
     "policy/rule_id". limit: at most this many (None for all).
+
+    Close the iterator (or exhaust it) to release the database connection.
     """
     if limit is not None and limit < 1:
         raise ValueError("limit must be at least 1")
@@ -237,35 +292,97 @@ def query(
         "clock": clock,
     }
     _where(**filters)  # refuse bad filters before connecting
-    with _opened(target) as db:
+    return _sized_records(target, filters, limit, oldest_first)
+
+
+def _sized_records(
+    target: Target, filters: dict[str, Any], limit: int | None, oldest_first: bool
+) -> Generator[tuple[dict[str, Any], int], None, None]:
+    """The records, each with the bytes of JSON it was put back together from."""
+    order = "ASC" if oldest_first else "DESC"
+    with _opened(target) as db, db.snapshot():
         clause, params = _where(**filters, dialect=db.dialect)
-        sql = f"SELECT record FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
+        sql = f"SELECT record FROM {LOG}{clause} ORDER BY time {order}, seq {order}"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return [json.loads(row[0]) for row in db.execute(sql, params)]
+        parts = _Parts(db)
+        with contextlib.closing(db.iterate(sql, params)) as rows:
+            for (text,) in rows:
+                before = parts.read
+                record = assemble(json.loads(text), parts)
+                yield record, len(text) + parts.read - before
+
+
+def iter_query(target: Target, **filters: Any) -> Generator[dict[str, Any], None, None]:
+    """The records `sized_query` finds (same filters), streamed."""
+    return (record for record, _ in sized_query(target, **filters))
+
+
+def query(target: Target, **filters: Any) -> list[dict[str, Any]]:
+    """The records `sized_query` finds (same filters) as a list: newest first, at most
+    `limit` (100 unless given)."""
+    return list(iter_query(target, **filters))
+
+
+CHUNK_RECORDS = 100
+CHUNK_BYTES = 1 << 20
+"""`aiter_query` hands records over in chunks of at most this many, or of about this many bytes
+of JSON (a record larger than that goes alone)."""
+
+
+def _next_chunk(records: Iterator[tuple[dict[str, Any], int]]) -> list[dict[str, Any]]:
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    while len(chunk) < CHUNK_RECORDS and size < CHUNK_BYTES:
+        item = next(records, None)
+        if item is None:
+            break
+        chunk.append(item[0])
+        size += item[1]
+    return chunk
+
+
+async def aiter_query(target: Target, **filters: Any) -> AsyncGenerator[dict[str, Any], None]:
+    """`iter_query` for coroutines: rows are read in a thread of its own, a chunk at a time,
+    so the event loop never waits for the database and memory holds one chunk."""
+    records = sized_query(target, **filters)  # bad filters raise here
+    loop = asyncio.get_running_loop()
+    reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="authz-audit-query")
+    try:
+        while chunk := await loop.run_in_executor(reader, _next_chunk, records):
+            for record in chunk:
+                yield record
+    finally:
+        # After any read still running in that thread (the caller may have gone away).
+        reader.submit(records.close)
+        reader.shutdown(wait=False)
 
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """A stored record with its place in the chain."""
+    """A stored record (put back together) with its place in the chain."""
 
     seq: int
     hash: str
     prev_hash: str
     record: dict[str, Any]
+    parts: dict[str, str] = field(default_factory=dict)
+    """The shared parts the stored record names: {"input.principal": sha256-hex}."""
 
 
 def get_entry(target: Target, decision_id: str) -> AuditEntry | None:
     """One decision with its place in the chain, or None."""
-    with _opened(target) as db:
+    with _opened(target) as db, db.snapshot():
         row = db.execute(
             f"SELECT seq, hash, prev_hash, record FROM {LOG} WHERE decision_id = ?",
             [decision_id],
         ).fetchone()
-    if row is None:
-        return None
-    return AuditEntry(int(row[0]), str(row[1]), str(row[2]), json.loads(row[3]))
+        if row is None:
+            return None
+        stored = json.loads(row[3])
+        record = assemble(stored, _Parts(db))
+    return AuditEntry(int(row[0]), str(row[1]), str(row[2]), record, part_refs(stored))
 
 
 def get(target: Target, decision_id: str) -> dict[str, Any] | None:

@@ -1,14 +1,23 @@
-"""A decision record: validation, canonical JSON and the columns indexed for review.
+"""A decision record: validation, canonical JSON, the columns indexed for review, shared parts.
 
 The record itself is stored verbatim as canonical JSON; the indexed columns are derived from it
 (and `verify` checks that they still agree with it), so the JSON is the single source of truth.
+
+What every record of a batch has in common (the principal with its attributes, the batch
+context) is encoded and hashed once per batch and, when large, stored once as a *shared part*
+(``audit_part``, keyed by the SHA-256 of its canonical JSON). Each record names its parts by
+hash under ``"parts"`` (``{"input.principal": "<sha256>"}``), inside the chained JSON, so the
+chain covers them and `verify` checks every part against its hash. `assemble` puts a record back
+together for readers, exactly as it was before it was split.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +65,36 @@ def canonical_json(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+def chain_hash(prev_hash: str, seq: int, record_json: str) -> str:
+    """The hash of chain entry `seq` whose canonical JSON is `record_json`, chained to
+    `prev_hash`: sha256(prev_hash + canonical_json({"record": record, "seq": seq})), hex.
+
+    '{"record":' + json + ',"seq":' + n + '}' is exactly the canonical JSON of
+    {"record": record, "seq": n}, built without re-encoding the record.
+    """
+    content = '{"record":' + record_json + ',"seq":' + str(int(seq)) + "}"
+    return hashlib.sha256((prev_hash + content).encode("utf-8")).hexdigest()
+
+
+PARTS = "parts"
+"""The record key naming its shared parts: {"input.<name>": sha256-hex}."""
+
+PART_MIN_BYTES = 512
+"""A shared value whose JSON is at least this long is stored once as a part; a smaller one is
+copied into each record (a part costs a row, and a lookup for every reader)."""
+
+_SHARED_PATH = re.compile(r"input\.([A-Za-z_][A-Za-z0-9_]*)")
+_PART_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPart:
+    """A shared value encoded and hashed once per batch: stored in audit_part under `hash`."""
+
+    hash: str
+    json: str
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedRecord:
     """A record checked and encoded by the caller, ready for the writer to chain and insert."""
@@ -64,6 +103,12 @@ class PreparedRecord:
     columns: IndexRow
     rules: tuple[RuleRow, ...]
     json: str
+    parts: tuple[PreparedPart, ...] = ()
+    """The shared parts the record references (the same objects for every record of a batch)."""
+
+    @property
+    def caller(self) -> str:
+        return self.columns[3] or ""
 
 
 def _optional_str(value: Any, field: str) -> str | None:
@@ -141,10 +186,20 @@ def index_columns(record: Mapping[str, Any], rules: tuple[RuleRow, ...] | None =
     )
 
 
-def prepare(record: Mapping[str, Any], clock: Clock) -> PreparedRecord:
+def _encode(value: Any, what: str) -> str:
+    try:
+        return _ENCODER.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise AuditRecordInvalid(f"{what} is not plain JSON: {exc}") from None
+
+
+def prepare(
+    record: Mapping[str, Any], clock: Clock, parts: tuple[PreparedPart, ...] = ()
+) -> PreparedRecord:
     """Check and encode a record in the caller, so a bad record never poisons a shared commit.
 
     A record without "time" is stamped with `clock()`; the caller's dict is never modified.
+    `parts` are the shared parts its "parts" key names (see `prepare_many`).
     """
     if not isinstance(record, dict | Mapping):
         raise AuditRecordInvalid(f"an audit record is a dict, not {type(record).__name__}")
@@ -152,8 +207,129 @@ def prepare(record: Mapping[str, Any], clock: Clock) -> PreparedRecord:
         record = {**record, "time": clock()}
     rules = matched_rules(record)
     columns = index_columns(record, rules)
-    try:
-        text = _ENCODER.encode(record)
-    except (TypeError, ValueError) as exc:
-        raise AuditRecordInvalid(f"audit record {columns[0]} is not plain JSON: {exc}") from None
-    return PreparedRecord(columns[0], columns, rules, text)
+    text = _encode(record, f"audit record {columns[0]}")
+    return PreparedRecord(columns[0], columns, rules, text, parts)
+
+
+def shared_name(path: str) -> str:
+    """ "input.principal" → "principal"; AuditRecordInvalid for any other kind of path."""
+    match = _SHARED_PATH.fullmatch(path) if isinstance(path, str) else None
+    if match is None:
+        raise AuditRecordInvalid(
+            f"shared path {path!r} must name a key of the record's input, like 'input.context'"
+        )
+    return match.group(1)
+
+
+_ABSENT: Any = object()
+
+
+def overlay(shared: Any, own: Any = _ABSENT) -> Any:
+    """A record's value at a shared path: the shared value, with the record's own object (when
+    both are objects) taking precedence key by key, or the record's own value instead."""
+    if own is _ABSENT:
+        return shared
+    if type(shared) is dict and type(own) is dict:
+        return {**shared, **own}
+    return own
+
+
+def _with_shared(
+    record: Mapping[str, Any], inline: Mapping[str, Any], refs: Mapping[str, str]
+) -> dict[str, Any]:
+    if PARTS in record:
+        raise AuditRecordInvalid(f"audit record key {PARTS!r} is reserved for shared parts")
+    own = record.get("input")
+    merged = dict(own if type(own) is dict else _mapping(own, "input"))
+    for name, value in inline.items():
+        merged[name] = overlay(value, merged.get(name, _ABSENT))
+    out = {**record, "input": merged}
+    if refs:
+        out[PARTS] = refs
+    return out
+
+
+def prepare_many(
+    records: Iterable[Mapping[str, Any]],
+    clock: Clock,
+    shared: Mapping[str, Any] | None = None,
+) -> list[PreparedRecord]:
+    """`prepare` for the records of one batch, with what they share stored once.
+
+    shared: values every record has in common, by path ("input.principal", "input.context");
+    a record's own value at such a path overlays the shared one (see `overlay`), or is left out
+    when the shared value is the whole of it. Each shared value is encoded and hashed once;
+    one of PART_MIN_BYTES or more becomes a part the records reference by hash, a smaller one
+    is copied into each record. Either way `assemble` gives back the same records.
+    """
+    inline: dict[str, Any] = {}
+    refs: dict[str, str] = {}
+    parts: list[PreparedPart] = []
+    for path, value in (shared or {}).items():
+        name = shared_name(path)
+        text = _encode(value, f"shared {path}")
+        if len(text) < PART_MIN_BYTES:
+            inline[name] = value
+            continue
+        part = PreparedPart(hashlib.sha256(text.encode("ascii")).hexdigest(), text)
+        refs[path] = part.hash
+        parts.append(part)
+    if not inline and not refs:
+        return [prepare(record, clock) for record in records]
+    held = tuple(parts)
+    return [prepare(_with_shared(record, inline, refs), clock, held) for record in records]
+
+
+def part_refs(record: Mapping[str, Any]) -> dict[str, str]:
+    """The shared parts a stored record names ({path: hash}); AuditRecordInvalid if malformed."""
+    refs = record.get(PARTS)
+    if refs is None:
+        return {}
+    if type(refs) is not dict:
+        raise AuditRecordInvalid(f"{PARTS} must be an object, not {refs!r}")
+    for path, digest in refs.items():
+        shared_name(path)
+        if not isinstance(digest, str) or not _PART_HASH.fullmatch(digest):
+            raise AuditRecordInvalid(f"{PARTS}[{path!r}] is not a SHA-256 hex digest")
+    return refs
+
+
+def part_hash(part_json: str) -> str:
+    """The hash a stored part must have: the SHA-256 of its canonical JSON."""
+    return hashlib.sha256(part_json.encode("utf-8")).hexdigest()
+
+
+def assemble(record: dict[str, Any], part: Callable[[str], Any]) -> dict[str, Any]:
+    """The record as it was before its shared parts were split off; `part(hash)` gives the
+    decoded value of a part. A record without parts (any record written before parts existed)
+    is returned as it is."""
+    refs = part_refs(record)
+    if not refs:
+        return record
+    out = {key: value for key, value in record.items() if key != PARTS}
+    own = out.get("input")
+    merged = dict(own) if type(own) is dict else {}
+    for path, digest in refs.items():
+        name = shared_name(path)
+        merged[name] = overlay(part(digest), merged.get(name, _ABSENT))
+    out["input"] = merged
+    return out
+
+
+def prune_entry(
+    *,
+    time: float,
+    through: tuple[int, str],
+    previous: tuple[int, str] | None,
+    **details: Any,
+) -> dict[str, Any]:
+    """The chain entry a prune appends: it removes the entries up to `through` (seq, hash) and
+    names the prune entry before it (`previous`, its seq and hash), so prunes form a chain of
+    their own inside the hash chain."""
+    return {
+        "event": "prune",
+        "time": time,
+        "through": {"seq": through[0], "hash": through[1]},
+        "previous": None if previous is None else {"seq": previous[0], "hash": previous[1]},
+        **details,
+    }

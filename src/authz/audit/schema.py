@@ -26,18 +26,25 @@ from authz.audit.backend import (
     normalise_target,
 )
 from authz.audit.errors import AuditLogNotFound, AuditUnavailable
+from authz.audit.record import canonical_json, chain_hash, prune_entry
 from authz.store import open_database
+from authz.store.base import Dialect
 
 AUDIT_DB_NAME = "audit.db"
 LOG = "audit_log"
 RULES = "audit_rule"
 HEAD = "audit_head"
 ANCHORS = "audit_anchor"
+EVENTS = "audit_event"
+PARTS = "audit_part"
+PART_USE = "audit_part_use"
 
 GENESIS_HASH = "0" * 64
 """The prev_hash of seq 1."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: records, rules, head, anchors. 2: shared parts, and chain entries that are not decisions
+(prune entries), which share the records' seq numbers."""
 
 
 def audit_db_path(data_dir: Path | str) -> Path:
@@ -55,20 +62,26 @@ def audit_target(data_dir: Path | str, database_url: str | None = None) -> Path 
     return audit_db_path(data_dir)
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Create the tables and indexes if they are missing; safe to run from several processes
-    (the first takes the write lock and creates them, the others wait, then find them)."""
+def ensure_schema(db: sqlite_utils.Database, location: str = "") -> list[int]:
+    """Create the tables and indexes if they are missing, or bring an older log up to date;
+    returns the versions applied. Safe to run from several processes (the first takes the
+    write lock and applies them, the others wait, then find nothing left to do)."""
     if int(db.execute("PRAGMA user_version").fetchone()[0]) >= SCHEMA_VERSION:
-        return
+        return []
     conn = db.conn
     conn.execute("BEGIN IMMEDIATE")  # a read-then-create would fail at once under contention
     try:
+        before = int(db.execute("PRAGMA user_version").fetchone()[0])
         _create_sqlite_schema(db)
+        if before < 2:
+            adopt_legacy_anchor(SqliteAuditDb(conn, location))
+        db.execute(f"PRAGMA user_version = {max(before, SCHEMA_VERSION)}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return list(range(before + 1, SCHEMA_VERSION + 1))
 
 
 def _create_sqlite_schema(db: sqlite_utils.Database) -> None:
@@ -133,8 +146,27 @@ def _create_sqlite_schema(db: sqlite_utils.Database) -> None:
         pk="seq",
         if_not_exists=True,
     )
-    if db.execute("PRAGMA user_version").fetchone()[0] == 0:
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    # Version 2. Chain entries that are not decisions (a prune), in the same seq space.
+    db[EVENTS].create(
+        {
+            "seq": int,
+            "kind": str,
+            "time": float,
+            "record": str,
+            "prev_hash": str,
+            "hash": str,
+        },
+        pk="seq",
+        not_null={"kind", "time", "record", "prev_hash", "hash"},
+        if_not_exists=True,
+    )
+    # Shared parts by hash, and the last seq that uses each (apart, so that reusing a large
+    # part only rewrites a small row: SQLite rewrites a whole row on UPDATE).
+    db[PARTS].create({"hash": str, "body": str}, pk="hash", not_null={"body"}, if_not_exists=True)
+    db[PART_USE].create(
+        {"hash": str, "last_seq": int}, pk="hash", not_null={"last_seq"}, if_not_exists=True
+    )
+    db.table(PART_USE).create_index(["last_seq"], if_not_exists=True)
 
 
 def open_audit_db(
@@ -151,7 +183,7 @@ def open_audit_db(
     db = _open_sqlite(path, busy_timeout_ms)
     try:
         if create:
-            ensure_schema(db)
+            ensure_schema(db, str(path))
         elif LOG not in db.table_names():
             raise AuditLogNotFound(f"{path} is not an audit log (it has no {LOG} table)")
     except BaseException:
@@ -245,8 +277,84 @@ PG_SCHEMA: Mapping[int, tuple[str, ...]] = {
         )
         """,
     ),
+    2: (
+        f"""
+        CREATE TABLE IF NOT EXISTS {EVENTS} (
+            seq BIGINT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            time DOUBLE PRECISION NOT NULL,
+            record TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        )
+        """,
+        f"CREATE TABLE IF NOT EXISTS {PARTS} (hash TEXT PRIMARY KEY, body TEXT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {PART_USE} (hash TEXT PRIMARY KEY, last_seq BIGINT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {PART_USE}_last_seq ON {PART_USE} (last_seq)",
+    ),
 }
 """The PostgreSQL schema by version; append a version, never edit an applied one."""
+
+# -- the chain head ----------------------------------------------------------------------------
+
+_HEAD_SQL: dict[Dialect, str] = {
+    "sqlite": f"SELECT seq, hash FROM {HEAD} WHERE id = 1",  # BEGIN IMMEDIATE holds the lock
+    "postgresql": f"SELECT seq, hash FROM {HEAD} WHERE id = 1 FOR UPDATE",
+}
+
+
+def lock_head(db: AuditDb) -> tuple[int, str]:
+    """Lock the chain head inside a write transaction and read its seq and hash, so the chain
+    stays linear while other processes or replicas append to the same log."""
+    row = db.execute(_HEAD_SQL[db.dialect]).fetchone()
+    if row is None:
+        raise AuditUnavailable(f"the chain head ({HEAD}) of {db.location} is missing")
+    return int(row[0]), str(row[1])
+
+
+def move_head(db: AuditDb, seq: int, digest: str) -> None:
+    db.execute(f"UPDATE {HEAD} SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
+
+
+def append_event(db: AuditDb, event: Mapping[str, object]) -> tuple[int, str]:
+    """Append one non-decision entry (e.g. a prune) to the chain, inside a write transaction;
+    returns its seq and hash."""
+    seq, head = lock_head(db)
+    seq += 1
+    text = canonical_json(event)
+    digest = chain_hash(head, seq, text)
+    db.execute(
+        f"INSERT INTO {EVENTS} (seq, kind, time, record, prev_hash, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (seq, event["event"], event["time"], text, head, digest),
+    )
+    move_head(db, seq, digest)
+    return seq, digest
+
+
+def adopt_legacy_anchor(db: AuditDb) -> None:
+    """Version 1 kept a prune anchor as a free-standing row, which anyone able to write the
+    database could forge. On upgrading, the anchor found is recorded once in the chain as a
+    prune entry (taken on trust, and marked so), as every later prune is."""
+    row = db.execute(f"SELECT seq, hash FROM {ANCHORS} ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is None:
+        return
+    (events,) = db.execute(f"SELECT count(*) FROM {EVENTS}").fetchone()
+    if int(events):
+        return
+    append_event(
+        db,
+        prune_entry(
+            time=time.time(),
+            through=(int(row[0]), str(row[1])),
+            previous=None,
+            adopted="an anchor written before prunes were chained (schema 1), taken on trust",
+        ),
+    )
+
+
+PG_AFTER: Mapping[int, Callable[[AuditDb], object]] = {2: adopt_legacy_anchor}
+"""Steps in Python run after a version's statements, in the same transaction, when upgrading."""
 
 
 def pg_schema_version(db: AuditDb) -> int:
@@ -277,6 +385,8 @@ def ensure_pg_schema(db: AuditDb) -> list[int]:
                 continue
             for statement in PG_SCHEMA[version]:
                 db.execute(statement)
+            if version in PG_AFTER:
+                PG_AFTER[version](db)
             db.execute(
                 f"INSERT INTO {PG_SCHEMA_TABLE} (version, applied_at) VALUES (?, ?)",
                 (version, time.time()),
@@ -353,14 +463,11 @@ def migrate_audit(target: Target, *, timeout: float = 10.0) -> list[int]:
     migrate`` may do it ahead of them. Safe while replicas start or write."""
     if not is_postgres_target(target):
         path = Path(target)
-        existed = path.is_file()
         db = _open_sqlite(path, int(timeout * 1000))
         try:
-            before = int(db.execute("PRAGMA user_version").fetchone()[0]) if existed else 0
-            ensure_schema(db)
+            return ensure_schema(db, str(path))
         finally:
             db.conn.close()
-        return [] if before >= SCHEMA_VERSION else [SCHEMA_VERSION]
     applied: list[int] = []
     db = _open_postgres(
         str(target), timeout, "authz-audit-migrate", lambda pg: applied.extend(ensure_pg_schema(pg))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,13 +32,12 @@ _REFUSAL_CODE = re.compile(r"^(SSO|ADDON)_[A-Z_]+\b")
 _DEFAULT_DENY_REASON = "no allow rule matched action"
 
 
-def read_records(audit_db_path: Path | str, since: float | None) -> list[dict[str, Any]]:
-    """The decision records to replay, oldest first. The one place that reads the audit log."""
-    from authz.audit.query import query
+def read_records(audit_db_path: Path | str, since: float | None) -> Iterator[dict[str, Any]]:
+    """The decision records to replay, oldest first, streamed (each whole, its shared parts put
+    back). The one place that reads the audit log."""
+    from authz.audit.query import iter_query
 
-    records = query(audit_db_path, since=since, limit=None)
-    records.reverse()  # query answers newest first
-    return records
+    return iter_query(audit_db_path, since=since, limit=None, oldest_first=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,8 +160,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def QueryDecisions(  # noqa: N802
         self, request: pb.QueryDecisionsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.QueryDecisionsResponse]:
-        from authz.audit.errors import AuditLogNotFound
-        from authz.audit.query import query
+        from authz.audit.errors import AuditLogNotFound, AuditTampered, AuditUnavailable
+        from authz.audit.query import aiter_query
 
         if request.limit < 0 or request.limit > MAX_QUERY_LIMIT:
             await abort(
@@ -180,8 +180,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             "rule": request.rule or None,
             "limit": request.limit or 100,
         }
+        # Streamed: a chunk of records is read at a time and each is sent as it is built, so
+        # memory holds one chunk however many (and however large) the records are.
+        records = aiter_query(self.audit_path, **filters)
         try:
-            records = await asyncio.to_thread(query, self.audit_path, **filters)
+            async for rec in records:
+                yield _decision_message(rec)
         except AuditLogNotFound:
             await abort(
                 context,
@@ -189,24 +193,32 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 "there is no audit log to query (AUTHZ_AUDIT_MODE=off keeps none)",
                 "AUDIT_LOG_MISSING",
             )
-        for rec in records:
-            yield pb.QueryDecisionsResponse(
-                decision_id=rec["decision_id"],
-                time=timestamp(rec["time"]),
-                effect=EFFECT_TO_PROTO.get(rec["effect"], authz_pb.EFFECT_UNSPECIFIED),
-                action=rec["action"],
-                principal=f"{rec['principal']['type']}:{rec['principal']['id']}",
-                resource=f"{rec['resource']['type']}:{rec['resource']['id']}",
-                app_id=rec.get("app_id", ""),
-                policy_revision=rec["policy_revision"],
-                matched_rules=[
-                    authz_pb.MatchedRule(
-                        policy=m["policy"],
-                        rule_id=m["rule_id"],
-                        effect=EFFECT_TO_PROTO[m["effect"]],
-                        reason=m["reason"],
-                    )
-                    for m in rec.get("matched_rules", [])
-                ],
-                record=dict_to_struct(rec),
+        except AuditTampered as exc:  # a record's shared part is missing
+            await abort(context, grpc.StatusCode.DATA_LOSS, str(exc), "AUDIT_LOG_TAMPERED")
+        except AuditUnavailable as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc), "AUDIT_LOG_UNAVAILABLE")
+        finally:
+            await records.aclose()
+
+
+def _decision_message(rec: dict[str, Any]) -> pb.QueryDecisionsResponse:
+    return pb.QueryDecisionsResponse(
+        decision_id=rec["decision_id"],
+        time=timestamp(rec["time"]),
+        effect=EFFECT_TO_PROTO.get(rec["effect"], authz_pb.EFFECT_UNSPECIFIED),
+        action=rec["action"],
+        principal=f"{rec['principal']['type']}:{rec['principal']['id']}",
+        resource=f"{rec['resource']['type']}:{rec['resource']['id']}",
+        app_id=rec.get("app_id", ""),
+        policy_revision=rec["policy_revision"],
+        matched_rules=[
+            authz_pb.MatchedRule(
+                policy=m["policy"],
+                rule_id=m["rule_id"],
+                effect=EFFECT_TO_PROTO[m["effect"]],
+                reason=m["reason"],
             )
+            for m in rec.get("matched_rules", [])
+        ],
+        record=dict_to_struct(rec),
+    )
