@@ -25,6 +25,9 @@ actions:
   doc.write: Write a document
   doc.delete: Delete a document
   account.login_password: Log in with a password
+resource_types:
+  doc: A document
+  addon: An add-on
 """
 
 
@@ -37,7 +40,7 @@ BASE = """
 - id: banned
   effect: deny
   actions: ["*"]
-  when: principal.attributes.banned == true
+  when: principal.attributes.banned
   reason: banned users do nothing
 """
 
@@ -117,7 +120,7 @@ def test_constant_false_condition_can_never_match(policy_dir: PolicyDir, conditi
         'principal.id == "x"',
         "now > timestamp('2020-01-01T00:00:00Z')",
         'access.roles.exists(r, r == "owner") && 1 == 1',
-        "has(context.ticket) || principal.attributes.admin == true",
+        "has(context.ticket) || principal.attributes.level == 3",
     ],
 )
 def test_conditions_that_read_the_input_are_not_constant(
@@ -177,7 +180,7 @@ def test_allow_shadowed_by_unconditional_deny(policy_dir: PolicyDir) -> None:
     "deny",
     [
         # a condition: the deny does not always apply
-        'actions: ["*"]\n        when: principal.attributes.banned == true',
+        'actions: ["*"]\n        when: principal.attributes.banned',
         # narrower resource types than the allow (which applies to every type)
         'actions: ["*"]\n        resource_types: [addon]',
         # does not cover every action the allow covers
