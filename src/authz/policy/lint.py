@@ -411,7 +411,8 @@ def _bool_compare_problems(rule: Rule, program: cel.Expression) -> list[Problem]
         fails_open = holds == (rule.effect is Effect.ALLOW)
         operator = "==" if equals else "!="
         text = f"{path} {operator} {'true' if literal.value else 'false'}"
-        source, column = _when_position(rule, node.offset)
+        start = min((n.offset for n in node.walk() if n.offset >= 0), default=-1)
+        source, column = _when_position(rule, start)
         problems.append(
             LintProblem(
                 source,
