@@ -222,3 +222,27 @@ def test_the_watcher_survives_a_failing_reload(
     time.sleep(0.05)
     (directory / "ping.yaml").write_text(POLICY.format(effect="deny") + "# edited again\n")
     wait_for(lambda: not ping(svc).allowed)  # ...but the watcher lives and applies the next
+
+
+def test_a_change_to_the_data_files_is_applied_like_a_policy_change(
+    tmp_path: Path, start: Callable[..., RunningService], base_settings: Settings
+) -> None:
+    directory = tmp_path / "live-policies"
+    (directory / "data").mkdir(parents=True)
+    (directory / "data" / "callers.yaml").write_text("allowed: [a]\n")
+    (directory / "ping.yaml").write_text(
+        POLICY.format(effect="allow").replace(
+            "    reason:", "    when: principal.id in data.callers.allowed\n    reason:"
+        )
+    )
+    svc = start(base_settings, policy_dir=directory)
+    first = ping(svc)
+    assert first.allowed
+    (directory / "data" / "callers.yaml").write_text("allowed: [b]\n")
+    wait_for(lambda: not ping(svc).allowed)
+    assert ping(svc).policy_revision != first.policy_revision
+    # A broken data file is refused like a broken policy file; the last good data keeps serving.
+    revision = ping(svc).policy_revision
+    (directory / "data" / "callers.yaml").write_text("allowed: [a, yes]\n")
+    wait_for(lambda: any("callers.yaml:1:" in e for e in status(svc).last_refused_errors))
+    assert ping(svc).policy_revision == revision and not ping(svc).allowed
