@@ -42,6 +42,9 @@ _PLAIN_FLOAT = re.compile(r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ten times faster
 
 
+_INVALID = object()  # a file whose value was refused (its problems are recorded)
+
+
 class _Stop(Exception):
     """A limit was reached; the problem is already recorded."""
 
@@ -137,9 +140,6 @@ def load_data(
             )
         )
     return values, raw
-
-
-_INVALID = object()
 
 
 # -- YAML: walk the node tree, so every problem has its line ------------------------------------
