@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from authz.policy import Effect, compile_policies, evaluate, load_policy_dir
+import pytest
+
+from authz.policy import Effect, PolicyError, compile_policies, evaluate, load_policy_dir
 from authz.policy.inputs import build_input
 
 PolicyDir = Callable[[dict[str, str]], Path]
@@ -239,6 +241,9 @@ def test_fused_and_rule_by_rule_agree_on_the_shipped_policies() -> None:
     ):
         inputs = build_input(action=action, principal=principal, resource=resource, access=access)
         fused = evaluate(policy_set, inputs)
+        if action not in policy_set.catalogue:  # the closed catalogue decides before any rule
+            assert fused.matched == () and fused.reasons[0].startswith("ACTION_UNKNOWN: ")
+            continue
         plan = policy_set.plan(action, resource["type"])
         activation = policy_set.env.Activation(inputs)
         errors: list[str] = []
@@ -246,3 +251,67 @@ def test_fused_and_rule_by_rule_agree_on_the_shipped_policies() -> None:
         expected = [c.rule.id for c, h in zip(plan.rules, held, strict=True) if h]
         assert [m.rule_id for m in fused.matched] == expected, (principal, access, action)
         assert list(fused.errors) == errors
+
+
+# -- uncatalogued actions (issue 12, item 14) ---------------------------------------------------
+
+CATALOGUED = """
+name: addons
+actions:
+  addon.read_data: Read the add-on's data
+  addon.change_plan: Change the plan
+rules:
+  - id: members-use-addon
+    effect: allow
+    actions: ["addon.*"]
+    reason: members may use the add-on
+"""
+
+
+def test_an_uncatalogued_action_is_denied_by_a_closed_catalogue(policy_dir: PolicyDir) -> None:
+    policy_set = compiled(policy_dir, CATALOGUED)
+    assert policy_set.closed
+    assert evaluate(policy_set, build_input(action="addon.read_data")).allowed
+    decision = evaluate(policy_set, build_input(action="addon.delete_everything"))
+    assert decision.effect is Effect.DENY
+    assert decision.matched == () and decision.errors == ()
+    assert decision.reasons == (
+        "ACTION_UNKNOWN: action 'addon.delete_everything' is in no action catalogue, so no rule "
+        "decides it (catalogue it, or declare 'catalogue: open')",
+    )
+    # Names are exact: a catalogued action in another case is another, unknown, action.
+    assert (
+        evaluate(policy_set, build_input(action="Addon.read_data"))
+        .reasons[0]
+        .startswith("ACTION_UNKNOWN: ")
+    )
+
+
+def test_a_catalogue_declared_open_lets_the_rules_decide_every_action(
+    policy_dir: PolicyDir,
+) -> None:
+    policy_set = compiled(policy_dir, CATALOGUED + "catalogue: open\n")
+    assert not policy_set.closed
+    assert evaluate(policy_set, build_input(action="addon.delete_everything")).allowed
+    decision = evaluate(policy_set, build_input(action="billing.update"))
+    assert decision.reasons[0].startswith("no allow rule matched action 'billing.update'")
+
+
+def test_a_set_without_any_catalogue_lets_the_rules_decide(policy_dir: PolicyDir) -> None:
+    catalogue = CATALOGUED[CATALOGUED.index("actions:") : CATALOGUED.index("rules:")]
+    policy_set = compiled(policy_dir, CATALOGUED.replace(catalogue, ""))
+    assert policy_set.catalogue == {} and not policy_set.closed
+    assert evaluate(policy_set, build_input(action="addon.delete_everything")).allowed
+
+
+def test_the_catalogue_mode_takes_only_open_or_closed(policy_dir: PolicyDir) -> None:
+    for mode in ("Open", "off", "yes", "true", "open "):
+        with pytest.raises(PolicyError) as info:
+            compiled(policy_dir, CATALOGUED + f"catalogue: '{mode}'\n")
+        [problem] = info.value.problems
+        assert str(problem).startswith(f"p.yaml:10: error: catalogue mode {mode!r} is not one of")
+    both = {"a.yaml": CATALOGUED + "catalogue: open\n", "b.yaml": "name: b\ncatalogue: closed\n"}
+    with pytest.raises(PolicyError) as info:
+        compile_policies(load_policy_dir(policy_dir(both)))
+    assert "'catalogue: closed' here, but a.yaml declares 'catalogue: open'" in str(info.value)
+    assert compiled(policy_dir, CATALOGUED + "catalogue: closed\n").closed

@@ -25,6 +25,9 @@ actions:
   doc.write: Write a document
   doc.delete: Delete a document
   account.login_password: Log in with a password
+resource_types:
+  doc: A document
+  addon: An add-on
 """
 
 
@@ -37,7 +40,7 @@ BASE = """
 - id: banned
   effect: deny
   actions: ["*"]
-  when: principal.attributes.banned == true
+  when: principal.attributes.banned
   reason: banned users do nothing
 """
 
@@ -117,7 +120,7 @@ def test_constant_false_condition_can_never_match(policy_dir: PolicyDir, conditi
         'principal.id == "x"',
         "now > timestamp('2020-01-01T00:00:00Z')",
         'access.roles.exists(r, r == "owner") && 1 == 1',
-        "has(context.ticket) || principal.attributes.admin == true",
+        "has(context.ticket) || principal.attributes.level == 3",
     ],
 )
 def test_conditions_that_read_the_input_are_not_constant(
@@ -177,7 +180,7 @@ def test_allow_shadowed_by_unconditional_deny(policy_dir: PolicyDir) -> None:
     "deny",
     [
         # a condition: the deny does not always apply
-        'actions: ["*"]\n        when: principal.attributes.banned == true',
+        'actions: ["*"]\n        when: principal.attributes.banned',
         # narrower resource types than the allow (which applies to every type)
         'actions: ["*"]\n        resource_types: [addon]',
         # does not cover every action the allow covers
@@ -255,6 +258,161 @@ def test_loader_and_compiler_errors_are_errors(policy_dir: PolicyDir) -> None:
     assert broken[0].severity == "error" and "YAML syntax error" in broken[0].message
 
 
+# -- fail-open hazards (issue 12, item 10) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "effect", "column", "fails_open"),
+    [
+        ("resource.attributes.locked == true", "deny", 0, True),
+        ('resource.attributes["locked"] == true', "deny", 0, True),
+        ("true == principal.attributes.admin", "allow", 0, False),
+        ("context.approved != false", "allow", 0, True),
+        ("principal.id != '' && context.flags.beta == false", "deny", 22, True),
+        ("principal.id != '' && context.flags.beta != true", "deny", 22, False),
+    ],
+)
+def test_bool_compared_with_a_caller_supplied_value_is_flagged(
+    policy_dir: PolicyDir, condition: str, effect: str, column: int, fails_open: bool
+) -> None:
+    text = f"""
+      - id: hazard
+        effect: {effect}
+        actions: [doc.delete]
+        when: {condition}
+        reason: r
+    """
+    [problem] = [p for p in lint(policy_dir(rules(text))) if p.rule_id == "hazard"]
+    assert (problem.code, problem.severity) == ("bool-compare-on-dynamic", "warning")
+    assert (problem.source.line, problem.column) == (6, 9 + column)  # where the comparison starts
+    assert ("(fails open)" in problem.message) is fails_open
+    assert "CEL answers" in problem.message and "type(" in problem.hint
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "resource.attributes.locked",  # a non-bool errors, which fails closed
+        "!context.approved",
+        "type(principal.attributes.admin) == bool && principal.attributes.admin",
+        "access.available == true",  # a fact authz builds itself, always a bool
+        "principal.auth.method == 'heroku_sso'",
+        "principal.attributes.role == 'admin'",
+        "principal.attributes.tags.exists(t, t == 'beta')",
+        "context == {'a': true}",
+    ],
+)
+def test_typed_or_non_bool_comparisons_are_not_flagged(
+    policy_dir: PolicyDir, condition: str
+) -> None:
+    text = f"""
+      - id: fine
+        effect: deny
+        actions: [doc.delete]
+        when: "{condition}"
+        reason: r
+    """
+    assert codes(lint(policy_dir(rules(text)))) == []
+
+
+def test_the_flagged_comparison_really_fails_open_and_the_suggestion_fails_closed(
+    policy_dir: PolicyDir,
+) -> None:
+    """Why the lint exists: `locked == true` lets a document whose attribute is the string
+    "true" be deleted; the suggested form denies it."""
+    from authz.policy import compile_policies, evaluate, load_policy_dir
+    from authz.policy.inputs import build_input
+
+    def deleted(condition: str) -> bool:
+        text = f"""
+          - id: anyone-deletes
+            effect: allow
+            actions: [doc.delete]
+            reason: r
+          - id: locked-never-deleted
+            effect: deny
+            actions: [doc.delete]
+            when: {condition}
+            reason: locked
+        """
+        policy_set = compile_policies(load_policy_dir(policy_dir(rules(text, base=False))))
+        resource = {"type": "doc", "id": "d", "attributes": {"locked": "true"}}
+        inputs = build_input(action="doc.delete", resource=resource)
+        return evaluate(policy_set, inputs).allowed
+
+    assert deleted("resource.attributes.locked == true")
+    assert not deleted("resource.attributes.locked")
+
+
+def test_resource_type_not_in_the_catalogue_is_an_error_with_a_suggestion(
+    policy_dir: PolicyDir,
+) -> None:
+    text = """
+      - id: readers
+        effect: allow
+        actions: [doc.read]
+        resource_types: [doc, docs, widget]
+        reason: r
+    """
+    problems = lint(policy_dir(rules(text)))
+    assert codes(problems) == [("unknown-resource-type", "error", "readers")] * 2
+    assert [(p.source.line, p.column) for p in problems] == [(6, 25), (6, 31)]
+    assert "'docs' is not in the resource type catalogue" in problems[0].message
+    assert problems[0].hint == "did you mean 'doc'?"
+    assert "resource_types:" in problems[1].hint
+
+
+def test_without_resource_type_declarations_each_type_is_a_warning(
+    policy_dir: PolicyDir,
+) -> None:
+    policy = """
+      name: p
+      rules:
+        - {id: edit, effect: allow, actions: [x], resource_types: [document], reason: r}
+        - {id: lock, effect: deny, actions: [x], resource_types: [documnet], reason: r}
+    """
+    problems = lint(policy_dir({"p.yaml": policy}))
+    found = [(getattr(p, "code", ""), p.rule_id) for p in problems if p.rule_id]
+    assert found == [("undeclared-resource-type", "edit"), ("undeclared-resource-type", "lock")]
+    assert "deny rule silently never apply" in problems[-1].message
+    assert problems[-1].hint.startswith("did you mean 'document'?")
+
+
+@pytest.mark.parametrize(("when", "line"), [('""', 6), ("'   '", 6), ("|\n          \n", 7)])
+def test_an_empty_when_is_an_error_on_allow_and_a_warning_on_deny(
+    policy_dir: PolicyDir, when: str, line: int
+) -> None:
+    text = f"""
+      - id: open-door
+        effect: allow
+        actions: [doc.read]
+        when: {when}
+        reason: r
+      - id: closed-door
+        effect: deny
+        actions: [doc.write]
+        when: {when}
+        reason: r
+    """
+    problems = [p for p in lint(policy_dir(rules(text))) if getattr(p, "code", "") == "empty-when"]
+    assert [(p.severity, p.rule_id) for p in problems] == [
+        ("error", "open-door"),
+        ("warning", "closed-door"),
+    ]
+    assert "allows every request it covers" in problems[0].message
+    assert problems[0].source.line == line
+
+
+def test_no_when_at_all_is_not_an_empty_when(policy_dir: PolicyDir) -> None:
+    text = """
+      - id: readers
+        effect: allow
+        actions: ["doc.*", account.login_password]
+        reason: r
+    """
+    assert codes(lint(policy_dir(rules(text)))) == []
+
+
 # -- the commands ------------------------------------------------------------------------------
 
 
@@ -317,3 +475,20 @@ def test_validate_fails_on_errors_and_names_them(
     assert "1 error(s), 1 warning(s); policy set refused" in captured.err
     assert run(["policy", "validate", str(SHIPPED_POLICIES)]) == 0
     assert re.match(r"ok: 4 policies, \d+ rules, \d+ catalogued actions", capsys.readouterr().out)
+
+
+def test_fail_open_warnings_fail_validate_under_strict(
+    policy_dir: PolicyDir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = """
+      - id: hazard
+        effect: deny
+        actions: [doc.delete]
+        when: resource.attributes.locked == true
+        reason: r
+    """
+    directory = policy_dir(rules(text))
+    assert run(["policy", "validate", str(directory)]) == 0
+    assert run(["policy", "validate", "--strict", str(directory)]) == 1
+    out = capsys.readouterr().out
+    assert f"{directory}/p.yaml:6:9: warning [hazard]: 'resource.attributes.locked == true'" in out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,3 +135,101 @@ def test_revision_is_a_content_hash(policy_dir: PolicyDir) -> None:
     same = load_policy_dir(policy_dir({"p.yaml": GOOD})).revision
     changed = load_policy_dir(policy_dir({"p.yaml": GOOD.replace("fine", "ok")})).revision
     assert first == same != changed
+
+
+# -- anything that goes wrong while loading is a refused set with file:line (issue 12, item 4) --
+
+SURROGATE_WHEN = r"""
+name: bad
+rules:
+  - id: odd
+    effect: allow
+    actions: [a]
+    when: "principal.id == \"\uD800\""
+    reason: r
+"""
+
+
+def test_lone_surrogate_escape_is_refused_at_its_line(policy_dir: PolicyDir) -> None:
+    # YAML's "\uD800" escape makes a lone surrogate, which CEL's compiler does not accept.
+    directory = policy_dir({"good.yaml": GOOD, "bad.yaml": SURROGATE_WHEN})
+    [problem] = problems_of(directory)
+    assert problem.startswith("bad.yaml:6: error [odd]: 'when': the text holds a lone UTF-16")
+
+
+def test_lone_surrogate_anywhere_in_a_policy_is_refused(policy_dir: PolicyDir) -> None:
+    # A reason or catalogue description would fail later, in every response or reload status.
+    text = GOOD.replace("reason: fine", 'reason: "fine \\uDC00"') + 'actions:\n  b: "x\\uD83D"\n'
+    problems = problems_of(policy_dir({"p.yaml": text}))
+    assert sorted(p.split(":")[1] for p in problems) == ["6", "8"]  # reason, description
+    assert all("lone UTF-16 surrogate" in p for p in problems)
+
+
+def test_invalid_utf8_is_refused_at_its_line(policy_dir: PolicyDir) -> None:
+    directory = policy_dir({"good.yaml": GOOD})
+    (directory / "latin1.yaml").write_bytes(b"name: latin\n# caf\xe9\nrules: []\n")
+    [problem] = problems_of(directory)
+    assert problem.startswith("latin1.yaml:2: error: not valid UTF-8")
+
+
+@pytest.mark.parametrize("kind", ["broken symlink", "directory", "fifo"])
+def test_a_policy_file_that_cannot_be_read_refuses_the_set(
+    policy_dir: PolicyDir, kind: str
+) -> None:
+    """Tests may run as root, where chmod 000 does not stop a read; a broken symbolic link, a
+    directory or a FIFO named *.yaml cannot be read by anyone. Skipping one silently could drop
+    a deny rule, so each refuses the whole set with the file's name."""
+    directory = policy_dir({"good.yaml": GOOD})
+    entry = directory / "deny-rules.yaml"
+    if kind == "broken symlink":
+        entry.symlink_to(directory / "deleted-by-a-deploy.yaml")
+        expected = "deny-rules.yaml: error: cannot read: the file is a broken symbolic link"
+    elif kind == "directory":
+        entry.mkdir()
+        expected = "deny-rules.yaml: error: cannot read: it is a directory"
+    else:
+        os.mkfifo(entry)  # opening a FIFO for reading would block forever
+        expected = "deny-rules.yaml: error: cannot read: it is not a regular file"
+    [problem] = problems_of(directory)
+    assert problem.startswith(expected)
+
+
+def test_a_policy_file_linked_to_a_readable_file_loads(policy_dir: PolicyDir) -> None:
+    directory = policy_dir({"good.yaml": GOOD})
+    target = directory.parent / "elsewhere.yaml"
+    target.write_text(GOOD.replace("name: good", "name: linked").replace("id: ok", "id: ok2"))
+    (directory / "linked.yaml").symlink_to(target)
+    assert load_and_compile(directory).rule_count == 2
+
+
+def test_an_unexpected_loader_failure_is_a_refusal_not_an_exception(
+    policy_dir: PolicyDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a file makes the loader raise (here a bug stands in for it) refuses the set with
+    the file's name instead of escaping to the caller (the watcher, validate, ReloadPolicies)."""
+    from authz.policy import load
+
+    def broken(file: str, text: str, problems: list) -> None:
+        raise KeyError("a loader bug")
+
+    monkeypatch.setattr(load, "parse_policy", broken)
+    [problem] = problems_of(policy_dir({"p.yaml": GOOD}))
+    assert problem.startswith("p.yaml: error: could not be loaded (KeyError: 'a loader bug')")
+
+
+def test_validate_prints_the_problem_not_a_traceback(policy_dir: PolicyDir) -> None:
+    directory = policy_dir({"good.yaml": GOOD, "bad.yaml": SURROGATE_WHEN})
+    (directory / "gone.yaml").symlink_to(directory / "missing.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "authz.cli", "policy", "validate", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert f"{directory}/bad.yaml:6: error [odd]: 'when': the text holds a lone" in result.stdout
+    assert f"{directory}/gone.yaml: error: cannot read: the file is a broken symbolic link" in (
+        result.stdout
+    )
+    assert "2 error(s), 0 warning(s); policy set refused" in result.stderr

@@ -284,3 +284,25 @@ def test_replay_reads_records_whose_principal_and_context_are_stored_once(
     report = replay(path, candidate)
     assert (report.read, report.replayed, len(report.deny_to_allow)) == (3, 3, 3)
     assert {f.decision_id for f in report.flips} == {o.decision_id for o in outcomes}
+
+
+def test_replay_decides_with_the_candidates_data(audit_db: Path, tmp_path: Path) -> None:
+    """Records never carry the reference data (the revision names it); a candidate is replayed
+    with its own data/ files."""
+    from authz.policy.replay import read_records
+
+    assert all("data" not in record.get("input", {}) for record in read_records(audit_db, None))
+    directory = tmp_path / "with-data"
+    shutil.copytree(SHIPPED_POLICIES, directory)
+    (directory / "data").mkdir()
+    (directory / "data" / "blocked.yaml").write_text("users: [user-owner]\n")
+    (directory / "blocked.yaml").write_text(
+        "name: blocked\nrules:\n  - id: blocked-users\n    effect: deny\n"
+        '    actions: ["*"]\n    when: principal.id in data.blocked.users\n'
+        "    reason: blocked\n"
+    )
+    report = replay(audit_db, directory, since=T0 - DAY)
+    assert {(f.principal, f.action, f.direction) for f in report.flips} == {
+        ("heroku_user:user-owner", "dashboard.view", "ALLOW->DENY")
+    }
+    assert report.flips[0].after_rules == ("blocked/blocked-users",)

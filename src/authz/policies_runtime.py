@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -9,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from authz.policy.compile import CompiledPolicySet, load_and_compile
-from authz.policy.load import PolicyError
+from authz.policy.data import DATA_DIR, DATA_SUFFIXES
+from authz.policy.files import entries
+from authz.policy.load import POLICY_SUFFIXES, PolicyError
 
 log = logging.getLogger("authz.policy")
 
@@ -37,51 +40,76 @@ class PolicyHolder:
         return cls(directory, load_and_compile(directory))
 
     def reload(self) -> ReloadResult:
+        """Load and compile the directory again; swap only if all of it is good. Never raises:
+        whatever goes wrong is a refused reload, logged and kept for GetPolicyStatus."""
         with self._lock:
             try:
                 candidate = load_and_compile(self.directory)
             except PolicyError as exc:
-                self.last_refused_at = time.time()
-                self.last_refused_errors = tuple(str(p) for p in exc.problems)
-                for problem in exc.problems:
-                    log.error(
-                        "policy change refused, still serving %s: %s",
-                        self.current.revision,
-                        problem,
-                    )
-                return ReloadResult(False, self.current.revision, self.last_refused_errors)
+                errors = tuple(str(p) for p in exc.problems)
+                return self._refuse(errors or ("the policy set was refused",))
+            except Exception as exc:  # a bug must not stop reloads or end the caller
+                log.exception("policy reload of %s failed unexpectedly", self.directory)
+                return self._refuse(
+                    (f"{self.directory}: the reload failed ({type(exc).__name__}: {exc})",)
+                )
             if candidate.revision != self.current.revision:
                 log.info("policy revision %s → %s", self.current.revision, candidate.revision)
                 self.current = candidate
             return ReloadResult(True, self.current.revision)
 
+    def _refuse(self, errors: tuple[str, ...]) -> ReloadResult:
+        self.last_refused_at = time.time()
+        self.last_refused_errors = errors
+        for error in errors:
+            log.error("policy change refused, still serving %s: %s", self.current.revision, error)
+        return ReloadResult(False, self.current.revision, errors)
 
-def directory_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """What changes when a policy file is added, removed or edited (name, size, mtime)."""
-    try:
-        entries = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
-        return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries)
-    except OSError:
-        return ()
+
+Signature = tuple[tuple[str, int, int, int], ...]
+
+
+def directory_signature(directory: Path) -> Signature:
+    """What changes when a policy or data file is added, removed or edited: name, size, mtime
+    and inode of every entry (a broken link or an unreadable entry counts too, as -1)."""
+    signature: list[tuple[str, int, int, int]] = []
+    for folder, suffixes, prefix in (
+        (directory, POLICY_SUFFIXES, ""),
+        (directory / DATA_DIR, DATA_SUFFIXES, f"{DATA_DIR}/"),
+    ):
+        try:
+            paths = entries(folder, suffixes)
+        except OSError:
+            signature.append((prefix or ".", -1, -1, -1))  # absent or unreadable folder
+            continue
+        for path in paths:
+            try:
+                info = path.stat()
+                signature.append((prefix + path.name, info.st_size, info.st_mtime_ns, info.st_ino))
+            except OSError:
+                signature.append((prefix + path.name, -1, -1, -1))
+    return tuple(signature)
 
 
 async def watch_policies(holder: PolicyHolder, interval: float = 1.0) -> None:
     """Reload when the directory changes. Polling: portable, and cheap at one stat per file.
 
     A change is picked up once its files stop changing for one interval, so an editor that
-    writes a file in several steps is not caught half-way.
+    writes a file in several steps is not caught half-way. Nothing ends the watcher but
+    cancellation: a failed look or reload is logged and the next change is tried again.
     """
-    import asyncio
-
     seen = directory_signature(holder.directory)
     while True:
         await asyncio.sleep(interval)
-        now = directory_signature(holder.directory)
-        if now == seen:
-            continue
-        await asyncio.sleep(interval)
-        settled = directory_signature(holder.directory)
-        if settled != now:
-            continue
-        seen = settled
-        await asyncio.to_thread(holder.reload)
+        try:
+            now = directory_signature(holder.directory)
+            if now == seen:
+                continue
+            await asyncio.sleep(interval)
+            settled = directory_signature(holder.directory)
+            if settled != now:
+                continue
+            seen = settled
+            await asyncio.to_thread(holder.reload)
+        except Exception:
+            log.exception("policy watcher: looking for changes failed; trying again")

@@ -82,7 +82,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     directory = _policy_dir(getattr(args, "directory", None))
     strict = bool(getattr(args, "strict", False))
-    report = lint_report(directory)
+    try:
+        report = lint_report(directory)
+    except Exception as exc:  # never a traceback: say what failed, and that nothing loaded
+        print(f"authz: {directory}: could not be validated ({type(exc).__name__}: {exc})")
+        print("policy set refused", file=sys.stderr)
+        return EXIT_FAIL
     ok = report.ok(strict=strict)
     if getattr(args, "json", False):
         print(json.dumps([problem_json(p) for p in report.problems], indent=2))
@@ -92,10 +97,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     errors, warnings = len(report.errors), len(report.warnings)
     if ok and report.policy_set is not None:
         policy_set = report.policy_set
+        catalogue = "closed" if policy_set.closed else "open"
+        data = f", data: {', '.join(sorted(policy_set.data))}" if policy_set.data else ""
         print(
             f"ok: {len(policy_set.policies)} policies, {policy_set.rule_count} rules, "
-            f"{len(policy_set.catalogue)} catalogued actions, revision {policy_set.revision}"
-            + (f" ({warnings} warning(s))" if warnings else "")
+            f"{len(policy_set.catalogue)} catalogued actions ({catalogue}){data}, "
+            f"revision {policy_set.revision}" + (f" ({warnings} warning(s))" if warnings else "")
         )
         return EXIT_OK
     if errors:

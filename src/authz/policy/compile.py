@@ -7,6 +7,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cel_expr_python import cel
 
@@ -25,7 +26,11 @@ VARIABLES: dict[str, object] = {
     "now": cel.Type.TIMESTAMP,
     "access": _DYN_MAP,  # the principal's current roles on the resource's Heroku app
     "caller": _DYN_MAP,  # the service asking (id), from the connection, never from the request
+    "data": _DYN_MAP,  # reference data from the policy directory's data/ files (read-only)
 }
+# Whether a condition may read `data`. Over-approximates (a string "data" matches too), which
+# only costs the engine one dict copy; missing a real read would make the condition error.
+_READS_DATA = re.compile(r"\bdata\b")
 
 _CEL_POSITION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
 _MAX_CACHED_ACTIONS = 10_000
@@ -40,6 +45,7 @@ class CompiledRule:
     rule: Rule
     program: cel.Expression | None  # None: no condition, always holds
     resource_types: frozenset[str]
+    reads_data: bool = False
 
 
 @dataclass
@@ -53,6 +59,12 @@ class CompiledPolicySet:
     env: cel.Env
     directory: Path | None = None
     loaded_at: float = field(default_factory=time.time)
+    # Reference data (the `data` variable), built once at load and shared by every evaluation.
+    data: dict[str, Any] = field(default_factory=dict)
+    # Resource types the catalogue files declare: name -> description.
+    resource_types: dict[str, str] = field(default_factory=dict)
+    # Some policy file declares `catalogue: open`: uncatalogued actions are decided by the rules.
+    catalogue_open: bool = False
     _exact: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict, repr=False)
     _globs: tuple[tuple[str, CompiledRule], ...] = field(default=(), repr=False)
     _by_action: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict, repr=False)
@@ -119,6 +131,15 @@ class CompiledPolicySet:
     def rule_count(self) -> int:
         return len(self.rules)
 
+    @property
+    def closed(self) -> bool:
+        """Only catalogued actions are decided; any other is denied with ACTION_UNKNOWN.
+
+        A set that declares an action catalogue is closed unless a file declares
+        `catalogue: open`. A set with no catalogue at all has nothing to check names against, so
+        its rules decide every action (`authz policy validate` warns about that)."""
+        return bool(self.catalogue) and not self.catalogue_open
+
 
 def compile_policies(loaded: LoadedSet) -> CompiledPolicySet:
     """Compile every condition; raise PolicyError (with file:line:column) if any fails."""
@@ -130,7 +151,14 @@ def compile_policies(loaded: LoadedSet) -> CompiledPolicySet:
             program = None
             if rule.when:
                 program = _compile_condition(env, rule, problems)
-            compiled.append(CompiledRule(rule, program, frozenset(rule.resource_types)))
+            compiled.append(
+                CompiledRule(
+                    rule,
+                    program,
+                    frozenset(rule.resource_types),
+                    bool(_READS_DATA.search(rule.when)),
+                )
+            )
     if problems:
         raise PolicyError(problems)
     catalogue = {action: text for policy in loaded.policies for action, text in policy.actions}
@@ -141,6 +169,11 @@ def compile_policies(loaded: LoadedSet) -> CompiledPolicySet:
         catalogue=catalogue,
         env=env,
         directory=loaded.directory,
+        data=loaded.data,
+        resource_types={
+            name: text for policy in loaded.policies for name, text in policy.resource_types
+        },
+        catalogue_open=any(policy.catalogue == "open" for policy in loaded.policies),
     )
 
 
@@ -150,6 +183,16 @@ def _compile_condition(env: cel.Env, rule: Rule, problems: list[Problem]) -> cel
         program = env.compile(rule.when)
     except RuntimeError as exc:
         problems.append(_cel_problem(rule, source, str(exc)))
+        return None
+    except Exception as exc:  # e.g. TypeError for text CEL cannot take: refuse, never raise
+        problems.append(
+            Problem(
+                source,
+                f"CEL cannot compile this condition ({type(exc).__name__})",
+                rule_id=rule.id,
+                hint="check the condition for characters CEL does not accept",
+            )
+        )
         return None
     if program.return_type() not in (cel.Type.BOOL, cel.Type.DYN):
         problems.append(
@@ -180,7 +223,9 @@ def _cel_problem(rule: Rule, source: Source, text: str) -> Problem:
 
 def _cel_hint(message: str) -> str:
     if "undeclared reference" in message:
-        return "conditions can read principal, resource, action, context, now, access and caller"
+        return (
+            "conditions can read principal, resource, action, context, now, access, caller and data"
+        )
     if "no matching overload" in message:
         return "the operand types differ; compare like with like (string with string, ...)"
     if "Syntax error" in message:

@@ -1,4 +1,5 @@
-"""evaluate(compiled set, input) → Decision. Deny overrides, default deny, errors fail closed."""
+"""evaluate(compiled set, input) → Decision. Deny overrides, default deny, errors fail closed,
+and in a closed catalogue an action nobody catalogued is denied before any rule is consulted."""
 
 from __future__ import annotations
 
@@ -13,22 +14,31 @@ from authz.policy.model import Decision, Effect, MatchedRule
 _ERROR = cel.Type.ERROR
 _BOOL = cel.Type.BOOL
 _INT = cel.Type.INT
+ACTION_UNKNOWN = "ACTION_UNKNOWN"
 
 
 def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decision:
-    """Decide one request. `inputs` holds every declared variable (see compile.VARIABLES).
+    """Decide one request. `inputs` holds every declared variable (see compile.VARIABLES)
+    except `data`, which comes from the policy set (an input may replace it, as a test suite
+    does; the server never does).
 
     ALLOW only when at least one allow rule holds and no deny rule holds. A condition that
     errors or yields a non-bool never lets a request through: a deny rule counts as held,
-    an allow rule as not held, and the error is reported.
+    an allow rule as not held, and the error is reported. In a closed catalogue (see
+    CompiledPolicySet.closed) an uncatalogued action is denied with ACTION_UNKNOWN and no rule.
     """
     action: str = inputs["action"]
+    if policy_set.closed and action not in policy_set.catalogue:
+        return unknown_action(policy_set, action)
     plan = policy_set.plan(action, inputs["resource"].get("type", ""))
     held = [False] * len(plan.rules)
     for position in plan.always:
         held[position] = True
     errors: list[str] = []
     if plan.chunks:
+        if plan.reads_data and "data" not in inputs:
+            # The set's one prebuilt mapping; only plans that read it pay for the copy.
+            inputs = {**inputs, "data": policy_set.data}
         activation = policy_set.env.Activation(inputs)
         for chunk in plan.chunks:
             result = chunk.program.eval(activation) if chunk.program is not None else None
@@ -55,6 +65,15 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
         effect = Effect.DENY
         reasons = (f"no allow rule matched action {action!r} (default deny)",)
     return Decision(effect, matched, reasons, tuple(errors), policy_set.revision)
+
+
+def unknown_action(policy_set: CompiledPolicySet, action: str) -> Decision:
+    """The decision for an action no catalogue lists, in a closed catalogue."""
+    reason = (
+        f"{ACTION_UNKNOWN}: action {action!r} is in no action catalogue, so no rule decides it "
+        "(catalogue it, or declare 'catalogue: open')"
+    )
+    return Decision(Effect.DENY, (), (reason,), (), policy_set.revision)
 
 
 def _holds(compiled: CompiledRule, activation: Any, errors: list[str]) -> bool:

@@ -30,8 +30,12 @@ def build_input(
     access: Mapping[str, Any] | None = None,
     caller: Mapping[str, Any] | None = None,
     now: datetime | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every declared variable, with neutral defaults for what the caller leaves out."""
+    """Every declared variable, with neutral defaults for what the caller leaves out.
+
+    `data` is left out unless given: the engine then reads the policy set's own reference data
+    (a test suite passes it to evaluate with other data)."""
     principal = dict(principal or {})
     principal.setdefault("type", "")
     principal.setdefault("id", "")
@@ -41,7 +45,7 @@ def build_input(
     resource.setdefault("type", "")
     resource.setdefault("id", "")
     resource.setdefault("attributes", {})
-    return {
+    inputs = {
         "principal": principal,
         "resource": resource,
         "action": action,
@@ -50,3 +54,6 @@ def build_input(
         "access": {**NO_ACCESS, **(access or {})},
         "caller": dict(caller or {"id": ""}),
     }
+    if data is not None:
+        inputs["data"] = dict(data)
+    return inputs

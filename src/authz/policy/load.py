@@ -8,44 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from authz.policy.model import Effect, Policy, Rule, Source
+from authz.policy.data import load_data
+from authz.policy.files import MAX_POLICY_FILE_BYTES, decode_utf8, entries, read_file, text_problem
+from authz.policy.model import Effect, Policy, PolicyError, Problem, Rule, Source
 
-POLICY_KEYS = {"name", "description", "actions", "rules"}
+POLICY_KEYS = {"name", "description", "actions", "resource_types", "catalogue", "rules"}
+CATALOGUE_MODES = ("open", "closed")
 RULE_KEYS = {"id", "effect", "actions", "resource_types", "when", "reason"}
 REQUIRED_RULE_KEYS = ("id", "effect", "actions", "reason")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_ACTION = re.compile(r"^[a-z0-9_*][a-z0-9_.*-]*$")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a policy set, with where it is and how to fix it."""
-
-    source: Source
-    message: str
-    rule_id: str = ""
-    hint: str = ""
-    severity: str = "error"  # "error" or "warning"
-    column: int = 0
-
-    def __str__(self) -> str:
-        where = f"{self.source}:{self.column}" if self.column else str(self.source)
-        rule = f" [{self.rule_id}]" if self.rule_id else ""
-        hint = f" (hint: {self.hint})" if self.hint else ""
-        return f"{where}: {self.severity}{rule}: {self.message}{hint}"
-
-
-class PolicyError(Exception):
-    """The policy set was refused; nothing from it is used."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+# Upper case too: HTTP-style actions (GET, POST) are common. Names are compared exactly.
+_ACTION = re.compile(r"^[A-Za-z0-9_*][A-Za-z0-9_.*-]*$")
+_RESOURCE_TYPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +33,18 @@ class LoadedSet:
     policies: tuple[Policy, ...]
     revision: str
     directory: Path
+    # The reference data of data/*.yaml|json (see authz.policy.data): file stem -> value.
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+POLICY_SUFFIXES = (".yaml", ".yml")
 
 
 def policy_files(directory: Path) -> list[Path]:
-    """Policy files are *.yaml / *.yml directly in the directory; test suites live in tests/."""
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    """Policy files are *.yaml / *.yml directly in the directory (test suites live in tests/,
+    data in data/). Every entry with such a name counts, so one that is not a readable regular
+    file refuses the set instead of silently dropping its rules."""
+    return entries(directory, POLICY_SUFFIXES)
 
 
 def revision_of(files: list[tuple[str, bytes]]) -> str:
@@ -69,33 +56,75 @@ def revision_of(files: list[tuple[str, bytes]]) -> str:
 
 
 def load_policy_dir(directory: Path | str) -> LoadedSet:
-    """Load every policy file; raise PolicyError listing every problem if anything is wrong."""
+    """Load every policy file and the data folder; raise PolicyError listing every problem if
+    anything is wrong. Whatever goes wrong is a PolicyError, never another exception."""
     directory = Path(directory)
     if not directory.is_dir():
         raise PolicyError([Problem(Source(str(directory), 0), "policy directory does not exist")])
     raw: list[tuple[str, bytes]] = []
     policies: list[Policy] = []
     problems: list[Problem] = []
-    for path in policy_files(directory):
-        data = path.read_bytes()
-        raw.append((path.name, data))
-        policy = parse_policy(path.name, data.decode("utf-8", errors="replace"), problems)
+    try:
+        paths = policy_files(directory)
+    except OSError as exc:
+        raise PolicyError(
+            [Problem(Source(str(directory), 0), f"cannot list: {exc.strerror or exc}")]
+        ) from None
+    for path in paths:
+        content = read_file(path, path.name, MAX_POLICY_FILE_BYTES, problems)
+        if content is None:
+            continue
+        raw.append((path.name, content))
+        try:
+            text = decode_utf8(content, path.name, problems)
+            policy = parse_policy(path.name, text, problems) if text is not None else None
+        except Exception as exc:  # a loader bug must refuse the set, not end the caller
+            problems.append(_unexpected(path.name, exc))
+            continue
         if policy is not None:
             policies.append(policy)
-    if not raw:
+    if not raw and not problems:
         problems.append(
             Problem(Source(str(directory), 0), "no policy files (*.yaml) found", hint="add one")
         )
+    try:
+        data, data_files = load_data(directory, problems)
+    except Exception as exc:
+        problems.append(_unexpected("data", exc))
+        data, data_files = {}, []
     _check_unique(policies, problems)
+    _check_catalogue_modes(policies, problems)
     if any(p.severity == "error" for p in problems):
         raise PolicyError(problems)
-    return LoadedSet(tuple(policies), revision_of(raw), directory)
+    return LoadedSet(tuple(policies), revision_of(raw + data_files), directory, data)
+
+
+def _unexpected(name: str, exc: Exception) -> Problem:
+    return Problem(
+        Source(name, 0),
+        f"could not be loaded ({type(exc).__name__}: {exc})",
+        hint="report this with the file; the set is refused meanwhile",
+    )
+
+
+def _check_catalogue_modes(policies: list[Policy], problems: list[Problem]) -> None:
+    modes = {policy.catalogue: policy for policy in policies if policy.catalogue}
+    if len(modes) > 1:
+        problems.append(
+            Problem(
+                modes["closed"].source,
+                f"'catalogue: closed' here, but {modes['open'].source.file} declares "
+                "'catalogue: open'",
+                hint="declare the mode once, in the catalogue file",
+            )
+        )
 
 
 def _check_unique(policies: list[Policy], problems: list[Problem]) -> None:
     seen_policy: dict[str, Source] = {}
     seen_rule: dict[str, Source] = {}
     seen_action: dict[str, Source] = {}
+    seen_type: dict[str, Source] = {}
     for policy in policies:
         if policy.name in seen_policy:
             problems.append(
@@ -127,6 +156,17 @@ def _check_unique(policies: list[Policy], problems: list[Problem]) -> None:
                     )
                 )
             seen_action.setdefault(action, policy.source)
+        for resource_type, _ in policy.resource_types:
+            if resource_type in seen_type:
+                problems.append(
+                    Problem(
+                        policy.source,
+                        f"resource type {resource_type!r} is catalogued twice "
+                        f"(also at {seen_type[resource_type]})",
+                        hint="declare each resource type once",
+                    )
+                )
+            seen_type.setdefault(resource_type, policy.source)
 
 
 def _src(file: str, node: yaml.Node) -> Source:
@@ -173,11 +213,25 @@ def parse_policy(file: str, text: str, problems: list[Problem]) -> Policy | None
             )
         )
     description = _string(file, fields.get("description"), "description", problems)
-    actions = _catalogue(file, fields.get("actions"), problems)
+    actions = _catalogue(file, fields.get("actions"), problems, "actions", _ACTION)
+    resource_types = _catalogue(
+        file, fields.get("resource_types"), problems, "resource_types", _RESOURCE_TYPE
+    )
+    mode = _string(file, fields.get("catalogue"), "catalogue", problems)
+    if mode and mode not in CATALOGUE_MODES:
+        problems.append(
+            Problem(
+                _src(file, fields["catalogue"]),
+                f"catalogue mode {mode!r} is not one of: {', '.join(CATALOGUE_MODES)}",
+                hint="'open' decides actions no catalogue lists; 'closed' (the default) denies "
+                "them with ACTION_UNKNOWN",
+            )
+        )
+        mode = ""
     rules: list[Rule] = []
     rules_node = fields.get("rules")
     if rules_node is None:
-        if not actions:
+        if not actions and not resource_types:
             problems.append(
                 Problem(_src(file, root), "policy has no rules", hint="add a 'rules:' list")
             )
@@ -188,7 +242,15 @@ def parse_policy(file: str, text: str, problems: list[Problem]) -> Policy | None
             rule = _rule(file, name or "?", item, problems)
             if rule is not None:
                 rules.append(rule)
-    return Policy(name or "?", description, tuple(rules), tuple(actions), _src(file, root))
+    return Policy(
+        name or "?",
+        description,
+        tuple(rules),
+        tuple(actions),
+        _src(file, root),
+        tuple(resource_types),
+        mode,
+    )
 
 
 def _mapping(
@@ -232,6 +294,13 @@ def _string(
     if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
         problems.append(Problem(_src(file, node), f"{name!r} must be a string", rule_id=rule_id))
         return ""
+    problem = text_problem(node.value)
+    if problem:
+        message, hint = problem
+        problems.append(
+            Problem(_src(file, node), f"{name!r}: {message}", rule_id=rule_id, hint=hint)
+        )
+        return ""
     return str(node.value)
 
 
@@ -247,32 +316,43 @@ def _string_list(
     return tuple(values)
 
 
-def _catalogue(file: str, node: yaml.Node | None, problems: list[Problem]) -> list[tuple[str, str]]:
+_CATALOGUE_TEXT = {
+    # field -> (what one entry is, an example entry)
+    "actions": ("action", "'dashboard.view: Open the add-on dashboard'"),
+    "resource_types": ("resource type", "'addon: A Heroku add-on (its resource id)'"),
+}
+
+
+def _catalogue(
+    file: str, node: yaml.Node | None, problems: list[Problem], field: str, valid: re.Pattern[str]
+) -> list[tuple[str, str]]:
+    """A catalogue mapping (`actions:` or `resource_types:`): name -> description."""
     if node is None:
         return []
+    what, example = _CATALOGUE_TEXT[field]
     if not isinstance(node, yaml.MappingNode):
         problems.append(
             Problem(
                 _src(file, node),
-                "'actions' must map each action name to its description",
-                hint="e.g. 'dashboard.view: Open the add-on dashboard'",
+                f"'{field}' must map each {what} name to its description",
+                hint=f"e.g. {example}",
             )
         )
         return []
-    entries = []
+    found = []
     for key_node, value_node in node.value:
-        action = str(key_node.value)
-        if not _ACTION.match(action) or "*" in action:
+        name = str(key_node.value)
+        if not isinstance(key_node, yaml.ScalarNode) or not valid.match(name) or "*" in name:
             problems.append(
                 Problem(
                     _src(file, key_node),
-                    f"catalogued action {action!r} is not a valid name",
-                    hint="names are lower-case words joined by '.', without globs",
+                    f"catalogued {what} {name!r} is not a valid name",
+                    hint="names are words joined by '.', without globs or spaces",
                 )
             )
             continue
-        entries.append((action, _string(file, value_node, action, problems)))
-    return entries
+        found.append((name, _string(file, value_node, name, problems)))
+    return found
 
 
 def _rule(file: str, policy: str, node: yaml.Node, problems: list[Problem]) -> Rule | None:

@@ -1,4 +1,4 @@
-"""Policy, Rule, Effect, Decision: plain values, no behaviour beyond describing themselves."""
+"""Policy, Rule, Effect, Decision, Problem: plain values that only describe themselves."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class Source:
     column_offset: int = 0
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        # Line 0: the whole file (or directory), e.g. one that cannot be read at all.
+        return f"{self.file}:{self.line}" if self.line else self.file
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,10 @@ class Policy:
     # Action catalogue entries this file declares: action name -> description.
     actions: tuple[tuple[str, str], ...]
     source: Source
+    # Resource type catalogue entries this file declares: type name -> description.
+    resource_types: tuple[tuple[str, str], ...] = ()
+    # `catalogue: open | closed` as the file declares it; "" when it says nothing.
+    catalogue: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +76,29 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.effect is Effect.ALLOW
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a policy set, with where it is and how to fix it."""
+
+    source: Source
+    message: str
+    rule_id: str = ""
+    hint: str = ""
+    severity: str = "error"  # "error" or "warning"
+    column: int = 0
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.column}" if self.column else str(self.source)
+        rule = f" [{self.rule_id}]" if self.rule_id else ""
+        hint = f" (hint: {self.hint})" if self.hint else ""
+        return f"{where}: {self.severity}{rule}: {self.message}{hint}"
+
+
+class PolicyError(Exception):
+    """The policy set was refused; nothing from it is used."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))

@@ -32,6 +32,7 @@ class Plan:
     rules: tuple[CompiledRule, ...]  # every candidate, in file order
     always: tuple[int, ...]  # positions of rules without a condition
     chunks: tuple[Chunk, ...]
+    reads_data: bool = False  # some condition here may read `data`
 
 
 def build_plan(env: cel.Env, rules: tuple[CompiledRule, ...]) -> Plan:
@@ -41,7 +42,7 @@ def build_plan(env: cel.Env, rules: tuple[CompiledRule, ...]) -> Plan:
     for start in range(0, len(conditional), CHUNK):
         positions = tuple(conditional[start : start + CHUNK])
         chunks.append(Chunk(positions, _fuse(env, [rules[i] for i in positions])))
-    return Plan(rules, always, tuple(chunks))
+    return Plan(rules, always, tuple(chunks), any(r.reads_data for r in rules))
 
 
 def _fuse(env: cel.Env, rules: list[CompiledRule]) -> cel.Expression | None:
@@ -51,7 +52,7 @@ def _fuse(env: cel.Env, rules: list[CompiledRule]) -> cel.Expression | None:
     terms = [f"((\n{r.rule.when}\n) ? {1 << bit} : 0)" for bit, r in enumerate(rules)]
     try:
         return env.compile(_balanced_sum(terms))
-    except RuntimeError:  # e.g. CEL's parser depth limit: evaluate these rule by rule
+    except Exception:  # e.g. CEL's parser depth limit: evaluate these rule by rule
         return None
 
 

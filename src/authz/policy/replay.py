@@ -170,6 +170,7 @@ def skip_reason(record: Mapping[str, Any]) -> str | None:
 def recorded_input(record: Mapping[str, Any]) -> dict[str, Any]:
     """The evaluation input of a record, with `now` a datetime again."""
     data = dict(record["input"])
+    data.pop("data", None)  # rules read the candidate's own reference data
     now = datetime.fromisoformat(str(data["now"]))
     data["now"] = now if now.tzinfo else now.replace(tzinfo=UTC)
     data.setdefault("context", {})

@@ -29,13 +29,20 @@ never become policies). The format, in short (each shipped suite repeats it in i
         resource: dashboard
         access: owner                    # optional (a name or an inline mapping)
         context: {}                      # optional; also `caller: <id>` and `now: <RFC 3339>`
-        expect:                          # action -> allow | deny | {effect, rule, by_default}
+        expect:                          # action -> allow | deny | {effect, rule, reason, ...}
           dashboard.view: allow
           account.deactivate: {effect: deny, rule: sso-users-never-change-authentication}
+          addon.delete_everything: {effect: deny, reason: ACTION_UNKNOWN}
+    data:                                # optional: replaces these top-level keys of `data`
+      plans: {basic: {seats: 1}}
 
 Only the listed (test, action) pairs are checked. ``rule`` (or ``rules``) names rule ids that must
 be among the rules that decided (the matched deny rules of a DENY, the matched allow rules of an
-ALLOW); ``by_default: true`` expects a DENY that no rule matched (default deny).
+ALLOW); ``by_default: true`` expects a DENY that no rule matched (default deny, or an action
+unknown to a closed catalogue); ``reason`` is text one of the decision's reasons must contain.
+
+Rules read the policy directory's own ``data/`` files, as the server does; a suite's ``data``
+replaces whole top-level keys of it for that suite (e.g. a smaller user directory).
 
 Access facts: ``available`` defaults to true; ``age_seconds`` to 0 (or is derived from
 ``fetched_at``); ``role`` (the strongest known role), ``has_role`` and ``team_role`` (``admin``
@@ -64,7 +71,7 @@ from cel_expr_python import cel
 
 from authz.clock import rfc3339
 from authz.policy.compile import CompiledPolicySet, compile_policies
-from authz.policy.engine import evaluate
+from authz.policy.engine import ACTION_UNKNOWN, evaluate
 from authz.policy.inputs import NO_ACCESS, build_input
 from authz.policy.lint import format_problem
 from authz.policy.load import PolicyError, Problem, load_policy_dir
@@ -72,7 +79,7 @@ from authz.policy.model import Decision, Effect, Rule, Source
 
 SUITE_DIR = "tests"
 SUITE_GLOB = "*_test.yaml"
-SUITE_KEYS = {"name", "description", "now", "principals", "resources", "access", "tests"}
+SUITE_KEYS = {"name", "description", "now", "principals", "resources", "access", "data", "tests"}
 PRINCIPAL_KEYS = {"type", "id", "attributes", "session", "auth"}
 SESSION_KEYS = {"resource", "session_id", "issued_at", "token_kind"}
 RESOURCE_KEYS = {"type", "id", "attributes", "addon"}
@@ -80,7 +87,7 @@ ADDON_KEYS = {"state", "app_id", "app_name", "plan", "region"}
 ACCESS_KEYS = set(NO_ACCESS)
 CASE_KEYS = {"name", "description", "principal", "resource", "access", "context", "caller"}
 CASE_KEYS |= {"now", "expect"}
-EXPECT_KEYS = {"effect", "rule", "rules", "by_default"}
+EXPECT_KEYS = {"effect", "rule", "rules", "by_default", "reason"}
 HEROKU_USER = "heroku_user"
 # Strongest first, as authz.facts.access derives `role` (a test keeps the two in step; the
 # policy package does not import the Heroku facts).
@@ -108,6 +115,7 @@ class Expectation:
     effect: Effect
     rules: tuple[str, ...] = ()
     by_default: bool = False
+    reason: str = ""  # text one of the decision's reasons must contain
 
     def __str__(self) -> str:
         text = self.effect.value
@@ -115,6 +123,8 @@ class Expectation:
             text += f" (by rule {', '.join(self.rules)})"
         if self.by_default:
             text += " (by default: no rule matched)"
+        if self.reason:
+            text += f" (reason containing {self.reason!r})"
         return text
 
 
@@ -356,6 +366,7 @@ class _Suite:
     file: str
     cases: list[_Case]
     tests: int
+    data: dict[str, Any]  # what `data` reads for this suite: the set's, with the suite's keys
 
 
 class _SuiteReader:
@@ -408,6 +419,7 @@ class _SuiteReader:
                 data.get("resources"), _key_line(data, "resources", 1), "resources"
             )
             access = _require_map(data.get("access"), _key_line(data, "access", 1), "access")
+            suite_data = self._data(data.get("data"), _key_line(data, "data", 1))
             tests = data.get("tests")
             if not isinstance(tests, list) or not tests:
                 raise _SuiteError(_key_line(data, "tests", 1), "a suite needs a 'tests' list")
@@ -420,7 +432,19 @@ class _SuiteReader:
                 cases.append(self._case(item, now, principals, resources, access))
             except _SuiteError as exc:
                 self.problem(exc.line, exc.message, exc.hint)
-        return _Suite(name, self.file, cases, len(tests))
+        return _Suite(name, self.file, cases, len(tests), suite_data)
+
+    def _data(self, value: Any, line: int) -> dict[str, Any]:
+        """The policy set's data with the suite's top-level keys replacing its own."""
+        override = _plain(_require_map(value, line, "data"))
+        for key in override:
+            if not key.isidentifier():
+                raise _SuiteError(
+                    _key_line(value, key, line),
+                    f"data key {key!r} is not a name",
+                    hint="use the stem of a data file, e.g. users for data/users.yaml",
+                )
+        return {**self.policy_set.data, **override}
 
     # principals, resources and access facts are built per case (they depend on `now`)
 
@@ -560,7 +584,10 @@ class _SuiteReader:
         by_default = bool(value.get("by_default", False))
         if by_default and (effect is Effect.ALLOW or rules):
             raise _SuiteError(line, "by_default expects a DENY that no rule matched; drop 'rule'")
-        return Expectation(effect, tuple(rules), by_default)
+        reason = value.get("reason", "")
+        if not isinstance(reason, str):
+            raise _SuiteError(line, "'reason' is text one of the decision's reasons contains")
+        return Expectation(effect, tuple(rules), by_default, reason)
 
     @staticmethod
     def _effect(value: Any, line: int) -> Effect:
@@ -641,12 +668,16 @@ class _SuiteReader:
         catalogue = self.policy_set.catalogue
         for action, value in expect_raw.items():
             action_line = _key_line(expect_raw, action, line)
-            expect.append((action, self._expectation(value, action_line), action_line))
-            if catalogue and action not in catalogue:
+            expectation = self._expectation(value, action_line)
+            expect.append((action, expectation, action_line))
+            # A test meant for an unknown action says so by expecting ACTION_UNKNOWN; any other
+            # uncatalogued name is probably a misspelling that would pass as a deny.
+            if catalogue and action not in catalogue and ACTION_UNKNOWN not in expectation.reason:
                 self.problem(
                     action_line,
                     f"test {test!r} checks action {action!r}, which is not catalogued",
-                    hint="check the spelling against the action catalogue",
+                    hint="check the spelling against the action catalogue (to test that an "
+                    f"unknown action is denied, expect {{effect: deny, reason: {ACTION_UNKNOWN}}})",
                     severity="warning",
                 )
         return _Case(
@@ -752,6 +783,7 @@ def _run_check(
         access=case.access,
         caller=case.caller,
         now=case.now,
+        data=suite.data,
     )
     _record_coverage(policy_set, coverage, inputs)
     decision = evaluate(policy_set, inputs)
@@ -777,6 +809,8 @@ def _record_coverage(
     policy_set: CompiledPolicySet, coverage: dict[str, RuleCoverage], inputs: Mapping[str, Any]
 ) -> None:
     """Evaluate every candidate rule's condition as the engine does, noting each outcome."""
+    if policy_set.closed and inputs["action"] not in policy_set.catalogue:
+        return  # the engine consults no rule for an action its closed catalogue does not know
     resource_type = inputs["resource"].get("type", "")
     activation = None
     for compiled in policy_set.rules_for(inputs["action"]):
@@ -818,6 +852,8 @@ def _failure(expected: Expectation, decision: Decision) -> str:
         )
     if expected.by_default and deciding:
         return f"expected a default deny, but rule {', '.join(deciding)} denied"
+    if expected.reason and not any(expected.reason in reason for reason in decision.reasons):
+        return f"{decision.effect.value} as expected, but no reason contains {expected.reason!r}"
     return ""
 
 
@@ -917,6 +953,7 @@ def report_json(report: SuiteReport, *, min_coverage: float | None = None) -> di
                     "effect": r.expected.effect.value,
                     "rules": list(r.expected.rules),
                     "by_default": r.expected.by_default,
+                    "reason": r.expected.reason,
                 },
                 "got": r.decision.effect.value,
                 "matched": [
