@@ -4,8 +4,8 @@ Heroku's rule for add-on partners: never keep a list of authorized users longer 
 :class:`AccessCache` keeps one :class:`~authz.facts.heroku.AccessList` per app and guarantees:
 
 - a fresh entry (younger than ``ttl``) is returned at once;
-- an entry still in use when it is older than ``refresh_ahead * ttl`` triggers ONE background
-  refresh, so busy apps rarely wait for Heroku (callers never wait for that refresh);
+- an entry still in use within ``(1 - refresh_ahead) * ttl`` seconds of its expiry triggers ONE
+  background refresh, so busy apps rarely wait for Heroku (callers never wait for that refresh);
 - a missing or expired entry is fetched once however many callers ask at the same moment
   (single-flight); each caller waits at most its ``deadline`` and then gets
   :class:`AccessUnavailable`; the fetch itself keeps running and later callers join it;
@@ -194,7 +194,9 @@ class AccessCache:
             age = now - entry.born
             ttl = self._entry_ttl(entry)
             if 0 <= age < ttl:
-                refresh_at = self._refresh_ahead * ttl if self._refresh_ahead < 1 else ttl
+                # The refresh-ahead window is a fixed number of seconds before expiry (a share
+                # of the configured ttl), so a stretched TTL stretches the refresh interval too.
+                refresh_at = ttl - (1 - self._refresh_ahead) * self._ttl
                 if age >= refresh_at and not self._busy(app_id, now):
                     self._start(app_id, resource_id)  # refresh-ahead, nobody waits for it
                 return entry.access

@@ -17,7 +17,7 @@ rate-limited). Users, apps, teams and add-ons may be named by id, fixture handle
     GET    /__sim/faults | POST {kind, path_prefix?, count?, seconds?, status?, retry_after?}
     DELETE /__sim/faults[/{id}]
     GET    /__sim/counters | DELETE (reset)
-    GET    /__sim/rate-limits | DELETE (refill the pool)
+    GET    /__sim/rate-limits | DELETE (refill the pool) | PUT {remaining}
     GET    /__sim/manifest | PATCH {base_url?, sso_url?}
     POST   /__sim/provision                       {app, plan, name?, options?, resource_id?,
                                                    base_url?} -> {request, response, state}
@@ -110,6 +110,9 @@ def admin(
         case "DELETE", ["rate-limits"]:
             sim.reset_rate_limits()
             return 200, {"reset": True}
+        case "PUT", ["rate-limits"]:
+            sim.reset_rate_limits(int(doc["remaining"]))
+            return 200, {"remaining": sim.rate_limit_remaining(), "limit": sim.rate_limit}
         case "GET", ["manifest"]:
             return 200, sim.manifest()
         case "PATCH", ["manifest"]:

@@ -87,8 +87,11 @@ class AccountBudget:
         self._tokens -= 1
         return int(self._tokens)
 
-    def reset(self) -> None:
-        self._tokens = float(self.limit)
+    def reset(self, tokens: int | None = None) -> None:
+        """Refill the pool (or set it to `tokens`, as if other calls had spent the rest)."""
+        if tokens is not None and not 0 <= tokens <= self.limit:
+            raise ValueError(f"remaining must be between 0 and the pool size {self.limit}")
+        self._tokens = float(self.limit if tokens is None else tokens)
         self._since = self._clock()
 
 

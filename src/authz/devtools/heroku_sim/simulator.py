@@ -291,9 +291,10 @@ class HerokuSimulator:
         with self._lock:
             return self._budget.remaining()
 
-    def reset_rate_limits(self) -> None:
+    def reset_rate_limits(self, remaining: int | None = None) -> None:
+        """Refill the account's pool, or leave `remaining` tokens in it."""
         with self._lock:
-            self._budget.reset()
+            self._budget.reset(remaining)
 
     # -- admin: Heroku calling the partner ---------------------------------------------------
 
