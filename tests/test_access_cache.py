@@ -151,7 +151,7 @@ def test_cold_app_200_concurrent_gets_make_one_fetch_sequence(
             assert sim.counters()["requests"] == {
                 f"GET /addons/{resource_id}": 1,
                 f"GET /apps/{app_id}": 1,
-                f"GET /apps/{app_id}/collaborators": 1,  # 2 collaborators, one page
+                f"GET /apps/{app_id}/collaborators": 2,  # 3 collaborators, pages of 2
                 f"GET /teams/{team_id}/members": 2,  # 3 members, pages of 2
             }
 
@@ -378,7 +378,7 @@ def test_access_fact_shapes() -> None:
         "role": "admin",
         "has_role": True,
         "team_role": "admin",
-        "permissions": ["deploy", "view"],
+        "permissions": ["view", "deploy", "operate", "manage"],  # admins hold all four
         "fetched_at": "2027-01-15T08:00:00.000000Z",
         "age_seconds": 12.5,
         "error": "",
@@ -386,6 +386,7 @@ def test_access_fact_shapes() -> None:
     assert _plain(fact)
     assert access_fact(listing, "u_owner", now)["role"] == "owner"
     assert access_fact(listing, "u_team", now)["role"] == "team_member"
+    assert access_fact(listing, "u_team", now)["permissions"] == ["view", "deploy"]  # as listed
     collab = access_fact(listing, "u_teamcollab", now)
     assert collab["role"] == "" and not collab["has_role"]
     assert collab["roles"] == ["team_collaborator"]
@@ -409,3 +410,25 @@ def test_access_fact_shapes() -> None:
     }
     assert _plain(down)
     assert access_fact(None, "u", now)["error"]  # never an empty reason when unavailable
+
+
+def test_effective_app_permissions() -> None:
+    """Heroku Enterprise app permissions as policies see them (facts/access.app_permissions)."""
+
+    def member(uid: str, roles: tuple[str, ...], perms: tuple[str, ...]) -> AppMember:
+        return AppMember(uid, f"{uid}@example.com", roles, perms)
+
+    def perms(team_id: str | None, m: AppMember) -> list[str]:
+        listing = AccessList("app-1", "acme", team_id, "u-owner", 0.0, {m.user_id: m})
+        return list(access_fact(listing, m.user_id, 0.0)["permissions"])
+
+    everything = ["view", "deploy", "operate", "manage"]
+    assert perms("team-1", member("o", ("owner",), ())) == everything
+    assert perms("team-1", member("a", ("team_admin",), ("view",))) == everything
+    assert perms("team-1", member("v", ("collaborator",), ("view",))) == ["view"]
+    assert perms("team-1", member("m", ("member",), ("manage", "view"))) == ["view", "manage"]
+    assert perms("team-1", member("t", ("team_member",), ())) == []
+    # Personal apps have no app permissions: their collaborators hold all four.
+    assert perms(None, member("c", ("collaborator",), ())) == everything
+    # A null role (no role) gets nothing even on a personal app.
+    assert perms(None, member("n", (), ())) == []

@@ -102,9 +102,10 @@ def test_personal_app_access_list(sim: HerokuSimulator) -> None:
     assert set(access.members) == {alice, bob, carol}  # dave and mallory are nowhere
     assert access.members[alice].roles == ("owner",)
     assert access.members[bob].roles == ("collaborator",)
-    assert access.members[bob].permissions == ("deploy", "manage", "operate", "view")
-    assert access.members[carol].permissions == ("deploy", "view")
+    # A personal app has no Enterprise app permissions: Heroku lists none (access_fact decides).
+    assert access.members[bob].permissions == () and access.members[carol].permissions == ()
     assert access.members[carol].team_role is None
+    assert access.ratelimit_remaining is not None and access.ratelimit_remaining < 4500
     assert access.members[alice].email == "alice@acme.example"
     # The recipe, in order, with pagination: 3 collaborators in pages of 2; no team call.
     app_id = access.app_id
@@ -117,16 +118,20 @@ def test_personal_app_access_list(sim: HerokuSimulator) -> None:
 def test_team_app_access_list(sim: HerokuSimulator) -> None:
     access = run(lambda: fetch(sim, GLOBEX))
     team = sim.team("globex")
-    erin, frank, grace = (sim.user(h)["id"] for h in ("erin", "frank", "grace"))
+    erin, frank, grace, ivan = (sim.user(h)["id"] for h in ("erin", "frank", "grace", "ivan"))
     owner = sim.user("globex-owner")["id"]
     assert access.team_id == team["id"] and access.owner_id == owner
-    assert set(access.members) == {owner, erin, frank, grace}
+    assert set(access.members) == {owner, erin, frank, grace, ivan}
+    assert access.members[grace].permissions == ("deploy", "view")
+    assert access.members[ivan].roles == ("collaborator",)
+    assert access.members[ivan].permissions == ("view",)
     assert access.members[erin].roles == ("admin", "team_admin")
     assert access.members[erin].team_role == "admin"
     assert access.members[grace].roles == ("member", "team_member")
     assert access.members[frank].roles == ("team_member",)
     assert access.members[frank].permissions == ()
-    assert sim.count("GET", f"/teams/{team['id']}/members") == 2  # 3 members, pages of 2
+    # 3 members in pages of 2, ranged by email as the schema says (an `id` range is a 416).
+    assert sim.count("GET", f"/teams/{team['id']}/members") == 2
 
 
 def test_identity_is_the_user_id_not_the_email(sim: HerokuSimulator) -> None:
@@ -139,8 +144,30 @@ def test_identity_is_the_user_id_not_the_email(sim: HerokuSimulator) -> None:
     assert after.members[bob].roles == before.members[bob].roles
     assert after.members[bob].email == "robert@acme.example"
     assert sim.user("carol")["id"] not in after.members
-    # A collaborator whose role is null still has access to the app: role "collaborator".
-    assert after.members[sim.user("mallory")["id"]].roles == ("collaborator",)
+    # A collaborator whose role is null is listed but holds no role: it grants nothing.
+    assert after.members[sim.user("mallory")["id"]].roles == ()
+
+
+def test_null_unknown_and_odd_roles_grant_nothing_and_the_rest_stands(
+    sim: HerokuSimulator,
+) -> None:
+    """Rows Heroku may send (role null, viewer, a role added later, a federated member with an
+    identity_provider) used to make the whole list unavailable; now they grant nothing."""
+    sim.set_team_member_role("globex", "frank", None)
+    sim.add_team_member("globex", "mallory", "viewer")
+    sim.add_team_member("globex", "dave", "identity_provider", {"name": "acme-sso"})
+    sim.set_collaborator_role("globex-api", "ivan", "billing_contact")
+    access = run(lambda: fetch(sim, GLOBEX))
+    frank, mallory, dave, ivan, erin, grace = (
+        sim.user(h)["id"] for h in ("frank", "mallory", "dave", "ivan", "erin", "grace")
+    )
+    assert access.members[frank].roles == () and access.members[frank].team_role is None
+    assert access.members[mallory].roles == ("team_viewer",)
+    assert access.members[dave].roles == ("team_identity_provider",)
+    assert access.members[ivan].roles == ("billing_contact",)
+    # Everyone else is exactly as before.
+    assert access.members[erin].roles == ("admin", "team_admin")
+    assert access.members[grace].roles == ("member", "team_member")
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
+from tests.clock import FakeClock
 
 ACCEPT = "application/vnd.heroku+json; version=3"
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -78,8 +79,14 @@ def test_demo_fixture_tells_the_story(sim: HerokuSimulator) -> None:
     alice, bob, carol, dave = (sim.user(h)["id"] for h in ("alice", "bob", "carol", "dave"))
     assert acme["owner"]["id"] == alice and acme["team"] is None
     acme_collabs = {c["user"]["id"]: c for c in acme["collaborators"]}
-    assert {p["name"] for p in acme_collabs[bob]["permissions"]} >= {"manage"}
-    assert {p["name"] for p in acme_collabs[carol]["permissions"]} == {"view", "deploy"}
+    # A personal app has no Enterprise app permissions; a team app's collaborators do.
+    assert acme_collabs[bob]["permissions"] == [] and acme_collabs[carol]["role"] == "collaborator"
+    assert acme["region"]["name"] == "us" and apps["initech-legacy"]["region"]["name"] == "eu"
+    globex_perms = {
+        c["user"]["id"]: {p["name"] for p in c["permissions"]} for c in globex["collaborators"]
+    }
+    assert globex_perms[sim.user("ivan")["id"]] == {"view"}
+    assert globex_perms[sim.user("grace")["id"]] == {"view", "deploy"}
     # The former provisioner and the unrelated user appear in no list at all.
     mallory = sim.user("mallory")["id"]
     for app in state["apps"]:
@@ -106,7 +113,7 @@ def test_oauth_exchange_refresh_and_refusals(sim: HerokuSimulator, http: httpx.C
     tokens = ok.json()
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 28800
     assert set(tokens) >= {"access_token", "refresh_token", "expires_in", "user_id"}
-    assert "Ratelimit-Remaining" in ok.headers
+    assert "RateLimit-Remaining" in ok.headers
     again = http.post(url, data=form)  # single use
     assert again.status_code == 401 and again.json()["id"] == "unauthorized"
 
@@ -134,7 +141,9 @@ def test_api_shapes(sim: HerokuSimulator, http: httpx.Client) -> None:
     addon = api(sim, http, f"/addons/{rid}", token).json()
     assert addon["id"] == rid and addon["state"] == "provisioned"
     assert addon["app"] == {"id": sim.app("globex-api")["id"], "name": "globex-api"}
-    assert addon["plan"]["name"] == "authz:pro"
+    assert addon["plan"]["name"] == "authz:pro" and set(addon["plan"]) == {"id", "name"}
+    uuid.UUID(addon["plan"]["id"])
+    assert addon["addon_service"]["name"] == "authz"
 
     app = api(sim, http, f"/apps/{addon['app']['id']}", token).json()
     assert app["owner"] == {
@@ -142,6 +151,7 @@ def test_api_shapes(sim: HerokuSimulator, http: httpx.Client) -> None:
         "email": "globex@herokumanager.com",
     }
     assert app["team"]["name"] == "globex"
+    assert app["region"] == {"id": "59accabd-516d-4f0e-83e6-6e3757701145", "name": "us"}
     assert api(sim, http, "/apps/globex-api", token).json()["id"] == app["id"]  # by name too
 
     collabs = get_all(sim, http, f"/apps/{app['id']}/collaborators", token)
@@ -166,20 +176,28 @@ def test_api_requires_accept_and_a_token_for_that_app(
     globex = sim.app("globex-api")
     token = exchange(sim, http, "authz-curved-12345")["access_token"]
     path = f"/addons/{acme_rid}"
+    # Platform API Reference, Errors: 406 not_acceptable without the versioned media type.
     no_accept = http.get(f"{sim.base_url}{path}", headers={"Authorization": f"Bearer {token}"})
-    assert no_accept.status_code == 400
-    assert "Ratelimit-Remaining" in no_accept.headers
-    assert api(sim, http, path, None).status_code == 401
-    assert api(sim, http, path, "not-a-token").status_code == 401
+    assert no_accept.status_code == 406 and no_accept.json()["id"] == "not_acceptable"
+    assert set(no_accept.json()) == {"id", "message"}
+    assert "RateLimit-Remaining" in no_accept.headers
+    for accept in ("application/json", "application/vnd.heroku+json; version=2"):
+        assert api(sim, http, path, token, Accept=accept).status_code == 406
+    for token_header in (None, "not-a-token"):
+        refused = api(sim, http, path, token_header)
+        assert refused.status_code == 401 and refused.json()["id"] == "unauthorized"
+        assert set(refused.json()) == {"id", "message"}
     assert api(sim, http, path, token).status_code == 200
     # Another app's add-on, app, collaborators, team: forbidden to this token.
     other_rid = sim.addon("authz-spherical-67890")["id"]
-    assert api(sim, http, f"/addons/{other_rid}", token).status_code == 403
+    other = api(sim, http, f"/addons/{other_rid}", token)
+    assert other.status_code == 403 and other.json()["id"] == "forbidden"
     assert api(sim, http, f"/apps/{globex['id']}", token).status_code == 403
     assert api(sim, http, f"/apps/{globex['id']}/collaborators", token).status_code == 403
     forbidden = api(sim, http, f"/teams/{globex['team']['id']}/members", token)
     assert forbidden.status_code == 403 and forbidden.json()["id"] == "forbidden"
-    assert api(sim, http, f"/addons/{uuid.uuid4()}", token).status_code == 404
+    missing = api(sim, http, f"/addons/{uuid.uuid4()}", token)
+    assert missing.status_code == 404 and missing.json()["id"] == "not_found"
     # Expired tokens are refused.
     assert sim.expire_access_tokens() >= 1
     expired = api(sim, http, path, token)
@@ -209,17 +227,62 @@ def test_pagination_with_range_and_next_range(sim: HerokuSimulator, http: httpx.
         headers = {"Range": reply.headers["Next-Range"]}
     assert pages == 3
     assert api(sim, http, path, token, Range="id ..; max=1000").status_code == 206
-    assert api(sim, http, path, token, Range="garbage").status_code == 400
+    garbage = api(sim, http, path, token, Range="garbage")
+    assert garbage.status_code == 416
+    assert garbage.json()["id"] == "requested_range_not_satisfiable"
+    assert api(sim, http, path, token, Range="email ..; max=10").status_code == 416
+
+
+def test_team_members_page_by_email_only(sim: HerokuSimulator, http: httpx.Client) -> None:
+    """schema.json: the team-member List link declares ranges ["email"]; `id` is refused."""
+    token = exchange(sim, http, "authz-spherical-67890")["access_token"]
+    path = f"/teams/{sim.team('globex')['id']}/members"
+    by_id = api(sim, http, path, token, Range="id ..; max=1000")
+    assert by_id.status_code == 416 and by_id.json()["id"] == "requested_range_not_satisfiable"
+    first = api(sim, http, path, token, Range="email ..; max=1000")
+    assert first.status_code == 206 and first.headers["Accept-Ranges"] == "email"
+    assert first.headers["Next-Range"] == f"email ]{first.json()[-1]['email']}..; max=2"
+    emails = [m["email"] for m in get_all(sim, http, path, token)]
+    assert emails == sorted(emails) and len(emails) == 3
+
+
+def test_ratelimit_is_one_pool_per_account_and_refills(http: httpx.Client) -> None:
+    clock = FakeClock()
+    with HerokuSimulator(load_fixture(), rate_limit=3600, clock=clock) as sim:
+        acme = exchange(sim, http, "authz-curved-12345")["access_token"]
+        globex = exchange(sim, http, "authz-spherical-67890")["access_token"]
+        acme_path = f"/addons/{sim.addon('authz-curved-12345')['id']}"
+        globex_path = f"/addons/{sim.addon('authz-spherical-67890')['id']}"
+        sim.reset_rate_limits()
+        seen = [
+            api(sim, http, acme_path, acme).headers["RateLimit-Remaining"],
+            api(sim, http, globex_path, globex).headers["RateLimit-Remaining"],
+            api(sim, http, acme_path, acme).headers["RateLimit-Remaining"],
+        ]
+        assert seen == ["3599", "3598", "3597"]  # both add-ons draw on the partner's one pool
+        clock.advance(2)  # 3600 per hour: one token a second, refilled continuously
+        assert api(sim, http, acme_path, acme).headers["RateLimit-Remaining"] == "3598"
+        # Answers that are refused still say how much is left; unauthenticated ones cost nothing.
+        assert api(sim, http, acme_path, None).headers["RateLimit-Remaining"] == "3598"
+        assert api(sim, http, "/account/rate-limits", acme).json() == {"remaining": 3598}
 
 
 def test_ratelimit_remaining_counts_down_then_429(http: httpx.Client) -> None:
-    with HerokuSimulator(load_fixture(), rate_limit=3) as sim:
+    clock = FakeClock()
+    with HerokuSimulator(load_fixture(), rate_limit=3, clock=clock) as sim:
         token = exchange(sim, http, "authz-curved-12345")["access_token"]
         path = f"/addons/{sim.addon('authz-curved-12345')['id']}"
-        remaining = [api(sim, http, path, token).headers["Ratelimit-Remaining"] for _ in range(3)]
+        remaining = [api(sim, http, path, token).headers["RateLimit-Remaining"] for _ in range(3)]
         assert remaining == ["2", "1", "0"]
         limited = api(sim, http, path, token)
-        assert limited.status_code == 429 and limited.headers["Ratelimit-Remaining"] == "0"
+        assert limited.status_code == 429 and limited.headers["RateLimit-Remaining"] == "0"
+        assert limited.json() == {
+            "id": "rate_limit",
+            "message": "Your account reached the API rate limit",
+        }
+        assert int(limited.headers["Retry-After"]) == 1200  # 3 an hour: one every 20 minutes
+        clock.advance(1200)
+        assert api(sim, http, path, token).status_code == 200
         sim.reset_rate_limits()
         assert api(sim, http, path, token).status_code == 200
 
@@ -238,7 +301,7 @@ def test_faults(sim: HerokuSimulator, http: httpx.Client) -> None:
     sim.add_fault("rate_limit", count=1, retry_after=7)
     limited = api(sim, http, path, token)
     assert limited.status_code == 429
-    assert limited.headers["Ratelimit-Remaining"] == "0" and limited.headers["Retry-After"] == "7"
+    assert limited.headers["RateLimit-Remaining"] == "0" and limited.headers["Retry-After"] == "7"
 
     sim.add_fault("malformed", count=1)
     malformed = api(sim, http, path, token)
@@ -330,8 +393,10 @@ def test_admin_http_endpoints(sim: HerokuSimulator, http: httpx.Client) -> None:
 
     assert http.get(f"{admin}/nothing").status_code == 404
     assert http.post(f"{admin}/faults", json={"kind": "explode"}).status_code == 400
-    bad_role = http.post(f"{admin}/teams/globex/members", json={"user": "bob", "role": "boss"})
-    assert bad_role.status_code == 400
+    bad_role = http.post(f"{admin}/teams/globex/members", json={"user": "bob", "role": "Boss!"})
+    assert bad_role.status_code == 400 and "lowercase word" in bad_role.json()["message"]
+    missing = http.post(f"{admin}/teams/globex/members", json={})
+    assert missing.status_code == 400 and "user" in missing.json()["message"]
 
 
 def test_stop_is_quick_even_with_a_sleeping_request() -> None:

@@ -17,7 +17,8 @@ from tests.conftest import RunningService
 from tests.heroku_world import SALT, World, world_settings
 
 ACME = "authz-curved-12345"  # personal app: alice owner, bob + carol collaborators, dave gone
-GLOBEX = "authz-spherical-67890"  # team app: erin admin, grace member+collaborator, frank member
+GLOBEX = "authz-spherical-67890"  # team app: erin admin, grace member+collaborator, frank member,
+# ivan an outside collaborator with only the `view` app permission
 
 
 @pytest.fixture
@@ -71,6 +72,25 @@ def test_team_app_roles(world: World, handle: str, allowed: bool) -> None:
         assert world.check(world.login(globex, handle), "dashboard.view", globex).allowed
     else:
         assert login_refusal(world, globex, handle)[0] == "LOGIN_DENIED"
+
+
+def test_app_permissions_decide_what_a_member_may_do(world: World) -> None:
+    """Heroku's matrix: add-on SSO needs deploy or manage; a paid plan change needs manage."""
+    globex = world.provision(GLOBEX)
+    reason, message = login_refusal(world, globex, "ivan")  # view only
+    assert reason == "LOGIN_DENIED" and "neither the deploy nor the manage permission" in message
+    grace = world.login(globex, "grace")  # view + deploy
+    assert world.check(grace, "dashboard.configure", globex).allowed
+    refused = world.check(grace, "addon.change_plan", globex)
+    assert not refused.allowed
+    assert [m.rule_id for m in refused.matched_rules] == ["plan-change-needs-manage"]
+    world.sim.set_collaborator_role("globex-api", "grace", "member", ["view", "manage"])
+    world.admin.InvalidateAccess(
+        admin_pb2.InvalidateAccessRequest(app_id=world.sim.app("globex-api")["id"])
+    )
+    assert world.check(grace, "addon.change_plan", globex).allowed
+    erin = world.login(globex, "erin")  # team admin: every permission
+    assert world.check(erin, "addon.change_plan", globex).allowed
 
 
 def test_team_admin_without_a_collaborator_entry_gets_in(world: World) -> None:

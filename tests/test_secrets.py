@@ -97,11 +97,11 @@ class Run:
 
     def oauth_tokens(self) -> None:
         """Every OAuth access and refresh token the simulator ever issued (it keeps them all)."""
-        with self.sim._lock:
-            for token in self.sim._access_tokens:
-                self.keep("oauth access token", token)
-            for token in self.sim._refresh_tokens:
-                self.keep("oauth refresh token", token)
+        issued = self.sim.issued_tokens()
+        for token in issued["access"]:
+            self.keep("oauth access token", token)
+        for token in issued["refresh"]:
+            self.keep("oauth refresh token", token)
 
 
 class _Facade:

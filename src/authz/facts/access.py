@@ -4,8 +4,8 @@ Heroku's rule for add-on partners: never keep a list of authorized users longer 
 :class:`AccessCache` keeps one :class:`~authz.facts.heroku.AccessList` per app and guarantees:
 
 - a fresh entry (younger than ``ttl``) is returned at once;
-- an entry still in use when it is older than ``refresh_ahead * ttl`` triggers ONE background
-  refresh, so busy apps rarely wait for Heroku (callers never wait for that refresh);
+- an entry still in use within ``(1 - refresh_ahead) * ttl`` seconds of its expiry triggers ONE
+  background refresh, so busy apps rarely wait for Heroku (callers never wait for that refresh);
 - a missing or expired entry is fetched once however many callers ask at the same moment
   (single-flight); each caller waits at most its ``deadline`` and then gets
   :class:`AccessUnavailable`; the fetch itself keeps running and later callers join it;
@@ -16,7 +16,16 @@ Heroku's rule for add-on partners: never keep a list of authorized users longer 
   window that doubles with each consecutive failure (capped at ``backoff_cap``) and is at least
   the Retry-After Heroku asked for; inside the window callers fail fast with the last reason;
 - :meth:`AccessCache.invalidate` drops an app's entry at once; a fetch already in flight at that
-  moment can no longer insert its (possibly older) result: a generation counter per app says so.
+  moment can no longer insert its (possibly older) result: a generation counter per app says so;
+- the TTL adapts to Heroku's rate-limit budget: Heroku gives each account one pool of 4500 request
+  tokens refilled at about 75 a minute (Dev Center "Platform API Reference", Rate Limits), and
+  every add-on of the partner draws on it. While the last ``RateLimit-Remaining`` seen is at or
+  above ``budget_comfortable`` the TTL is ``ttl``; below it the TTL grows linearly toward
+  ``max_age`` (reached at ``budget_floor``), so busy apps ask Heroku less often instead of running
+  the budget dry and failing decisions. Each entry gets only a random share in ``[1 - jitter, 1]``
+  (fixed when it is stored) of that extension, so entries fetched together do not all expire and
+  refresh together. Neither ever lets an entry be served past ``max_age`` (300 s); with a
+  comfortable budget every entry lives exactly ``ttl``.
 
 Ages are measured by the cache's own clock from the moment the fetch *started*, so an entry is
 never younger than the data in it. The cache runs on one asyncio event loop.
@@ -27,12 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from authz.clock import Clock, rfc3339, system_clock
-from authz.facts.heroku import ROLE_ORDER, AccessList, PlatformClient, PlatformError
+from authz.facts.heroku import ROLE_ORDER, AccessList, AppMember, PlatformClient, PlatformError
 from authz.facts.oauth_tokens import TokenManager
 
 __all__ = [
@@ -41,8 +51,12 @@ __all__ = [
     "AccessUnavailable",
     "PlatformAccessFetcher",
     "access_fact",
+    "app_permissions",
 ]
 
+APP_PERMISSIONS: Final = ("view", "deploy", "operate", "manage")
+"""Heroku Enterprise app permissions (Dev Center "App Permissions and Allowed Actions")."""
+FULL_ACCESS_ROLES: Final = frozenset({"owner", "admin", "team_owner", "team_admin"})
 MAX_AGE: Final = 300.0
 """Heroku: every cached access-list entry is invalidated at least every 5 minutes."""
 
@@ -65,6 +79,7 @@ class AccessUnavailable(Exception):
 class _Entry:
     access: AccessList
     born: float  # cache clock when the fetch that produced it started
+    spread: float = 1.0  # the entry's share of a budget-driven TTL extension, in [1 - jitter, 1]
 
 
 @dataclass
@@ -91,6 +106,10 @@ class AccessCache:
         max_retry_after: float = MAX_AGE,
         fetch_timeout: float = 30.0,
         max_entries: int = 10_000,
+        budget_comfortable: int = 1500,
+        budget_floor: int = 150,
+        jitter: float = 0.25,
+        rng: random.Random | None = None,
     ) -> None:
         if not 0 < max_age <= MAX_AGE:
             raise ValueError(f"max_age must be more than 0 and at most {MAX_AGE:g} seconds")
@@ -105,11 +124,20 @@ class AccessCache:
             raise ValueError("need 0 < backoff_base <= backoff_cap")
         if fetch_timeout <= 0 or max_entries < 1:
             raise ValueError("fetch_timeout and max_entries must be positive")
+        if not 0 <= budget_floor < budget_comfortable:
+            raise ValueError("need 0 <= budget_floor < budget_comfortable")
+        if not 0 <= jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
         self._fetch = fetch
         self._ttl = float(ttl)
         self._clock = clock
         self._max_age = float(max_age)
-        self._refresh_at = float(refresh_ahead) * self._ttl if refresh_ahead < 1 else self._ttl
+        self._refresh_ahead = float(refresh_ahead)
+        self._budget_comfortable = int(budget_comfortable)
+        self._budget_floor = int(budget_floor)
+        self._jitter = float(jitter)
+        self._rng = rng or random.Random()
+        self._remaining: int | None = None  # the last RateLimit-Remaining Heroku reported
         self._stale_if_error = stale_if_error
         self._backoff_base = float(backoff_base)
         self._backoff_cap = float(backoff_cap)
@@ -123,7 +151,29 @@ class AccessCache:
 
     @property
     def ttl(self) -> float:
+        """The configured TTL, used while Heroku's rate-limit budget is comfortable."""
         return self._ttl
+
+    @property
+    def effective_ttl(self) -> float:
+        """The TTL for the budget last reported: ``ttl`` up to ``max_age`` as it runs low."""
+        remaining = self._remaining
+        if remaining is None or remaining >= self._budget_comfortable:
+            return self._ttl
+        if remaining <= self._budget_floor:
+            return self._max_age
+        low = (self._budget_comfortable - remaining) / (
+            self._budget_comfortable - self._budget_floor
+        )
+        return self._ttl + low * (self._max_age - self._ttl)
+
+    @property
+    def ratelimit_remaining(self) -> int | None:
+        return self._remaining
+
+    def _entry_ttl(self, entry: _Entry) -> float:
+        extension = self.effective_ttl - self._ttl
+        return min(self._max_age, self._ttl + extension * entry.spread)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -142,8 +192,12 @@ class AccessCache:
         entry = self._entries.get(app_id)
         if entry is not None:
             age = now - entry.born
-            if 0 <= age < self._ttl:
-                if age >= self._refresh_at and not self._busy(app_id, now):
+            ttl = self._entry_ttl(entry)
+            if 0 <= age < ttl:
+                # The refresh-ahead window is a fixed number of seconds before expiry (a share
+                # of the configured ttl), so a stretched TTL stretches the refresh interval too.
+                refresh_at = ttl - (1 - self._refresh_ahead) * self._ttl
+                if age >= refresh_at and not self._busy(app_id, now):
                     self._start(app_id, resource_id)  # refresh-ahead, nobody waits for it
                 return entry.access
             if not self._servable_stale(entry, now):
@@ -232,6 +286,8 @@ class AccessCache:
             access = await asyncio.wait_for(self._fetch(app_id, resource_id), self._fetch_timeout)
         except PlatformError as exc:
             reason, retry_after = str(exc), exc.retry_after
+            if exc.kind == "rate_limited":
+                self._remaining = 0  # the account's budget is spent: stretch every TTL
         except AccessUnavailable as exc:
             reason, retry_after = exc.reason, exc.retry_after
         except TimeoutError:
@@ -241,9 +297,12 @@ class AccessCache:
             reason = f"access list fetch failed ({type(exc).__name__})"
         else:
             access = replace(access, fetched_at=born)
+            if access.ratelimit_remaining is not None:
+                self._remaining = access.ratelimit_remaining
             self._backoff.pop(app_id, None)
             if self._generation.get(app_id, 0) == generation:
-                self._entries[app_id] = _Entry(access, born)
+                spread = 1.0 - self._jitter * self._rng.random()
+                self._entries[app_id] = _Entry(access, born, spread)
                 self._evict()
             return access
         wait = self._record_failure(app_id, reason, retry_after)
@@ -264,7 +323,7 @@ class AccessCache:
             return
         now = self._clock()
         for app_id, entry in list(self._entries.items()):
-            if not 0 <= now - entry.born < self._ttl:
+            if not 0 <= now - entry.born < self._entry_ttl(entry):
                 del self._entries[app_id]
         overflow = len(self._entries) - self._max_entries
         if overflow > 0:
@@ -298,6 +357,31 @@ class PlatformAccessFetcher:
         return access
 
 
+def app_permissions(access: AccessList, member: AppMember | None) -> list[str]:
+    """The user's effective Heroku app permissions on the add-on's app.
+
+    - The app's owner and admins (app ``admin``, ``team_admin``, ``team_owner``) hold all four:
+      "Team members with the admin role always have all permissions for all of the team's apps"
+      (Dev Center "Using App Permissions in Enterprise Teams"); an owner holds every right.
+    - Otherwise what Heroku lists for the user (collaborator ``permissions`` on team apps).
+    - A personal app (no team) has no app permissions at all (the schema: permissions are "only
+      applicable if the app is on a team"); its collaborators may do everything a collaborator
+      can, so they hold all four. (Choice: Heroku's docs do not map personal-app collaborators
+      onto permissions; this keeps personal apps working as they did before permissions.)
+    - A team member without a collaborator entry holds none here (the role rule denies them).
+    """
+    if member is None:
+        return []
+    roles = set(member.roles)
+    if roles & FULL_ACCESS_ROLES:
+        return list(APP_PERMISSIONS)
+    listed = set(member.permissions)
+    if not listed and access.team_id is None and roles & {"collaborator", "member"}:
+        return list(APP_PERMISSIONS)
+    known = [p for p in APP_PERMISSIONS if p in listed]
+    return known + sorted(listed - set(APP_PERMISSIONS))
+
+
 def access_fact(
     access: AccessList | None,
     user_id: str,
@@ -311,6 +395,7 @@ def access_fact(
     ``role`` is the strongest of the user's roles in the order owner > admin > collaborator >
     member > team_owner > team_admin > team_member, or "" when the user holds none of them;
     ``has_role`` is ``role != ""``. Other roles (e.g. ``team_collaborator``) stay in ``roles``.
+    ``permissions`` are the user's effective app permissions (:func:`app_permissions`).
     """
     if access is None:
         return {
@@ -338,7 +423,7 @@ def access_fact(
         "role": role,
         "has_role": role != "",
         "team_role": (member.team_role or "") if member is not None else "",
-        "permissions": [str(p) for p in member.permissions] if member is not None else [],
+        "permissions": app_permissions(access, member),
         "fetched_at": rfc3339(access.fetched_at),
         "age_seconds": round(max(0.0, float(now - access.fetched_at)), 3),
         "error": error,

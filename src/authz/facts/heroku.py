@@ -10,18 +10,35 @@ It follows Heroku's own recipe for an add-on's access list, in this order::
 
 and returns an :class:`AccessList` keyed by Heroku user id (emails are display data only).
 
+Sources: Dev Center "Platform API for Partners" and "Syncing User Access as an Ecosystem
+Partner" (the recipe); the Platform API schema (``schema.json`` in heroku/heroku-go):
+``collaborator`` ``{role, permissions [{name, description}], user {id, email, federated}}``
+where ``role`` is the ``team.role`` enum (admin, collaborator, member, owner or null);
+``team-member`` ``{role, email, user {id, email, name}, identity_provider, ...}`` whose List link
+declares ``"ranges": ["email"]``, so team members page by ``Range: email ..; max=1000`` while
+collaborators page by ``id``; Dev Center "Platform API Reference" for ``RateLimit-Remaining`` (a
+pool of 4500 request tokens per account, refilled at about 75 a minute).
+
 Choices made where Heroku's documentation is silent, written down here:
 
-- A collaborator whose ``role`` is null gets the role ``collaborator``: being in the list is what
-  grants access to the app.
+- A role that is null, not a string, or a word this module does not know grants nothing, and the
+  rest of the list stands: a null role adds no role (the user is still listed, with their
+  permissions), a lowercase word unknown here (``viewer``, a role Heroku may add) is kept as is
+  (team roles prefixed ``team_``) so policies can see it but no rule grants it anything; anything
+  else is dropped. A row without a usable ``user.id`` is skipped (it can match nobody).
 - A team member's roles are prefixed ``team_`` (``team_admin``, ``team_member``...), so a policy
   can tell app roles from team roles. Whether a plain team member without an app entry may use
   the dashboard is a policy decision, not this module's.
-- Unknown fields are ignored; a missing or mistyped field the recipe needs is a ``bad_response``
-  (never a silently shorter list).
-- ``Ratelimit-Remaining: 0`` on a successful reply is honoured: the data of that reply is kept,
+- Permission names are kept as Heroku lists them (lowercase words only); what they imply for
+  owners, admins and personal apps is worked out in facts/access.py (``access_fact``).
+- Unknown fields are ignored; a missing or mistyped field the recipe itself needs (the add-on's
+  app, the app's id and owner, a list that is not a list) is a ``bad_response`` (never a
+  silently shorter list).
+- ``RateLimit-Remaining: 0`` on a successful reply is honoured: the data of that reply is kept,
   but when the recipe needs another request the client stops with ``rate_limited`` rather than
-  spending a call that Heroku would refuse.
+  spending a call that Heroku would refuse. The lowest value seen during a fetch travels with the
+  :class:`AccessList` (``ratelimit_remaining``) so the cache can stretch its TTL as the account's
+  budget runs low.
 - Error messages name the request (method and path, which hold only resource and app ids) and
   the HTTP status, never a token, a secret or a grant code; upstream error messages are not
   copied (only Heroku's short error ``id``).
@@ -66,6 +83,9 @@ DEFAULT_RATE_LIMIT_WAIT: Final = 60.0
 """Seconds to wait after a 429 without Retry-After (Heroku refills its budget gradually)."""
 _MAX_PAGES: Final = 100
 _ERROR_ID = re.compile(r"^[a-z0-9_]{1,40}$")
+_WORD = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # a role or permission name worth keeping
+COLLABORATOR_RANGE: Final = "id ..; max=1000"
+TEAM_MEMBER_RANGE: Final = "email ..; max=1000"  # schema: team-member List ranges ["email"]
 
 
 class PlatformError(Exception):
@@ -136,6 +156,8 @@ class AccessList:
     owner_id: str
     fetched_at: float
     members: Mapping[str, AppMember] = field(default_factory=lambda: MappingProxyType({}))
+    ratelimit_remaining: int | None = None
+    """The lowest ``RateLimit-Remaining`` Heroku reported while fetching (None: not reported)."""
 
     def member(self, user_id: str) -> AppMember | None:
         return self.members.get(user_id)
@@ -180,7 +202,7 @@ def _retry_after(response: httpx.Response, default: float) -> float:
 
 
 def _remaining(response: httpx.Response) -> int | None:
-    raw = response.headers.get("Ratelimit-Remaining")
+    raw = response.headers.get("RateLimit-Remaining")
     if raw is None:
         return None
     try:
@@ -194,6 +216,14 @@ class _Sequence:
 
     def __init__(self) -> None:
         self.exhausted = False
+        self.remaining: int | None = None
+
+    def saw(self, remaining: int | None) -> None:
+        if remaining is None:
+            return
+        self.remaining = remaining if self.remaining is None else min(self.remaining, remaining)
+        if remaining <= 0:
+            self.exhausted = True
 
 
 class PlatformClient:
@@ -323,41 +353,28 @@ class PlatformClient:
         builder = _MembersBuilder()
         builder.add(owner_id, _str(owner, "email", "app 'owner'", optional=True), role="owner")
 
-        collaborators = await self._get_all(f"{app_path}/collaborators", access_token, seq)
-        for i, item in enumerate(collaborators):
-            what = f"collaborator #{i}"
-            entry = _obj(item, what)
-            user = _obj(entry.get("user"), f"{what} 'user'")
-            role = entry.get("role")
-            if role is not None and (not isinstance(role, str) or not role):
-                raise PlatformError("bad_response", f"{what}: field 'role' is not a string")
-            permissions = []
-            for perm in _list(entry.get("permissions") or [], f"{what} 'permissions'"):
-                if isinstance(perm, str):  # tolerate a bare name
-                    permissions.append(perm)
-                else:
-                    permissions.append(_str(_obj(perm, f"{what} permission"), "name", what))
-            builder.add(
-                _str(user, "id", f"{what} 'user'"),
-                _str(user, "email", f"{what} 'user'", optional=True),
-                role=role or "collaborator",
-                permissions=permissions,
-            )
+        path = f"{app_path}/collaborators"
+        for item in await self._get_all(path, access_token, seq, COLLABORATOR_RANGE):
+            row = _row(item)
+            if row is None:
+                continue
+            entry, user_id, email = row
+            role = _word(entry.get("role"))
+            builder.add(user_id, email, role=role, permissions=_permissions(entry))
 
         if team_id is not None:
             team_path = f"/teams/{quote(team_id, safe='')}/members"
-            for i, item in enumerate(await self._get_all(team_path, access_token, seq)):
-                what = f"team member #{i}"
-                entry = _obj(item, what)
-                user = _obj(entry.get("user"), f"{what} 'user'")
-                team_role = _str(entry, "role", what)
-                email = _str(user, "email", f"{what} 'user'", optional=True) or _str(
-                    entry, "email", what, optional=True
-                )
+            members = await self._get_all(team_path, access_token, seq, TEAM_MEMBER_RANGE)
+            for item in members:
+                row = _row(item)
+                if row is None:
+                    continue
+                entry, user_id, email = row
+                team_role = _word(entry.get("role"))
                 builder.add(
-                    _str(user, "id", f"{what} 'user'"),
-                    email,
-                    role=f"team_{team_role}",
+                    user_id,
+                    email or _str(entry, "email", "team member", optional=True),
+                    role=f"team_{team_role}" if team_role else None,
                     team_role=team_role,
                 )
 
@@ -368,6 +385,7 @@ class PlatformClient:
             owner_id=owner_id,
             fetched_at=fetched_at,
             members=MappingProxyType(builder.build()),
+            ratelimit_remaining=seq.remaining,
         )
 
     # -- HTTP --------------------------------------------------------------------------------
@@ -380,10 +398,12 @@ class PlatformClient:
             )
         return self._json(response, f"GET {path}")
 
-    async def _get_all(self, path: str, access_token: str, seq: _Sequence) -> list[Any]:
+    async def _get_all(
+        self, path: str, access_token: str, seq: _Sequence, first_range: str
+    ) -> list[Any]:
         """Every page of a list endpoint: ask for ``max=1000``, then echo ``Next-Range``."""
         items: list[Any] = []
-        range_header: str | None = "id ..; max=1000"
+        range_header: str | None = first_range
         seen: set[str] = set()
         for _ in range(_MAX_PAGES):
             response = await self._send(path, access_token, seq, range_header)
@@ -409,7 +429,7 @@ class PlatformClient:
         if seq.exhausted:
             raise PlatformError(
                 "rate_limited",
-                f"GET {path}: no API calls left (Ratelimit-Remaining: 0)",
+                f"GET {path}: no API calls left (RateLimit-Remaining: 0)",
                 retry_after=DEFAULT_RATE_LIMIT_WAIT,
             )
         headers = {"Accept": HEROKU_ACCEPT, "Authorization": f"Bearer {access_token}"}
@@ -419,9 +439,8 @@ class PlatformClient:
             response = await self._http.get(f"{self._api_url}{path}", headers=headers)
         except httpx.HTTPError as exc:
             raise PlatformError("unreachable", f"GET {path}: {type(exc).__name__}") from None
+        seq.saw(_remaining(response))
         self._raise_for_status(response, f"GET {path}")
-        if _remaining(response) == 0:
-            seq.exhausted = True
         return response
 
     def _raise_for_status(self, response: httpx.Response, what: str) -> None:
@@ -467,6 +486,34 @@ class PlatformClient:
             ) from None
 
 
+def _word(value: Any) -> str | None:
+    """A role or permission name worth keeping: a lowercase word; anything else is None."""
+    return value if isinstance(value, str) and _WORD.match(value) else None
+
+
+def _row(item: Any) -> tuple[dict[str, Any], str, str] | None:
+    """A list row with a usable ``user.id``, else None (such a row can grant nobody anything)."""
+    if not isinstance(item, dict) or not isinstance(item.get("user"), dict):
+        return None
+    user = item["user"]
+    user_id = user.get("id")
+    if not isinstance(user_id, str) or not user_id:
+        return None
+    email = user.get("email")
+    return item, user_id, email if isinstance(email, str) else ""
+
+
+def _permissions(entry: Mapping[str, Any]) -> list[str]:
+    """Permission names from ``[{name, description}]`` (bare names tolerated, junk dropped)."""
+    raw = entry.get("permissions")
+    names = []
+    for perm in raw if isinstance(raw, list) else []:
+        name = _word(perm.get("name") if isinstance(perm, dict) else perm)
+        if name is not None:
+            names.append(name)
+    return names
+
+
 class _MembersBuilder:
     """Merges the owner, collaborators and team members into one entry per user id."""
 
@@ -481,13 +528,15 @@ class _MembersBuilder:
         user_id: str,
         email: str,
         *,
-        role: str,
+        role: str | None,
         permissions: list[str] | None = None,
         team_role: str | None = None,
     ) -> None:
         if email or user_id not in self._emails:
             self._emails[user_id] = email
-        self._roles.setdefault(user_id, set()).add(role)
+        roles = self._roles.setdefault(user_id, set())
+        if role:
+            roles.add(role)
         self._permissions.setdefault(user_id, set()).update(permissions or ())
         if team_role is not None:
             self._team_roles[user_id] = team_role
