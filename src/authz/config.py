@@ -23,6 +23,10 @@ SSO_SHA1_MODES = (SHA1_NEVER, SHA1_LEGACY_ADDONS)
 ``user_scoped_resource_token``; ``legacy-addons`` also accepts the SHA-1 ``resource_token``, but
 only for an add-on that has never sent a SHA-256 token (authz.login)."""
 AUDIT_MODES = ("durable", "async", "off")
+STATE_DB_NAME = "state.db"
+"""The SQLite file under AUTHZ_DATA_DIR for the registry, sessions, SSO replay guard and tokens."""
+AUDIT_DB_NAME = "audit.db"
+"""The SQLite file under AUTHZ_DATA_DIR for the audit log."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -298,6 +302,26 @@ class Settings:
         accepted_value("AUTHZ_SSO_ALLOW_SHA1", self.sso_allow_sha1, SSO_SHA1_MODES)
         accepted_value("AUTHZ_AUDIT_MODE", self.audit_mode, AUDIT_MODES)
         accepted_value("AUTHZ_LOG_LEVEL", self.log_level, LOG_LEVELS)
+
+    # Where the data lives, decided here only: the server, `authz db migrate` and the commands
+    # that read the stores start from these, so every one of them works on both backends.
+
+    @property
+    def state_target(self) -> Path | str:
+        """The state store (add-on registry, sessions, SSO replay guard, OAuth tokens): the
+        PostgreSQL URL when one is set, else ``data_dir/state.db``."""
+        return self._database() or self.data_dir / STATE_DB_NAME
+
+    @property
+    def audit_target(self) -> Path | str:
+        """The audit log: the same PostgreSQL database when one is set (the log the replicas
+        share), else ``data_dir/audit.db``."""
+        return self._database() or self.data_dir / AUDIT_DB_NAME
+
+    def _database(self) -> str | None:
+        from authz.store.connect import normalise_postgres_url
+
+        return normalise_postgres_url(self.database_url) if self.database_url else None
 
     @property
     def authenticates_callers(self) -> bool:

@@ -23,10 +23,11 @@ from typing import IO, Any
 
 import grpc
 
+from authz.client import AuthzClient
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
-from authz.devtools.provisioning import register_addon_request
+from authz.devtools.provisioning import provisioning_fields
 from authz.devtools.sso_forms import heroku_sso_form
-from authz.v1 import admin_pb2_grpc, session_pb2, session_pb2_grpc
+from authz.v1 import admin_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -201,24 +202,17 @@ class Lab:
         )
         server = AuthzServer(process, grpc.insecure_channel(process.address))
         grpc.channel_ready_future(server.channel).result(timeout=30)
-        for name, user in ((ACME, "alice"), (GLOBEX, "erin")):
-            resource_id, app_id = self._provision(server, name)
-            server.addons[name] = resource_id
-            server.apps[name] = app_id
-            server.tokens[name] = self._login(server, resource_id, user)
-            # The login itself fetched the app's access list: the cache is now warm.
+        # Set up as a partner would, through authz.client; the load itself sends raw frames.
+        with AuthzClient(process.address, timeout=30) as partner:
+            for name, user in ((ACME, "alice"), (GLOBEX, "erin")):
+                addon = partner.register_addon(**provisioning_fields(self.sim, name)).addon
+                server.addons[name] = addon.resource_id
+                server.apps[name] = addon.app_id
+                who = self.sim.user(user)
+                form = heroku_sso_form(addon.resource_id, who["id"], who["email"], SALT)
+                server.tokens[name] = partner.exchange_sso(form).session_token
+                # The login itself fetched the app's access list: the cache is now warm.
         return server
-
-    def _provision(self, server: AuthzServer, addon: str) -> tuple[str, str]:
-        reply = server.admin.RegisterAddon(register_addon_request(self.sim, addon), timeout=30)
-        return reply.addon.resource_id, reply.addon.app_id
-
-    def _login(self, server: AuthzServer, resource_id: str, handle: str) -> str:
-        user = self.sim.user(handle)
-        form = heroku_sso_form(resource_id, user["id"], user["email"], SALT)
-        stub = session_pb2_grpc.SessionServiceStub(server.channel)
-        reply = stub.ExchangeSso(session_pb2.ExchangeSsoRequest(form=form), timeout=30)
-        return reply.session_token
 
 
 # -- the requests the load generator sends -----------------------------------------------------
