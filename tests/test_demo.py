@@ -1,21 +1,13 @@
-"""`make demo` runs `authz demo`: it must keep showing real decisions from a real server."""
+"""`make demo` runs `authz demo`: it must keep showing real decisions from a real server, and
+end by itself."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from tests.conftest import ROOT
+from tests.binary import authz
 
 
 def test_demo_shows_logins_refusals_decisions_and_a_verified_audit_log() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "authz.cli", "demo"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    result = authz("demo", timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.count("session issued for heroku_user:") == 3
