@@ -23,6 +23,7 @@ and still not be the last: the budget bounds the work of one request, whatever t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,11 +114,14 @@ async def search_subjects(
     candidates = searchable_ids(decider.policies.current, "subjects", subject_type)
 
     async def decide(chunk: list[str]) -> list[Outcome]:
-        outcomes = []
-        for candidate in chunk:  # one subject per decision path call
-            principal = direct_subject(Entity(subject_type, candidate))
-            outcomes += await _check(decider, principal, [Item(action, resource)], asked)
-        return outcomes
+        # One subject per decision path call; run together, so that the audit log commits
+        # their records together (group commit) rather than one after another.
+        item = [Item(action, resource)]
+        checks = [
+            _check(decider, direct_subject(Entity(subject_type, candidate)), item, asked)
+            for candidate in chunk
+        ]
+        return [outcome for outcomes in await asyncio.gather(*checks) for outcome in outcomes]
 
     return await _page(candidates, decide, start, limit, budget)
 

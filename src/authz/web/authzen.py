@@ -510,7 +510,11 @@ async def read_body(request: Request) -> dict[str, Any]:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise BadRequest("send the request as JSON, with the header Content-Type: application/json")
-    raw = await request.body()
+    return parse_json(await request.body())
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body's JSON object: UTF-8, finite numbers, each key once per object."""
     if not raw.strip():
         raise BadRequest("the request body is empty; send a JSON object")
     try:
