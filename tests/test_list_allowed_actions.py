@@ -264,3 +264,10 @@ def test_a_policy_set_without_a_catalogue_needs_the_actions_named(
     assert "no action catalogue" in (refused.value.details() or "")
     request.actions.extend(["read", "write"])
     assert list(stub.ListAllowedActions(request).actions) == ["read"]
+
+
+def test_grpc_decisions_are_recorded_with_their_interface(world: World) -> None:
+    token = session(world, "alice", ACME)
+    reply = world.check(token, "dashboard.view", addon(world, ACME))
+    record = get(world.svc.service.audit.target, reply.decision_id)
+    assert record is not None and record["interface"] == "grpc"

@@ -19,8 +19,9 @@ action.name → action, and action.properties (when sent) → context.action_pro
 verified Heroku user exactly as gRPC's session_token does, and takes no properties (a request
 with any is refused, since nothing the caller says may add to a verified login).
 
-This module only translates: decisions are made by authz.decide.Decider and searches by
-authz.search, recorded in the audit log with interface "authzen" and the request's X-Request-ID.
+This module only translates JSON to and from the use cases: authz.evaluations decides (through
+authz.decide.Decider) and authz.search searches, every decision recorded in the audit log with
+interface "authzen", the caller and the request's X-Request-ID.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import binascii
 import hashlib
 import json
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from authz.audit.errors import AuditUnavailable
-from authz.decide import Decider, Entity, Item, Outcome, Subject, direct_subject
+from authz.decide import Decider, Entity, Outcome
+from authz.evaluations import (
+    DENY_ON_FIRST_DENY,
+    EXECUTE_ALL,
+    SEMANTICS,
+    Decisions,
+    Evaluation,
+    SubjectRef,
+    canonical,
+)
 from authz.policy.files import text_problem
 from authz.search import (
     Asked,
@@ -67,7 +77,6 @@ SESSION = "session"
 """The subject type that names a Heroku SSO session by its token."""
 ACTION_PROPERTIES = "action_properties"
 """The context key action.properties are put under for policies."""
-SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
 MAX_EVALUATIONS = convert.MAX_BATCH_ITEMS
 DEFAULT_PAGE = 100
 """Results per search page when the request sets no page.limit (or 0)."""
@@ -141,9 +150,11 @@ class AuthZen:
 
     async def _single(self, body: dict[str, Any], request: Request, caller: str) -> Response:
         explain = _explain(body, default=True)
-        decide = _Decisions(self.decider, request, caller)
-        [outcome] = await decide.all([evaluation_of(body)])
+        [outcome] = await self._decisions(request, caller).all([evaluation_of(body)])
         return JSONResponse(decision_answer(outcome, explain))
+
+    def _decisions(self, request: Request, caller: str) -> Decisions:
+        return Decisions(self.decider, request_id(request), caller, INTERFACE)
 
     async def evaluations(self, request: Request, caller: str) -> Response:
         """§ Access Evaluations API. Without `evaluations` (or with an empty one) it is the single
@@ -163,7 +174,7 @@ class AuthZen:
                 f"evaluations has {len(items)} items; at most {MAX_EVALUATIONS} per request"
             )
         options = _options(body)
-        semantic = options.get("evaluations_semantic", SEMANTICS[0])
+        semantic = options.get("evaluations_semantic", EXECUTE_ALL)
         if semantic not in SEMANTICS:
             raise BadRequest(f"options.evaluations_semantic must be one of {', '.join(SEMANTICS)}")
         explain = _explain(body, default=False)
@@ -180,35 +191,17 @@ class AuthZen:
                 parsed.append(evaluation_of(merged, f"evaluations[{index}]: "))
             except BadRequest as exc:
                 parsed.append(exc)
-        decide = _Decisions(self.decider, request, caller)
-        if semantic == "execute_all":
-            valid = [item for item in parsed if isinstance(item, Evaluation)]
-            outcomes = iter(await decide.all(valid))
-            answers = [
-                decision_answer(next(outcomes), explain)
-                if isinstance(item, Evaluation)
-                else error_answer(item)
-                for item in parsed
-            ]
-            return JSONResponse({"evaluations": answers})
-        # deny_on_first_deny works like &&, permit_on_first_permit like ||: the answers stop at
-        # the item that decides, and the items after it are neither decided nor recorded.
+        results = await self._decisions(request, caller).run(parsed, semantic)
         answers = []
-        for item in parsed:
-            if isinstance(item, BadRequest):
-                answers.append(error_answer(item))
-                if semantic == "deny_on_first_deny":  # an error is a deny
-                    break
+        for result in results:
+            if isinstance(result, BadRequest):
+                answers.append(error_answer(result))
                 continue
-            [outcome] = await decide.all([item])
-            answer = decision_answer(outcome, explain)
-            answers.append(answer)
-            if semantic == "deny_on_first_deny" and not outcome.decision.allowed:
-                # As the spec's example of this semantic marks the item that stopped the batch.
+            answer = decision_answer(result, explain)
+            if semantic == DENY_ON_FIRST_DENY and not result.decision.allowed:
+                # The spec's example of this semantic marks the deny that stopped the batch so.
                 answer["context"] = {**answer.get("context", {}), **_STOPPED_BY_DENY}
-                break
-            if semantic == "permit_on_first_permit" and outcome.decision.allowed:
-                break
+            answers.append(answer)
         return JSONResponse({"evaluations": answers})
 
     async def search_action(self, request: Request, caller: str) -> Response:
@@ -310,78 +303,6 @@ def error_answer(error: BadRequest) -> dict[str, Any]:
     return {"decision": False, "context": {"error": {"status": 400, "message": str(error)}}}
 
 
-# -- deciding -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SubjectRef:
-    """A subject as the request names it: a principal, or an SSO session by its token."""
-
-    principal: Entity | None
-    session_token: str
-    key: str
-    """The same text for the same subject, to decide a batch's items per subject."""
-
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    subject: SubjectRef
-    action: str
-    resource: Entity
-    context: dict[str, Any]
-    action_properties: dict[str, Any]
-
-    @property
-    def item(self) -> Item:
-        extra = {ACTION_PROPERTIES: self.action_properties} if self.action_properties else {}
-        return Item(self.action, self.resource, extra)
-
-
-class _Decisions:
-    """The decisions of one HTTP request: every one recorded with its caller, its X-Request-ID
-    and interface "authzen"; each session resolved once."""
-
-    def __init__(self, decider: Decider, request: Request, caller: str) -> None:
-        self.decider = decider
-        self.request_id = request_id(request)
-        self.caller = caller
-        self._subjects: dict[str, Subject] = {}
-
-    def asked(self, context: Mapping[str, Any]) -> Asked:
-        return Asked(context, self.request_id, self.caller, INTERFACE)
-
-    async def subject(self, ref: SubjectRef) -> Subject:
-        subject = self._subjects.get(ref.key)
-        if subject is None:
-            if ref.principal is not None:
-                subject = direct_subject(ref.principal)
-            else:
-                subject = await self.decider.subject_from_session(ref.session_token)
-            self._subjects[ref.key] = subject
-        return subject
-
-    async def all(self, evaluations: Sequence[Evaluation]) -> list[Outcome]:
-        """Decide every evaluation, in one decision path call per subject and context."""
-        groups: dict[tuple[str, str], list[int]] = {}
-        for index, evaluation in enumerate(evaluations):
-            key = (evaluation.subject.key, _canonical(evaluation.context))
-            groups.setdefault(key, []).append(index)
-        outcomes: list[Outcome | None] = [None] * len(evaluations)
-        for indexes in groups.values():
-            first = evaluations[indexes[0]]
-            decided = await self.decider.check(
-                await self.subject(first.subject),
-                [evaluations[i].item for i in indexes],
-                context=first.context,
-                request_id=self.request_id,
-                caller=self.caller,
-                interface=INTERFACE,
-            )
-            for index, outcome in zip(indexes, decided, strict=True):
-                outcomes[index] = outcome
-        return [outcome for outcome in outcomes if outcome is not None]
-
-
 # -- search -------------------------------------------------------------------------------------
 
 
@@ -417,7 +338,7 @@ def page_of(body: Mapping[str, Any], path: str, *, searched: str) -> Page:
     elif isinstance(parts[searched], dict):
         parts[searched] = {k: v for k, v in parts[searched].items() if k != "id"}
     parts.update(path=path, limit=page.get("limit"), properties=page.get("properties"))
-    digest = hashlib.sha256(_canonical(parts).encode()).hexdigest()[:32]
+    digest = hashlib.sha256(canonical(parts).encode()).hexdigest()[:32]
     size = min(int(limit), MAX_PAGE) if limit else DEFAULT_PAGE
     token = page.get("token")
     if token is None or token == "":
@@ -467,7 +388,7 @@ class _Search:
         self.context = object_of(body.get("context"), "context")
         self.page = page_of(body, path, searched=searched)
         self.explain = _explain(body, default=False)
-        self.decisions = _Decisions(decider, request, caller)
+        self.decisions = Decisions(decider, request_id(request), caller, INTERFACE)
 
     async def answer(
         self,
@@ -562,7 +483,9 @@ def evaluation_of(request: Mapping[str, Any], where: str = "") -> Evaluation:
             )
     except BadRequest as exc:
         raise BadRequest(f"{where}{exc}") from None
-    return Evaluation(subject, action, resource, context, properties)
+    return Evaluation(
+        subject, action, resource, context, {ACTION_PROPERTIES: properties} if properties else {}
+    )
 
 
 def subject_of(value: Any, field: str) -> SubjectRef:
@@ -579,10 +502,8 @@ def subject_of(value: Any, field: str) -> SubjectRef:
                 f"{field}.properties: a session subject takes none; who the user is comes from "
                 "the verified SSO session only"
             )
-        return SubjectRef(None, token, _canonical([SESSION, token]))
-    principal = entity_of(value, field)
-    key = _canonical([principal.type, principal.id, principal.attributes])
-    return SubjectRef(principal, "", key)
+        return SubjectRef(None, token)
+    return SubjectRef(entity_of(value, field))
 
 
 def entity_of(value: Any, field: str, *, with_id: bool = True) -> Entity:
@@ -682,7 +603,3 @@ def _kind(value: Any) -> str:
         return "a boolean"
     names = {dict: "an object", list: "an array", str: "a string", int: "a number"}
     return "null" if value is None else names.get(type(value), "a number")
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
