@@ -189,6 +189,18 @@ def test_the_easy_to_get_wrong_points(pdp: str) -> None:
     stranger["subject"]["id"] = "CiRmZDU2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs"
     assert not decide(pdp, stranger)
     assert decide(pdp, {**todo_request("jerry", "can_read_todos"), "context": None})
+    own_record = todo_request("beth", "can_read_user")
+    own_record["resource"]["id"] = PID["beth"]  # a user looking at their own record
+    assert decide(pdp, own_record)
+    # What a gateway adds (headers in the context, properties on the route) changes nothing.
+    for user, allowed in (("summer", True), ("jerry", False)):
+        gateway = {
+            "subject": {"type": "identity", "id": PID[user], "properties": {"ip": "10.0.0.1"}},
+            "action": {"name": "DELETE", "properties": {"path": "/todos/42"}},
+            "resource": {"type": "route", "id": "/todos/{todoId}", "properties": {"v": 1}},
+            "context": {"headers": {"user-agent": "gateway/1.0", "x-forwarded-for": "1.2.3.4"}},
+        }
+        assert decide(pdp, gateway) is allowed
 
 
 @pytest.mark.parametrize("user", USERS)
