@@ -192,8 +192,10 @@ class Decider:
         request_id: str = "",
         caller: str = "",
         kind: str = "check",
+        interface: str = "grpc",
     ) -> list[Outcome]:
-        """Decide every item for one subject; facts are gathered once per resource app."""
+        """Decide every item for one subject; facts are gathered once per resource app.
+        `interface` names the API the request came through ("grpc", "authzen") in the audit log."""
         started = time.perf_counter()
         policy_set = self.policies.current
         now = self.clock()
@@ -225,7 +227,15 @@ class Decider:
             if self.audit is not None:
                 records.append(
                     self._record(
-                        kind, outcome, subject, inputs, now, request_id, caller, item.context
+                        kind,
+                        outcome,
+                        subject,
+                        inputs,
+                        now,
+                        request_id,
+                        caller,
+                        item.context,
+                        interface,
                     )
                 )
         elapsed_ms = (time.perf_counter() - started) * 1000 / max(1, len(items))
@@ -334,6 +344,7 @@ class Decider:
         request_id: str,
         caller: str,
         item_context: Mapping[str, Any] | None = None,
+        interface: str = "grpc",
     ) -> dict[str, Any]:
         """The decision's audit record, without what it shares with the rest of its request
         (the principal and the request's context: see `_shared_input`)."""
@@ -343,6 +354,7 @@ class Decider:
             "decision_id": outcome.decision_id,
             "time": now,
             "kind": kind,
+            "interface": interface,
             "caller": caller,
             "request_id": request_id,
             "principal": {

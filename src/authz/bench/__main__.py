@@ -18,7 +18,7 @@ from typing import Any
 
 from authz.bench.common import Table, machine, machine_table, progress
 
-PARTS = ("engine", "peers", "e2e", "facts", "cerbos")
+PARTS = ("engine", "peers", "e2e", "facts", "cerbos", "authzen")
 DEFAULT_OUT = Path("data/bench/benchmarks.md")
 
 
@@ -114,6 +114,16 @@ process of the server, divided by requests served. Each side answers as it does 
 authz's replies carry decision ids, matched rules and reasons, Cerbos's only the effects and a
 call id. After the load, both audit logs are counted: authz's durable records, and Cerbos's
 decision log entries read back through its Admin API by a second instance on the same store.
+""",
+    "authzen": """
+The AuthZEN Authorization API 1.0 (issue 14) on authz's HTTP listener, beside gRPC Check, from
+one server process with both listeners (audit off, the shipped policies, the simulator's access
+facts through a warm cache). Both are asked the same question, an SSO session opening its
+add-on's dashboard (ALLOW): h2load posts the gRPC-framed Check over h2c (4 connections × 16
+streams) and the AuthZEN evaluation as JSON over HTTP/1.1 (`h2load --h1`, 64 connections, one
+request at a time each), in interleaved rounds. The second table times, in process, what each
+API costs to translate one request and its answer, so the rest of the difference in server CPU
+per request is the transport's.
 """,
 }
 
@@ -218,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     appendix = ""
+    authzen_section: tuple[str, list[Table], str] | None = None
     if "peers" in parts:
         from authz.bench.peers import available_peers, compare_peers, policy_texts
 
@@ -239,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name}:\n\n```\n{text.rstrip()}\n```\n" for name, text in policy_texts().items()
         )
 
-    if "e2e" in parts or "facts" in parts:
+    if "e2e" in parts or "facts" in parts or "authzen" in parts:
         from authz.bench.load import h2load_path
         from authz.bench.world import Lab
 
@@ -285,6 +296,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _show(facts_tables)
                 results["facts"] = facts
                 sections.append(("4. Access facts", facts_tables, INTROS["facts"]))
+            if "authzen" in parts:
+                if h2load_path() is None:
+                    note = "skipped: h2load not found (apt-get install nghttp2-client)"
+                    print(f"\nAuthZEN over HTTP {note}", flush=True)
+                    results["authzen"] = {"skipped": note}
+                else:
+                    from authz.bench.authzen import run_authzen
+
+                    progress("AuthZEN over HTTP/1.1 beside gRPC Check")
+                    authzen_tables, authzen_results = run_authzen(
+                        lab,
+                        quick=args.quick,
+                        duration=plan.duration,
+                        warmup=plan.warmup,
+                        rounds=plan.rounds,
+                    )
+                    _show(authzen_tables)
+                    results["authzen"] = authzen_results
+                    # After the Cerbos part, whose number comes first.
+                    authzen_section = (
+                        "6. AuthZEN over HTTP beside gRPC",
+                        authzen_tables,
+                        INTROS["authzen"],
+                    )
 
     if "cerbos" in parts:
         from authz.bench.cerbos import run_cerbos
@@ -309,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{name}:\n\n```yaml\n{text.rstrip()}\n```\n"
                 for name, text in document_policies().items()
             )
+
+    if authzen_section is not None:
+        sections.append(authzen_section)
 
     from authz.bench.report import cerbos_goals, summary_text, targets, write_markdown
 

@@ -153,6 +153,7 @@ async def run(args: argparse.Namespace) -> None:
             heroku_client_secret=os.environ.get("AUTHZ_BENCH_CLIENT_SECRET", ""),
             token_key=os.environ.get("AUTHZ_BENCH_TOKEN_KEY", ""),
             audit_mode=args.audit,
+            http_listen=args.listen if args.http else None,
         )
         service = await start_service(settings, watch_interval=None)
         print(
@@ -163,6 +164,7 @@ async def run(args: argparse.Namespace) -> None:
                     "kind": "authz",
                     "audit": args.audit,
                     "revision": service.policies.current.revision,
+                    "http_port": service.http.port if service.http else None,
                 }
             ),
             flush=True,
@@ -189,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sso-salt", default="bench-sso-salt-0123456789")  # 16+ characters
     parser.add_argument("--max-seconds", type=float, default=900.0)
     parser.add_argument("--cprofile", default="", help="write cProfile stats here at exit")
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="authz: also serve HTTP (the AuthZEN API) on --listen's host",
+    )
     parser.add_argument(
         "--intercepted",
         action="store_true",

@@ -17,8 +17,17 @@ import yaml
 from authz.policy.data import load_data
 from authz.policy.files import MAX_POLICY_FILE_BYTES, decode_utf8, entries, read_file, text_problem
 from authz.policy.model import Effect, Policy, PolicyError, Problem, Rule, Source
+from authz.policy.searchable import check_searchable, parse_searchable
 
-POLICY_KEYS = {"name", "description", "actions", "resource_types", "catalogue", "rules"}
+POLICY_KEYS = {
+    "name",
+    "description",
+    "actions",
+    "resource_types",
+    "catalogue",
+    "searchable",
+    "rules",
+}
 CATALOGUE_MODES = ("open", "closed")
 RULE_KEYS = {"id", "effect", "actions", "resource_types", "when", "reason"}
 REQUIRED_RULE_KEYS = ("id", "effect", "actions", "reason")
@@ -94,6 +103,7 @@ def load_policy_dir(directory: Path | str) -> LoadedSet:
         data, data_files = {}, []
     _check_unique(policies, problems)
     _check_catalogue_modes(policies, problems)
+    check_searchable(policies, data, problems)
     if any(p.severity == "error" for p in problems):
         raise PolicyError(problems)
     return LoadedSet(tuple(policies), revision_of(raw + data_files), directory, data)
@@ -228,10 +238,11 @@ def parse_policy(file: str, text: str, problems: list[Problem]) -> Policy | None
             )
         )
         mode = ""
+    searchable = parse_searchable(file, fields.get("searchable"), problems)
     rules: list[Rule] = []
     rules_node = fields.get("rules")
     if rules_node is None:
-        if not actions and not resource_types:
+        if not actions and not resource_types and not searchable:
             problems.append(
                 Problem(_src(file, root), "policy has no rules", hint="add a 'rules:' list")
             )
@@ -250,6 +261,7 @@ def parse_policy(file: str, text: str, problems: list[Problem]) -> Policy | None
         _src(file, root),
         tuple(resource_types),
         mode,
+        searchable,
     )
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from authz.policy.searchable import Searchable
 
 
 class Effect(enum.StrEnum):
@@ -50,6 +54,8 @@ class Policy:
     resource_types: tuple[tuple[str, str], ...] = ()
     # `catalogue: open | closed` as the file declares it; "" when it says nothing.
     catalogue: str = ""
+    # The data lists subject and resource search take candidates from (authz.policy.searchable).
+    searchable: tuple[Searchable, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""AuthorizationService: Check and CheckBatch."""
+"""AuthorizationService: Check, CheckBatch and ListAllowedActions."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import grpc
 
 from authz.audit.errors import AuditUnavailable
 from authz.decide import Decider, Item, Outcome, Subject, direct_subject
+from authz.search import Asked, SearchUnsupported, search_actions
 from authz.server import convert
 from authz.server.convert import BadRequest
 from authz.server.errors import abort, abort_unrecorded
@@ -26,7 +27,9 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
     def __init__(self, decider: Decider) -> None:
         self.decider = decider
 
-    async def _subject(self, request: pb.CheckRequest | pb.CheckBatchRequest) -> Subject:
+    async def _subject(
+        self, request: pb.CheckRequest | pb.CheckBatchRequest | pb.ListAllowedActionsRequest
+    ) -> Subject:
         which = request.WhichOneof("subject")
         if which == "principal":
             return direct_subject(convert.entity(request.principal, "principal"))
@@ -80,3 +83,41 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         outcomes = await self._decide(context, subject, items, request_context, request_id)
         return pb.CheckBatchResponse(results=[convert.check_response(o) for o in outcomes])
+
+    async def ListAllowedActions(  # noqa: N802
+        self, request: pb.ListAllowedActionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAllowedActionsResponse:
+        """The allowed actions of one subject on one resource (authz.search.search_actions)."""
+        try:
+            if not request.HasField("resource"):
+                raise BadRequest("resource is missing; send resource {type, id}")
+            resource = convert.entity(request.resource, "resource")
+            if len(request.actions) > convert.MAX_BATCH_ITEMS:
+                raise BadRequest(
+                    f"actions has {len(request.actions)} entries; at most "
+                    f"{convert.MAX_BATCH_ITEMS}, or none for the whole action catalogue"
+                )
+            actions = [convert.action_of(a, f"actions[{i}]") for i, a in enumerate(request.actions)]
+            subject = await self._subject(request)
+            asked = Asked(
+                convert.struct_to_dict(request.context, "context"),
+                convert.request_id_of(request.request_id),
+                caller_of(context),
+            )
+        except BadRequest as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            page = await search_actions(self.decider, subject, resource, asked, actions=actions)
+        except SearchUnsupported as exc:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except AuditUnavailable as exc:
+            await abort_unrecorded(context, exc)
+        return pb.ListAllowedActionsResponse(
+            actions=page.allowed,
+            decisions=[
+                pb.ActionDecision(
+                    action=found.candidate, decision=convert.check_response(found.outcome)
+                )
+                for found in page.evaluated
+            ],
+        )

@@ -64,7 +64,7 @@ def _value(value: struct_pb2.Value, field: str, depth: int) -> Any:
     return None
 
 
-def _identifier(value: str, field: str) -> str:
+def identifier(value: str, field: str) -> str:
     if not value:
         raise BadRequest(f'{field} is empty; name it, e.g. {field}="addon"')
     if len(value) > MAX_ID:
@@ -76,8 +76,8 @@ def _identifier(value: str, field: str) -> str:
 
 def entity(message: pb.Principal | pb.Resource, field: str) -> Entity:
     return Entity(
-        _identifier(message.type, f"{field}.type"),
-        _identifier(message.id, f"{field}.id"),
+        identifier(message.type, f"{field}.type"),
+        identifier(message.id, f"{field}.id"),
         struct_to_dict(message.attributes, f"{field}.attributes"),
     )
 
@@ -85,7 +85,7 @@ def entity(message: pb.Principal | pb.Resource, field: str) -> Entity:
 def action_of(action: str, field: str = "action") -> str:
     if not action:
         raise BadRequest(f'{field} is empty; send an action such as "dashboard.view"')
-    return _identifier(action, field)
+    return identifier(action, field)
 
 
 def check_item(request: pb.CheckRequest) -> Item:

@@ -112,3 +112,35 @@ class CheckBatchResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[CheckResponse]
     def __init__(self, results: _Optional[_Iterable[_Union[CheckResponse, _Mapping]]] = ...) -> None: ...
+
+class ListAllowedActionsRequest(_message.Message):
+    __slots__ = ("principal", "session_token", "resource", "context", "actions", "request_id")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    principal: Principal
+    session_token: str
+    resource: Resource
+    context: _struct_pb2.Struct
+    actions: _containers.RepeatedScalarFieldContainer[str]
+    request_id: str
+    def __init__(self, principal: _Optional[_Union[Principal, _Mapping]] = ..., session_token: _Optional[str] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., actions: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ActionDecision(_message.Message):
+    __slots__ = ("action", "decision")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    decision: CheckResponse
+    def __init__(self, action: _Optional[str] = ..., decision: _Optional[_Union[CheckResponse, _Mapping]] = ...) -> None: ...
+
+class ListAllowedActionsResponse(_message.Message):
+    __slots__ = ("actions", "decisions")
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    actions: _containers.RepeatedScalarFieldContainer[str]
+    decisions: _containers.RepeatedCompositeFieldContainer[ActionDecision]
+    def __init__(self, actions: _Optional[_Iterable[str]] = ..., decisions: _Optional[_Iterable[_Union[ActionDecision, _Mapping]]] = ...) -> None: ...

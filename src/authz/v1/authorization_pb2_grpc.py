@@ -45,6 +45,11 @@ class AuthorizationServiceStub:
                 request_serializer=authz_dot_v1_dot_authorization__pb2.CheckBatchRequest.SerializeToString,
                 response_deserializer=authz_dot_v1_dot_authorization__pb2.CheckBatchResponse.FromString,
                 _registered_method=True)
+        self.ListAllowedActions = channel.unary_unary(
+                '/authz.v1.AuthorizationService/ListAllowedActions',
+                request_serializer=authz_dot_v1_dot_authorization__pb2.ListAllowedActionsRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_authorization__pb2.ListAllowedActionsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizationServiceServicer:
@@ -65,6 +70,16 @@ class AuthorizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAllowedActions(self, request, context):
+        """ListAllowedActions answers "which of these actions may this subject do on this resource?" in
+        one call, e.g. a dashboard asking what an SSO session may do on its add-on before it draws a
+        menu. Every action considered (by default the policy set's action catalogue) is decided and
+        audited exactly as a Check of it, so the audit log explains each hidden action too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +92,11 @@ def add_AuthorizationServiceServicer_to_server(servicer, server):
                     servicer.CheckBatch,
                     request_deserializer=authz_dot_v1_dot_authorization__pb2.CheckBatchRequest.FromString,
                     response_serializer=authz_dot_v1_dot_authorization__pb2.CheckBatchResponse.SerializeToString,
+            ),
+            'ListAllowedActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAllowedActions,
+                    request_deserializer=authz_dot_v1_dot_authorization__pb2.ListAllowedActionsRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_authorization__pb2.ListAllowedActionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +154,33 @@ class AuthorizationService:
             '/authz.v1.AuthorizationService/CheckBatch',
             authz_dot_v1_dot_authorization__pb2.CheckBatchRequest.SerializeToString,
             authz_dot_v1_dot_authorization__pb2.CheckBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAllowedActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.AuthorizationService/ListAllowedActions',
+            authz_dot_v1_dot_authorization__pb2.ListAllowedActionsRequest.SerializeToString,
+            authz_dot_v1_dot_authorization__pb2.ListAllowedActionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
