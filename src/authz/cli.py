@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from dataclasses import replace
@@ -26,6 +25,7 @@ _SERVE_ENV = {
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from authz.config import ConfigError, Settings
+    from authz.logs import configure_logging
     from authz.server.app import serve
 
     # Flags mirror the environment variables and win over them.
@@ -45,9 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["data_dir"] = Path(args.data_dir)
     try:
         settings = replace(Settings.from_env(env), **overrides)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(settings.log_level, settings.log_format)
         asyncio.run(serve(settings))
     except (ConfigError, OSError) as exc:
         print(f"authz serve: {exc}", file=sys.stderr)

@@ -13,11 +13,12 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz.ids import new_decision_id
-from authz.web import health
+from authz.web import health, metrics
 from authz.web.errors import ErrorRendering, HttpError
+from authz.web.observe import ObservedHttp
 from authz.web.routing import Guard, HttpLimits, RouteGroup, WebParts
 
-ROUTE_GROUPS: tuple[Callable[[WebParts], RouteGroup], ...] = (health.routes,)
+ROUTE_GROUPS: tuple[Callable[[WebParts], RouteGroup], ...] = (health.routes, metrics.routes)
 """The route groups the listener serves; a feature adds its builder here."""
 
 MAX_REQUEST_ID = 256
@@ -36,7 +37,8 @@ def build_app(
         exception_handlers=errors.handlers(),
     )
     app.state.guard = Guard.of(parts.callers, parts.limits)
-    return RequestEdge(app, errors, parts.limits)
+    edge = RequestEdge(app, errors, parts.limits)
+    return edge if parts.observability is None else ObservedHttp(edge, parts.observability)
 
 
 class RequestEdge:
