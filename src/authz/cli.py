@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = db.add_parser("migrate", help="apply schema migrations (the server also does)")
     migrate.add_argument("--database-url", help="default AUTHZ_DATABASE_URL / DATABASE_URL")
     migrate.set_defaults(func=cmd_db_migrate)
+    from authz.dbcopy import add_copy_command
+
+    add_copy_command(db)
 
     dev = sub.add_parser("dev", help="development tools").add_subparsers(
         dest="dev_command", required=True
