@@ -16,11 +16,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from authz.config import CallerToken, Settings
+from authz.config import CallerToken, ConfigError, Settings
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
 from authz.devtools.sso_forms import heroku_sso_form
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
+from tests.clock import FakeClock
 from tests.conftest import SHIPPED_POLICIES, RunningService, with_bearer, write_policy_dir
 from tests.heroku_world import SALT, World, world_settings
 
@@ -259,3 +260,39 @@ def test_each_service_counts_its_own(
     labels = {"effect": "DENY", "action": "billing.update", "caller": "anonymous"}
     assert value(scrape(first), "authz_decisions_total", **labels) == 2
     assert value(scrape(second), "authz_decisions_total", **labels) == 1
+
+
+def test_refreshes_and_heroku_failures_are_counted(
+    sim: HerokuSimulator, start: Callable[..., RunningService], base_settings: Settings
+) -> None:
+    clock = FakeClock(time.time())
+    settings = world_settings(base_settings, sim, http_listen="127.0.0.1:0")
+    world = World(sim, start(settings, clock=clock))
+    acme = world.provision(ACME)
+    session = world.login(acme, "alice")  # fetches the app's access list (60 s TTL)
+    sim.add_fault("rate_limit", path_prefix="/addons/", retry_after=30)
+    clock.advance(50)  # past the refresh-ahead point (80 % of the TTL)
+    assert world.check(session, "dashboard.view", acme).allowed  # served from the cache...
+    deadline = time.monotonic() + 10
+    while value(samples := scrape(world.svc), "authz_access_cache_fetch_failures_total") < 1:
+        assert time.monotonic() < deadline, "the refresh never failed"
+        time.sleep(0.05)
+    # ...which started one refresh in the background, refused by Heroku (429).
+    assert value(samples, "authz_access_cache_refreshes_total") == 1
+    assert value(samples, "authz_heroku_api_calls_total", status="429") == 1
+    assert value(samples, "authz_heroku_ratelimit_remaining") == 0
+    assert value(samples, "authz_access_cache_ttl_seconds") == 300  # the budget is spent
+    clock.advance(300)  # the entry expires: the next login waits for Heroku, which refuses
+    denied = world.refusal(world.form(acme, "alice", timestamp=int(clock())))
+    assert denied[1] == "LOGIN_DENIED"
+    samples = scrape(world.svc)
+    assert value(samples, "authz_sso_refusals_total", reason="LOGIN_DENIED") == 1
+    assert value(samples, "authz_access_cache_lookups_total", result="miss") == 2
+
+
+def test_metrics_open_takes_exact_values() -> None:
+    assert Settings.from_env({"AUTHZ_METRICS_OPEN": "1"}).metrics_open
+    assert not Settings.from_env({}).metrics_open
+    for value_ in ("true", "yes", "on", " 1"):
+        with pytest.raises(ConfigError, match="AUTHZ_METRICS_OPEN"):
+            Settings.from_env({"AUTHZ_METRICS_OPEN": value_})
