@@ -168,7 +168,8 @@ def add_copy_command(commands: Any) -> None:
         "copy",
         help="copy a SQLite data directory into an empty PostgreSQL database",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        epilog="example: authz db copy --data-dir ./data --database-url postgresql://db/authz",
+        epilog="example:\n  DATABASE_URL=postgresql://authz@db.internal/authz "
+        "authz db copy --data-dir data",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     copy.add_argument("--data-dir", help="the SQLite files (default AUTHZ_DATA_DIR or ./data)")
