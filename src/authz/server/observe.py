@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -28,6 +29,8 @@ from typing import Any
 import grpc
 
 from authz.config import Settings
+from authz.decide import AuditSink
+from authz.login import LoginRefused, LoginResult, SsoLogins
 from authz.logs import FIELDS
 from authz.metrics import Metrics
 from authz.policies_runtime import PolicyHolder
@@ -95,7 +98,7 @@ class DecisionLine:
 class ObservedAudit:
     """The Decider's audit sink: records first, then counts, logs and traces what was recorded."""
 
-    def __init__(self, audit: Any, observability: Observability) -> None:
+    def __init__(self, audit: AuditSink, observability: Observability) -> None:
         self.audit = audit
         self.observability = observability
 
@@ -114,15 +117,13 @@ class ObservedAudit:
 class ObservedLogins:
     """authz.login.SsoLogins, counting refusals by reason and logins by salt position."""
 
-    def __init__(self, logins: Any, metrics: Metrics) -> None:
+    def __init__(self, logins: SsoLogins, metrics: Metrics) -> None:
         self.logins = logins
         self.metrics = metrics
 
     async def exchange(
         self, form: Mapping[str, str], *, request_id: str = "", caller: str = ""
-    ) -> Any:
-        from authz.login import LoginRefused
-
+    ) -> LoginResult:
         try:
             result = await self.logins.exchange(form, request_id=request_id, caller=caller)
         except LoginRefused as refusal:
@@ -153,10 +154,10 @@ class Observability:
         """ConfigError when traces are asked for and cannot be had (authz.tracing)."""
         return cls(settings, policies, Tracing.start(settings))
 
-    def audit_sink(self, audit: Any) -> ObservedAudit:
+    def audit_sink(self, audit: AuditSink) -> ObservedAudit:
         return ObservedAudit(audit, self)
 
-    def logins(self, logins: Any) -> ObservedLogins:
+    def logins(self, logins: SsoLogins) -> ObservedLogins:
         return ObservedLogins(logins, self.metrics)
 
     def watch(self, **parts: Any) -> None:
@@ -174,7 +175,7 @@ class Observability:
             if call is not None:
                 call.decision_ids.append(decision.decision_id)
             if self.log_decisions:
-                decision_log.info("decision", extra={FIELDS: _fields(decision)})
+                decision_log.info("decision", extra={FIELDS: dataclasses.asdict(decision)})
 
     @contextlib.contextmanager
     def call(
@@ -206,20 +207,6 @@ class Observability:
     async def aclose(self) -> None:
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)
-
-
-def _fields(decision: DecisionLine) -> dict[str, Any]:
-    return {
-        "decision_id": decision.decision_id,
-        "effect": decision.effect,
-        "action": decision.action,
-        "principal": decision.principal,
-        "resource": decision.resource,
-        "caller": decision.caller,
-        "kind": decision.kind,
-        "request_id": decision.request_id,
-        "latency_ms": decision.latency_ms,
-    }
 
 
 class RpcObserver(grpc.aio.ServerInterceptor):
