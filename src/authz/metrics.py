@@ -120,6 +120,7 @@ class Metrics:
         )
         self._state = StateCollector()
         registry.register(self._state)
+        self._calls: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def watch(self, **parts: Any) -> None:
         """Read these parts at every scrape (see StateCollector for the names)."""
@@ -132,8 +133,16 @@ class Metrics:
         self.decisions.labels(effect, label, caller).inc()
 
     def observe_call(self, protocol: str, method: str, code: str, seconds: float) -> None:
-        self.rpc_duration.labels(protocol, method).observe(seconds)
-        self.rpcs.labels(protocol, method, code).inc()
+        # The labelled children are kept: labels() costs more than the observation itself.
+        key = (protocol, method, code)
+        children = self._calls.get(key)
+        if children is None:
+            children = self._calls[key] = (
+                self.rpc_duration.labels(protocol, method),
+                self.rpcs.labels(protocol, method, code),
+            )
+        children[0].observe(seconds)
+        children[1].inc()
 
     def exposition(self, accept: str) -> tuple[bytes, str]:
         """The registry in the text format the scraper asked for (Prometheus' or OpenMetrics),
