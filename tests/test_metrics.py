@@ -86,10 +86,11 @@ def world(
 def test_metrics_count_what_the_service_did(world: World) -> None:
     acme = world.provision(ACME)  # exchanges the OAuth grant with Heroku
     alice = world.user("alice")
-    old_salt_session = world.login(acme, "alice")  # signed with the old salt, position 2
-    # Another second: the replay guard takes one form per add-on, user and timestamp.
-    earlier = int(time.time()) - 1
-    new_salt_form = heroku_sso_form(acme, alice["id"], alice["email"], NEW_SALT, timestamp=earlier)
+    # Two forms of different seconds: the replay guard takes one per add-on, user and second.
+    now = int(time.time())
+    old_salt_form = world.form(acme, "alice", timestamp=now)  # the old salt: position 2
+    old_salt_session = world.exchange(old_salt_form).session_token
+    new_salt_form = heroku_sso_form(acme, alice["id"], alice["email"], NEW_SALT, timestamp=now - 1)
     world.exchange(new_salt_form)  # position 1
     assert world.refusal(new_salt_form)[1] == "SSO_REPLAYED"
     forged = heroku_sso_form(acme, alice["id"], alice["email"], "not-a-configured-salt-123")
