@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 MAX_ACCESS_TTL = 300.0
 """Heroku's rule: a cached list of authorized users is never older than 5 minutes."""
@@ -28,6 +29,13 @@ STATE_DB_NAME = "state.db"
 AUDIT_DB_NAME = "audit.db"
 """The SQLite file under AUTHZ_DATA_DIR for the audit log."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json", "logfmt")
+"""AUTHZ_LOG_FORMAT (authz.logs): ``text`` for people, ``json`` one object per line, ``logfmt``
+key=value lines as Heroku's log drains and its own router write them."""
+SWITCH = ("0", "1")
+"""The values of an on/off setting (AUTHZ_LOG_DECISIONS, AUTHZ_METRICS_OPEN, ...)."""
+OTLP_PROTOCOLS = ("http/protobuf",)
+"""The one OTLP transport authz exports traces with (OTEL_EXPORTER_OTLP_PROTOCOL)."""
 
 
 class ConfigError(ValueError):
@@ -244,6 +252,33 @@ def _request_timeout(env: Mapping[str, str]) -> float:
     return value
 
 
+def _otlp_traces_endpoint(env: Mapping[str, str]) -> str | None:
+    """Where spans go, or None (no tracing). OpenTelemetry's "OTLP Exporter Configuration":
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is the URL as is; for OTLP/HTTP the signal's path
+    (v1/traces) is appended to OTEL_EXPORTER_OTLP_ENDPOINT. Other OTEL_* variables (headers,
+    timeout, certificates, sampler, service name) are read by the SDK itself."""
+    for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+        choice(env, name, OTLP_PROTOCOLS, OTLP_PROTOCOLS[0])
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        url = env.get(name)
+        if not url:
+            continue
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError:
+            parts = parts._replace(netloc="")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"{name} must be an http:// or https:// URL of an OTLP/HTTP receiver, e.g. "
+                "http://127.0.0.1:4318"
+            )
+        if name == "OTEL_EXPORTER_OTLP_ENDPOINT":
+            return url.removesuffix("/") + "/v1/traces"
+        return url
+    return None
+
+
 def _database_url(env: Mapping[str, str]) -> str | None:
     from authz.store import StoreError, database_url_from_env
 
@@ -294,6 +329,14 @@ class Settings:
     # mode) have a budget of their own, on top of max_concurrent_rpcs; see authz.server.guard.
     open_rpcs: int = 64
     stream_idle: float = 120.0  # seconds an open stream may send and receive nothing
+    # Observability (authz.logs, authz.metrics, authz.tracing).
+    log_format: str = "text"  # one of LOG_FORMATS
+    log_decisions: bool = False  # AUTHZ_LOG_DECISIONS=1: one INFO line per decision
+    metrics_open: bool = False  # AUTHZ_METRICS_OPEN=1: GET /metrics for anyone, not callers only
+    otlp_traces_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; None: off
+    # Heroku: the dyno's name (DYNO) and AUTHZ_ALLOW_EPHEMERAL=1; see check_storage.
+    dyno: str = ""
+    allow_ephemeral: bool = False
 
     def __post_init__(self) -> None:
         # Settings built in code (tests, the demo, benchmarks) obey the rules the environment
@@ -302,6 +345,7 @@ class Settings:
         accepted_value("AUTHZ_SSO_ALLOW_SHA1", self.sso_allow_sha1, SSO_SHA1_MODES)
         accepted_value("AUTHZ_AUDIT_MODE", self.audit_mode, AUDIT_MODES)
         accepted_value("AUTHZ_LOG_LEVEL", self.log_level, LOG_LEVELS)
+        accepted_value("AUTHZ_LOG_FORMAT", self.log_format, LOG_FORMATS)
 
     # Where the data lives, decided here only: the server, `authz db migrate` and the commands
     # that read the stores start from these, so every one of them works on both backends.
@@ -340,6 +384,28 @@ class Settings:
                 "AUTHZ_CLIENT_CA turns on mutual TLS, which needs the server's own certificate: "
                 "set AUTHZ_TLS_CERT and AUTHZ_TLS_KEY too"
             )
+
+    def check_storage(self) -> str:
+        """On a Heroku dyno without a database, everything authz keeps (the audit log, sessions,
+        the add-on registry, OAuth tokens) would be on the dyno's ephemeral filesystem, which
+        is discarded at least once a day and on every deploy and restart (Dev Center "Dynos and
+        the Dyno Manager", Ephemeral Filesystem). ConfigError then, unless
+        AUTHZ_ALLOW_EPHEMERAL=1, when the warning to log is returned; "" otherwise."""
+        if not self.dyno or self.database_url is not None:
+            return ""
+        problem = (
+            f"running on the Heroku dyno {self.dyno!r} without DATABASE_URL: the audit log, "
+            f"sessions, the add-on registry and OAuth tokens would be kept in {self.data_dir} "
+            "on the dyno's ephemeral filesystem, lost at every restart and deploy (at least "
+            "daily), and not shared with other dynos"
+        )
+        if not self.allow_ephemeral:
+            raise ConfigError(
+                f"refusing to start: {problem}. Attach Heroku Postgres (heroku addons:create "
+                "heroku-postgresql), which sets DATABASE_URL, or set AUTHZ_ALLOW_EPHEMERAL=1 "
+                "to accept losing them"
+            )
+        return f"AUTHZ_ALLOW_EPHEMERAL=1: {problem}. Set DATABASE_URL to keep them"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -390,6 +456,12 @@ class Settings:
             stream_idle=_bounded(
                 "AUTHZ_STREAM_IDLE", _float(env, "AUTHZ_STREAM_IDLE", 120.0), 3600.0
             ),
+            log_format=choice(env, "AUTHZ_LOG_FORMAT", LOG_FORMATS, "text"),
+            log_decisions=choice(env, "AUTHZ_LOG_DECISIONS", SWITCH, "0") == "1",
+            metrics_open=choice(env, "AUTHZ_METRICS_OPEN", SWITCH, "0") == "1",
+            otlp_traces_endpoint=_otlp_traces_endpoint(env),
+            dyno=env.get("DYNO", ""),
+            allow_ephemeral=choice(env, "AUTHZ_ALLOW_EPHEMERAL", SWITCH, "0") == "1",
         )
         settings.check_transport()
         return settings

@@ -46,6 +46,7 @@ class LoginResult:
     token: str
     session: Session
     decision_id: str
+    salt_position: int = 1  # which AUTHZ_SSO_SALT verified the form (metrics)
 
 
 class SsoLogins:
@@ -157,7 +158,7 @@ class SsoLogins:
             login.resource_id,
             login.email,
         )
-        return LoginResult(token, session, outcome.decision_id)
+        return LoginResult(token, session, outcome.decision_id, login.salt_position)
 
     async def _refuse(
         self,

@@ -58,3 +58,53 @@ def register(commands: Any) -> None:
         help="default AUTHZ_DATABASE_URL / DATABASE_URL (prefer them: a URL on the command line "
         "shows its password in the process list)",
     )
+    copy = add_command(
+        group,
+        "copy",
+        help="copy a SQLite data directory into an empty PostgreSQL database",
+        description=(
+            "Copy AUTHZ_DATA_DIR's state.db and audit.db, row for row, into the empty PostgreSQL "
+            "database replicas share; the source's audit log must verify first and the copy "
+            "must verify with the same head. Stop the server first."
+        ),
+        example="DATABASE_URL=postgresql://authz@db.internal/authz authz db copy --data-dir data",
+        func=cmd_copy,
+    )
+    copy.add_argument("--data-dir", help="the SQLite files (default AUTHZ_DATA_DIR or ./data)")
+    copy.add_argument(
+        "--database-url", help="the empty database (default AUTHZ_DATABASE_URL / DATABASE_URL)"
+    )
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    import sqlite3
+    from pathlib import Path
+
+    from authz.audit.errors import AuditError
+    from authz.config import ConfigError, Settings
+    from authz.dbcopy import CopyError, copy_to_postgres
+    from authz.store import StoreError, is_postgres_url, redact_url
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        return fail(args, str(exc), ExitCode.USAGE)
+    data_dir = Path(args.data_dir) if args.data_dir else settings.data_dir
+    url = args.database_url or settings.database_url
+    if not url or not is_postgres_url(url):
+        return fail(
+            args,
+            "name the PostgreSQL database: --database-url postgresql://... or DATABASE_URL",
+            ExitCode.USAGE,
+        )
+    try:
+        report = copy_to_postgres(data_dir, url)
+    except (CopyError, StoreError, AuditError, sqlite3.Error) as exc:
+        return fail(args, str(exc), ExitCode.ERROR)
+    for table, rows in report.tables.items():
+        print(f"{table}: {rows} rows")
+    print(
+        f"copied into {redact_url(url)}; audit log head {report.audit_head} "
+        f"({report.checked} records verified)"
+    )
+    return ExitCode.OK

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from authz.cli.common import ExitCode, add_command, fail
+from authz.logs import configure_logging
 
 # Flags that mirror an environment variable, and win over it.
 _SERVE_ENV = {
@@ -42,9 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["data_dir"] = Path(args.data_dir)
     try:
         settings = replace(Settings.from_env(env), **overrides)
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(settings.log_level, settings.log_format)
         asyncio.run(serve(settings))
     except ConfigError as exc:
         return fail(args, str(exc), ExitCode.USAGE)

@@ -148,6 +148,15 @@ class AccessCache:
         self._inflight: dict[str, asyncio.Task[AccessList]] = {}
         self._generation: dict[str, int] = {}
         self._backoff: dict[str, _Backoff] = {}
+        # Counters for authz.metrics (read any time; written on the cache's event loop).
+        self.hits = 0
+        """Lookups answered from a fresh entry."""
+        self.misses = 0
+        """Lookups without a fresh entry: they waited for a fetch, or failed fast in backoff."""
+        self.refreshes = 0
+        """Refresh-ahead fetches started in the background (nobody waits for them)."""
+        self.fetch_failures = 0
+        """Fetches that failed (Heroku down, slow, rate-limited or answering garbage)."""
 
     @property
     def ttl(self) -> float:
@@ -199,12 +208,15 @@ class AccessCache:
                 refresh_at = ttl - (1 - self._refresh_ahead) * self._ttl
                 if age >= refresh_at and not self._busy(app_id, now):
                     self._start(app_id, resource_id)  # refresh-ahead, nobody waits for it
+                    self.refreshes += 1
+                self.hits += 1
                 return entry.access
             if not self._servable_stale(entry, now):
                 # Expired (or the clock went backwards): never served again.
                 del self._entries[app_id]
                 entry = None
 
+        self.misses += 1
         task = self._inflight.get(app_id)
         if task is None:
             backoff = self._backoff.get(app_id)
@@ -305,6 +317,7 @@ class AccessCache:
                 self._entries[app_id] = _Entry(access, born, spread)
                 self._evict()
             return access
+        self.fetch_failures += 1
         wait = self._record_failure(app_id, reason, retry_after)
         raise AccessUnavailable(reason, retry_after=wait)
 

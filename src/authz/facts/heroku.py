@@ -46,6 +46,7 @@ Choices made where Heroku's documentation is silent, written down here:
 
 from __future__ import annotations
 
+import collections
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -247,6 +248,10 @@ class PlatformClient:
             timeout=httpx.Timeout(timeout), follow_redirects=False
         )
         self._clock = clock
+        # For authz.metrics: calls by HTTP status ("unreachable" without an answer), and the
+        # last RateLimit-Remaining Heroku sent (None until one is seen).
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.ratelimit_remaining: int | None = None
 
     def __repr__(self) -> str:
         return f"PlatformClient(api_url={self._api_url!r}, id_url={self._id_url!r})"
@@ -293,7 +298,9 @@ class PlatformClient:
         try:
             response = await self._http.post(url, data=data, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
+            self.calls["unreachable"] += 1
             raise PlatformError("unreachable", f"{what}: {type(exc).__name__}") from None
+        self.calls[str(response.status_code)] += 1
         if response.status_code in (400, 401, 403):
             # The identity service answers a bad, used or expired grant, a revoked refresh
             # token or a wrong client secret alike; none of them is worth retrying.
@@ -438,8 +445,13 @@ class PlatformClient:
         try:
             response = await self._http.get(f"{self._api_url}{path}", headers=headers)
         except httpx.HTTPError as exc:
+            self.calls["unreachable"] += 1
             raise PlatformError("unreachable", f"GET {path}: {type(exc).__name__}") from None
-        seq.saw(_remaining(response))
+        self.calls[str(response.status_code)] += 1
+        remaining = _remaining(response)
+        if remaining is not None:
+            self.ratelimit_remaining = remaining
+        seq.saw(remaining)
         self._raise_for_status(response, f"GET {path}")
         return response
 

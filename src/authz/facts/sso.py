@@ -125,6 +125,9 @@ class SsoLogin:
     verified it; claim it once."""
     expires_at: float
     """``timestamp + max_age``: the end of the window in which this form could be replayed."""
+    salt_position: int = 1
+    """Which of the configured salts verified the form, 1 for the first: a rotation is finished
+    when no login uses the old one (the metric authz_sso_logins_total). Never the salt."""
 
 
 def user_scoped_resource_token(
@@ -226,13 +229,14 @@ def verify_sso_form(
         )
 
     # Every salt is tried and every comparison is constant-time; no early exit.
-    matched = False
-    for salt in usable_salts:
+    matched = 0  # the position of the first salt that verifies the token
+    for position, salt in enumerate(usable_salts, start=1):
         if kind == "sha256":
             expected = user_scoped_resource_token(resource_id, salt, raw_timestamp, user_id, email)
         else:
             expected = resource_token(resource_id, salt, raw_timestamp)
-        matched |= hmac.compare_digest(expected, token)
+        if hmac.compare_digest(expected, token) and not matched:
+            matched = position
     if not matched:
         field = "user_scoped_resource_token" if kind == "sha256" else "resource_token"
         raise SsoError(
@@ -271,6 +275,7 @@ def verify_sso_form(
         token_kind=kind,
         replay_key=replay_key,
         expires_at=float(timestamp) + max_age,
+        salt_position=matched,
     )
 
 

@@ -29,6 +29,7 @@ from authz.login import SsoLogins
 from authz.policies_runtime import PolicyHolder, watch_policies
 from authz.server.admin import AdminServicer
 from authz.server.authorization import AuthorizationServicer
+from authz.server.observe import Observability
 from authz.server.sessions import SessionServicer
 from authz.server.transport import Transport, log_transport, plan_transport
 from authz.store import migrate, open_store
@@ -135,8 +136,11 @@ async def start_service(
     credentials do not go together (see authz.server.transport.plan_transport).
     """
     transport = plan_transport(settings)
+    if ephemeral := settings.check_storage():
+        log.warning(ephemeral)
     policies = policies or PolicyHolder.load(settings.policy_dir)
-    closers: list[Any] = []
+    observability = Observability.start(settings, policies)
+    closers: list[Any] = [observability.aclose]
     state = open_store(settings.database_url or settings.data_dir / "state.db")
     closers.append(state.close)
     applied = migrate(state)
@@ -152,7 +156,7 @@ async def start_service(
         deadline=settings.facts_deadline,
         offload=state.dialect == "postgresql",
     )
-    tokens, token_store = _platform_facts(settings, state, facts, clock, closers)
+    tokens, token_store = _platform_facts(settings, state, facts, clock, closers, observability)
     # Without Platform API credentials tokens are neither stored nor read, but the store can
     # still delete those an earlier configuration kept (deprovisioning, server.admin).
     token_store = token_store or OAuthTokenStore(state, "", clock=clock)
@@ -161,9 +165,8 @@ async def start_service(
     closers.insert(0, invalidations.aclose)
     # With audit off no record is built at all (the benchmark baseline); otherwise every
     # decision is recorded before it is answered.
-    decider = Decider(
-        policies, facts=facts, audit=audit if settings.audit_mode != "off" else None, clock=clock
-    )
+    sink = observability.audit_sink(audit) if settings.audit_mode != "off" else None
+    decider = Decider(policies, facts=facts, audit=sink, clock=clock)
     replay = ReplayGuard(state, clock)
     logins = SsoLogins(
         decider,
@@ -174,14 +177,16 @@ async def start_service(
         clock=clock,
     )
     server = grpc.aio.server(
-        interceptors=transport.interceptors,
+        interceptors=[observability.interceptor, *transport.interceptors],
         options=list(SERVER_OPTIONS),
         maximum_concurrent_rpcs=transport.maximum_concurrent_rpcs,
     )
     authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
         AuthorizationServicer(decider), server
     )
-    session_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(logins), server)
+    session_pb2_grpc.add_SessionServiceServicer_to_server(
+        SessionServicer(observability.logins(logins)), server
+    )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(
             policies=policies,
@@ -210,6 +215,7 @@ async def start_service(
             purge_expired(facts, replay, purge_interval)
         )
         closers.insert(0, purger.cancel)
+    observability.watch(audit=audit, access=facts.access)
     service = Service(
         settings, server, port, policies, decider, health_servicer, audit, facts, closers
     )
@@ -222,6 +228,7 @@ async def start_service(
             audit,
             state,
             HttpLimits.from_settings(settings),
+            observability,
         )
         try:
             service.http = await start_http_listener(web, http_routes)
@@ -293,7 +300,12 @@ def _bind(server: grpc.aio.Server, listen: str, transport: Transport) -> int:
 
 
 def _platform_facts(
-    settings: Settings, state: Any, facts: Facts, clock: Clock, closers: list[Any]
+    settings: Settings,
+    state: Any,
+    facts: Facts,
+    clock: Clock,
+    closers: list[Any],
+    observability: Observability,
 ) -> tuple[TokenManager | None, OAuthTokenStore | None]:
     """The Platform API client, OAuth tokens and access cache, when credentials are configured.
 
@@ -309,6 +321,7 @@ def _platform_facts(
         settings.heroku_api_url, settings.heroku_id_url, settings.heroku_client_secret, clock=clock
     )
     closers.append(client.aclose)
+    observability.watch(platform=client)
     store = OAuthTokenStore(state, settings.token_key, clock=clock)
     tokens = TokenManager(store, client, clock)
     facts.access = AccessCache(

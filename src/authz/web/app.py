@@ -13,11 +13,16 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz.ids import new_decision_id
-from authz.web import authzen, health
+from authz.web import authzen, health, metrics
 from authz.web.errors import ErrorRendering, HttpError
+from authz.web.observe import ObservedHttp
 from authz.web.routing import Guard, HttpLimits, RouteGroup, WebParts
 
-ROUTE_GROUPS: tuple[Callable[[WebParts], RouteGroup], ...] = (health.routes, authzen.routes)
+ROUTE_GROUPS: tuple[Callable[[WebParts], RouteGroup], ...] = (
+    health.routes,
+    authzen.routes,
+    metrics.routes,
+)
 """The route groups the listener serves; a feature adds its builder here."""
 
 MAX_REQUEST_ID = 256
@@ -36,7 +41,8 @@ def build_app(
         exception_handlers=errors.handlers(),
     )
     app.state.guard = Guard.of(parts.callers, parts.limits)
-    return RequestEdge(app, errors, parts.limits)
+    edge = RequestEdge(app, errors, parts.limits)
+    return edge if parts.observability is None else ObservedHttp(edge, parts.observability)
 
 
 class RequestEdge:

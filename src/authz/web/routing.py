@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,6 +34,9 @@ from authz.policies_runtime import PolicyHolder
 from authz.store import Database
 from authz.web.auth import Access, HttpCallers
 from authz.web.errors import ErrorRenderer, HttpError
+
+if TYPE_CHECKING:
+    from authz.server.observe import Observability
 
 Handler = Callable[[Request, str], Awaitable[Response]]
 """A route's handler: (request, the caller's identity) → response."""
@@ -78,6 +82,7 @@ class WebParts:
     audit: AuditLog
     state: Database
     limits: HttpLimits = field(default_factory=HttpLimits)
+    observability: Observability | None = None  # metrics, traces (authz.server.observe)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,272 @@
+"""Observability of one service: metrics, decision log lines and traces, from a few small hooks.
+
+- :class:`RpcObserver`, the outermost gRPC interceptor: each unary-answer call's latency and
+  status (admission, request read and audit commit included), in a span when tracing is on;
+  authz.web.observe does the same for HTTP requests.
+- :class:`ObservedAudit`, the audit sink the Decider writes to: it passes every batch of
+  records to the audit log and, once they are recorded (the decisions are answered only
+  then), counts them, logs one line per decision with AUTHZ_LOG_DECISIONS=1, and names them on
+  the call's span. Decisions are therefore seen exactly as the audit log has them, secrets
+  already redacted (authz.decide redacts session tokens and secret-looking keys).
+- :class:`ObservedLogins`: SSO refusals by reason and logins by the salt that verified them.
+
+With AUTHZ_AUDIT_MODE=off (benchmarks only) no record is built, so decisions are neither
+counted nor logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from authz.config import Settings
+from authz.decide import AuditSink
+from authz.login import LoginRefused, LoginResult, SsoLogins
+from authz.logs import FIELDS
+from authz.metrics import Metrics
+from authz.policies_runtime import PolicyHolder
+from authz.tracing import DECISION_IDS, Tracing
+
+decision_log = logging.getLogger("authz.decisions")
+
+SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+"""gRPC codes that mark a server span as failed (OpenTelemetry semantic conventions for gRPC:
+the other codes are the client's errors)."""
+
+
+@dataclass
+class Call:
+    """One call being handled: the decisions it made, and its span when tracing is on."""
+
+    decision_ids: list[str] = field(default_factory=list)
+    span: Any = None
+
+
+CURRENT_CALL: ContextVar[Call | None] = ContextVar("authz_current_call", default=None)
+"""The call being handled; each gRPC call and HTTP request runs in a task of its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionLine:
+    """What is counted and logged of one decision: the audit record's redacted fields."""
+
+    decision_id: str
+    effect: str
+    action: str
+    principal: str
+    resource: str
+    caller: str
+    kind: str
+    request_id: str
+    latency_ms: float
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> DecisionLine:
+        principal = record.get("principal") or {}
+        resource = record.get("resource") or {}
+        return cls(
+            decision_id=str(record.get("decision_id", "")),
+            effect=str(record.get("effect", "")),
+            action=str(record.get("action", "")),
+            principal=f"{principal.get('type', '')}:{principal.get('id', '')}",
+            resource=f"{resource.get('type', '')}:{resource.get('id', '')}",
+            caller=str(record.get("caller", "")),
+            kind=str(record.get("kind", "")),
+            request_id=str(record.get("request_id", "")),
+            latency_ms=float(record.get("duration_ms", 0.0)),
+        )
+
+
+class ObservedAudit:
+    """The Decider's audit sink: records first, then counts, logs and traces what was recorded."""
+
+    def __init__(self, audit: AuditSink, observability: Observability) -> None:
+        self.audit = audit
+        self.observability = observability
+
+    async def record(self, rec: dict[str, Any]) -> None:
+        await self.record_many([rec])
+
+    async def record_many(
+        self, recs: list[dict[str, Any]], shared: Mapping[str, Any] | None = None
+    ) -> None:
+        started = time.perf_counter()
+        await self.audit.record_many(recs, shared)
+        self.observability.metrics.audit_wait.observe(time.perf_counter() - started)
+        self.observability.decided([DecisionLine.of(rec) for rec in recs])
+
+
+class ObservedLogins:
+    """authz.login.SsoLogins, counting refusals by reason and logins by salt position."""
+
+    def __init__(self, logins: SsoLogins, metrics: Metrics) -> None:
+        self.logins = logins
+        self.metrics = metrics
+
+    async def exchange(
+        self, form: Mapping[str, str], *, request_id: str = "", caller: str = ""
+    ) -> LoginResult:
+        try:
+            result = await self.logins.exchange(form, request_id=request_id, caller=caller)
+        except LoginRefused as refusal:
+            self.metrics.sso_refusals.labels(refusal.code).inc()
+            raise
+        self.metrics.sso_logins.labels(str(result.salt_position), result.session.token_kind).inc()
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.logins, name)
+
+
+class Observability:
+    """The metrics, decision log and tracing of one service (built by start_service)."""
+
+    def __init__(
+        self, settings: Settings, policies: PolicyHolder, tracing: Tracing | None = None
+    ) -> None:
+        self.metrics = Metrics()
+        self.policies = policies
+        self.tracing = tracing
+        self.log_decisions = settings.log_decisions
+        self.interceptor = RpcObserver(self)
+        self.metrics.watch(policies=policies)
+
+    @classmethod
+    def start(cls, settings: Settings, policies: PolicyHolder) -> Observability:
+        """ConfigError when traces are asked for and cannot be had (authz.tracing)."""
+        return cls(settings, policies, Tracing.start(settings))
+
+    def audit_sink(self, audit: AuditSink) -> ObservedAudit:
+        return ObservedAudit(audit, self)
+
+    def logins(self, logins: SsoLogins) -> ObservedLogins:
+        return ObservedLogins(logins, self.metrics)
+
+    def watch(self, **parts: Any) -> None:
+        """Parts whose own counters are read at each scrape (authz.metrics.StateCollector)."""
+        self.metrics.watch(**parts)
+
+    def decided(self, decisions: Sequence[DecisionLine]) -> None:
+        """Decisions that were recorded, and are about to be answered."""
+        catalogue = self.policies.current.catalogue
+        call = CURRENT_CALL.get()
+        for decision in decisions:
+            self.metrics.count_decision(
+                decision.effect, decision.action, decision.caller, catalogue
+            )
+            if call is not None:
+                call.decision_ids.append(decision.decision_id)
+            if self.log_decisions:
+                decision_log.info("decision", extra={FIELDS: dataclasses.asdict(decision)})
+
+    @contextlib.contextmanager
+    def call(
+        self, span_name: str, attributes: Mapping[str, Any], carrier: Callable[[], Mapping]
+    ) -> Iterator[Call]:
+        """The scope of one call (CURRENT_CALL), in a span when tracing is on; `carrier()`
+        gives the headers or metadata that may name the caller's span. End with `finish`."""
+        call = Call()
+        token = CURRENT_CALL.set(call)
+        try:
+            if self.tracing is None:
+                yield call
+                return
+            with self.tracing.span(span_name, attributes, carrier()) as call.span:
+                yield call
+        finally:
+            CURRENT_CALL.reset(token)
+
+    @staticmethod
+    def finish(call: Call, attributes: dict[str, Any], error: str = "") -> None:
+        """What the span learnt by the end of the call: `attributes`, its decision ids, and
+        `error` when the call failed on the server's side."""
+        if call.span is None:
+            return
+        if call.decision_ids:
+            attributes[DECISION_IDS] = list(call.decision_ids)
+        Tracing.finish(call.span, attributes, error)
+
+    async def aclose(self) -> None:
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
+
+
+class RpcObserver(grpc.aio.ServerInterceptor):
+    """The outermost interceptor: every call that answers once (all of authz's methods and
+    Health/Check) is timed from its arrival to its answer, counted by status, and traced.
+    Streaming answers (Health/Watch, reflection) pass untouched: their length is the client's."""
+
+    def __init__(self, observability: Observability) -> None:
+        self.observability = observability
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.response_streaming:
+            return handler
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
+        behaviour = handler.unary_unary or handler.stream_unary
+        observability = self.observability
+        service, _, name = method.lstrip("/").partition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+        span_name = f"{service}/{name}"
+
+        def carrier() -> dict[str, str]:
+            return {key: value for key, value in metadata or () if isinstance(value, str)}
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            with observability.call(span_name, attributes, carrier) as call:
+                try:
+                    return await behaviour(request, context)
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except Exception:
+                    # An abort has set its code; anything else is answered UNKNOWN by grpc.
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    observability.metrics.observe_call(
+                        "grpc", method, code.name, time.perf_counter() - started
+                    )
+                    observability.finish(
+                        call,
+                        {"rpc.grpc.status_code": code.value[0]},
+                        code.name if code in SERVER_ERRORS else "",
+                    )
+
+        make = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary is not None
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return make(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
