@@ -13,11 +13,11 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz.ids import new_decision_id
-from authz.web import health
+from authz.web import health, heroku
 from authz.web.errors import ErrorRendering, HttpError
 from authz.web.routing import Guard, HttpLimits, RouteGroup, WebParts
 
-ROUTE_GROUPS: tuple[Callable[[WebParts], RouteGroup], ...] = (health.routes,)
+ROUTE_GROUPS: tuple[Callable[[WebParts], RouteGroup], ...] = (health.routes, heroku.routes)
 """The route groups the listener serves; a feature adds its builder here."""
 
 MAX_REQUEST_ID = 256
