@@ -452,3 +452,36 @@ def test_an_event_received_by_one_replica_reaches_the_others(
     assert on_b.check(carol, rid).allowed  # B has cached the app's list, for 300 s
     sim.remove_collaborator(ACME_APP, "carol")
     until(lambda: not on_b.check(carol, rid).allowed, 2.0, "carol denied on replica B")
+
+
+def test_a_failed_subscription_does_not_fail_provisioning_and_a_retry_subscribes(
+    partner: Partner,
+) -> None:
+    sim = partner.sim
+    rid = "0badc0de-0000-4000-8000-000000000001"
+    sim.add_fault("error", path_prefix=f"/addons/{rid}/webhooks", status=503)
+    result = sim.provision(ACME_APP, "basic", resource_id=rid)
+    assert result["state"] == "provisioned"  # Heroku sees a provisioned add-on
+    assert partner.forwarded[-1].json()["webhook_subscribed"] is False
+    assert sim.webhook_state()["subscriptions"] == []
+    sim.clear_faults()
+    sim.resend_provisioning(rid)  # Heroku's (or an admin's) next delivery subscribes
+    assert partner.forwarded[-1].json()["webhook_subscribed"] is True
+    assert len(sim.webhook_state()["subscriptions"]) == 1
+
+
+def test_a_subscription_whose_secret_was_lost_is_taken_over(partner: Partner) -> None:
+    """authz subscribed, then lost the secret before keeping it (a crash in between): the next
+    registration finds its subscription at Heroku by URL and gives it a new secret."""
+    sim = partner.sim
+    rid = partner.provision()
+    [hook] = sim.webhook_state()["subscriptions"]
+    partner.svc.service.state.execute("DELETE FROM heroku_webhooks")
+    sim.resend_provisioning(rid)
+    assert partner.forwarded[-1].json()["webhook_subscribed"] is True
+    assert sim.count("PATCH", f"/addons/{rid}/webhooks/{hook['id']}") == 1
+    assert [h["id"] for h in sim.webhook_state()["subscriptions"]] == [hook["id"]]
+    carol = partner.login(rid, "carol")
+    assert partner.check(carol, rid).allowed
+    sim.remove_collaborator(ACME_APP, "carol")  # signed with the new secret
+    until(lambda: not partner.check(carol, rid).allowed, 2.0, "carol denied")
