@@ -485,3 +485,23 @@ def test_a_subscription_whose_secret_was_lost_is_taken_over(partner: Partner) ->
     assert partner.check(carol, rid).allowed
     sim.remove_collaborator(ACME_APP, "carol")  # signed with the new secret
     until(lambda: not partner.check(carol, rid).allowed, 2.0, "carol denied")
+
+
+def test_a_secret_sealed_under_an_old_key_is_renewed_by_registering_again(
+    make_partner: Callable[..., Partner],
+) -> None:
+    partner = make_partner()
+    sim = partner.sim
+    rid = partner.provision()
+    [hook] = sim.webhook_state()["subscriptions"]
+    # As if AUTHZ_TOKEN_KEY had changed: the sealed secret no longer opens.
+    partner.svc.service.state.execute("UPDATE heroku_webhooks SET key_id = 'old-key'")
+    carol = partner.login(rid, "carol")
+    assert partner.check(carol, rid).allowed
+    sim.set_collaborator_role(ACME_APP, "bob", "collaborator", ["view"])  # a delivery, refused
+    assert not sim.wait_for_deliveries(timeout=0.5)  # sync: Heroku keeps retrying
+    partner.admin.RegisterAddon(register_addon_request(sim, rid))  # a new grant, say
+    assert sim.count("PATCH", f"/addons/{rid}/webhooks/{hook['id']}") == 1
+    assert sim.wait_for_deliveries()  # the retried delivery now verifies
+    sim.remove_collaborator(ACME_APP, "carol")
+    until(lambda: not partner.check(carol, rid).allowed, 2.0, "carol denied")

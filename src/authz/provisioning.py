@@ -430,7 +430,9 @@ class Provisioning:
         url = receiver_url(self.public_url, rid)
         known = await offload(self.subscriptions.get, rid)
         if known is not None and known.url == url:
-            return True
+            if await offload(self.subscriptions.readable, rid):
+                return True
+            known = None  # its secret is lost with an old AUTHZ_TOKEN_KEY: taken over below
         tokens, client, secret = self.tokens, self.client, new_secret()
         try:
             if known is not None:  # AUTHZ_PUBLIC_URL moved: the old subscription goes
@@ -492,6 +494,9 @@ class Provisioning:
         except RegistryError:
             raise WebhookUnverified() from None
         if not await offload(self.subscriptions.verify, rid, body, signature):
+            # Info, not warning: anyone may post here. A steady stream for a subscribed add-on
+            # means its secret is lost (AUTHZ_TOKEN_KEY changed): registering it again renews it.
+            log.info("add-on %s: a webhook delivery without a valid signature was refused", rid)
             raise WebhookUnverified()
         event = WebhookEvent.parse(body)
         key = f"{WEBHOOK_EVENT_KEY}:{rid}:{event.event_id}"

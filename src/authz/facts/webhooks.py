@@ -163,6 +163,10 @@ class WebhookSubscriptions:
             given = b""
         return hmac.compare_digest(expected, given) and key is not None and header is not None
 
+    def readable(self, resource_id: str) -> bool:
+        """Whether the add-on's secret can be read with the configured key."""
+        return self._secret(resource_id) is not None
+
     def _secret(self, resource_id: str) -> bytes | None:
         if not self._sealer.enabled:
             return None
