@@ -148,7 +148,7 @@ def test_a_refresh_under_way_does_not_bring_deleted_tokens_back(
             await client.aclose()
 
     error = asyncio.run(scenario())
-    assert error.kind == "no_tokens" and "deprovisioned" in error.message
+    assert error.failure == "no_tokens" and "deprovisioned" in error.message
     assert not store.has(resource)
 
 

@@ -189,19 +189,18 @@ def test_addon_register_show_deprovision(heroku: tuple[HerokuSimulator, RunningS
     sim, svc = heroku
     fields = provisioning_fields(sim, ACME)
     resource_id = fields["resource_id"]
+    # What Heroku's provisioning call carries: no app id (the grant tells the server).
     register = _admin(
         svc,
         "addon",
         "register",
         resource_id,
-        "--app-id",
-        fields["app_id"],
-        "--app-name",
-        fields["app_name"],
         "--plan",
         fields["plan"],
         "--region",
-        "us",
+        fields["region"],
+        "--name",
+        fields["name"],
         "--grant-code",
         fields["oauth_grant_code"],
     )
@@ -212,7 +211,7 @@ def test_addon_register_show_deprovision(heroku: tuple[HerokuSimulator, RunningS
     assert registered["addon"]["has_oauth_tokens"] is True
     assert registered["addon"]["state"] == "provisioned"
 
-    again = run(*[a for a in register if a != fields["oauth_grant_code"] and a != "--grant-code"])
+    again = run(*register)  # Heroku redelivers the same call: the grant is not spent twice
     assert again.returncode == 0, again.stderr
     assert "nothing changed" in again.stdout and "acme-billing" in again.stdout
 
@@ -329,8 +328,6 @@ def _register_args(sim: HerokuSimulator, addon: str) -> list[str]:
     fields = provisioning_fields(sim, addon)
     return [
         fields["resource_id"],
-        "--app-id",
-        fields["app_id"],
         "--plan",
         fields["plan"],
         "--grant-code",

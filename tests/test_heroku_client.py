@@ -82,13 +82,13 @@ def test_refused_exchange_never_shows_code_or_secret(sim: HerokuSimulator) -> No
             await client.exchange_grant(code)
             with pytest.raises(PlatformError) as used:
                 await client.exchange_grant(code)  # single use
-            assert used.value.kind == "unauthorized" and used.value.status == 401
+            assert used.value.failure == "unauthorized" and used.value.status == 401
             for text in (str(used.value), repr(used.value)):
                 assert code not in text and sim.client_secret not in text
             async with PlatformClient(sim.base_url, sim.base_url, "wrong-secret") as bad:
                 with pytest.raises(PlatformError) as wrong:
                     await bad.exchange_grant(sim.create_grant(rid(sim, ACME)))
-                assert wrong.value.kind == "unauthorized"
+                assert wrong.value.failure == "unauthorized"
                 assert "wrong-secret" not in str(wrong.value)
 
     run(scenario)
@@ -196,7 +196,7 @@ def test_error_kinds(sim: HerokuSimulator, fault: dict[str, Any], kind: str) -> 
     with pytest.raises(PlatformError) as caught:
         run(scenario)
     error = caught.value
-    assert error.kind == kind
+    assert error.failure == kind
     if kind == "rate_limited":
         assert error.retry_after == 12 and error.status == 429
     tokens = seen["tokens"]
@@ -217,7 +217,7 @@ def test_unreachable_when_nothing_listens() -> None:
 
     with pytest.raises(PlatformError) as caught:
         run(scenario)
-    assert caught.value.kind == "unreachable"
+    assert caught.value.failure == "unreachable"
 
 
 def test_token_of_another_app_is_forbidden(sim: HerokuSimulator) -> None:
@@ -228,14 +228,14 @@ def test_token_of_another_app_is_forbidden(sim: HerokuSimulator) -> None:
 
     with pytest.raises(PlatformError) as caught:
         run(scenario)
-    assert caught.value.kind == "forbidden" and caught.value.status == 403
+    assert caught.value.failure == "forbidden" and caught.value.status == 403
 
 
 def test_no_calls_left_stops_the_recipe_early() -> None:
     with HerokuSimulator(load_fixture(), page_size=2, rate_limit=2) as sim:
         with pytest.raises(PlatformError) as caught:
             run(lambda: fetch(sim, ACME))
-        assert caught.value.kind == "rate_limited" and caught.value.retry_after
+        assert caught.value.failure == "rate_limited" and caught.value.retry_after
         # Ratelimit-Remaining hit 0 on the second call: the third was never sent.
         assert sim.count("GET") == 2
 
@@ -275,8 +275,9 @@ def test_tokens_are_encrypted_at_rest(
 
     # The resource id is bound in: a row copied onto another add-on does not decrypt.
     db.execute(
-        "INSERT INTO heroku_oauth_tokens SELECT 'other-addon', key_id, nonce, ciphertext, "
-        "expires_at, updated_at FROM heroku_oauth_tokens WHERE resource_id = ?",
+        "INSERT INTO heroku_oauth_tokens (resource_id, key_id, nonce, ciphertext, expires_at, "
+        "updated_at) SELECT 'other-addon', key_id, nonce, ciphertext, expires_at, updated_at "
+        "FROM heroku_oauth_tokens WHERE resource_id = ?",
         (resource,),
     )
     with pytest.raises(TokenStoreError):
@@ -338,7 +339,7 @@ def test_token_manager_refreshes_near_expiry_once(sim: HerokuSimulator, tmp_path
             assert store.get(resource).access_token == tokens[0]  # type: ignore[union-attr]
             with pytest.raises(PlatformError) as missing:
                 await manager.access_token("no-such-addon")
-            assert missing.value.kind == "no_tokens"
+            assert missing.value.failure == "no_tokens"
 
     run(scenario)
 
@@ -367,7 +368,7 @@ def test_fetcher_retries_once_after_401(sim: HerokuSimulator, tmp_path: Path) ->
             sim.add_fault("error", status=401, path_prefix="/addons/")
             with pytest.raises(PlatformError) as caught:
                 await fetcher(app_id, resource)
-            assert caught.value.kind == "unauthorized"
+            assert caught.value.failure == "unauthorized"
             assert sim.count("GET", "/addons/") == 2
             assert sim.count("POST", "/oauth/token") == 1
             sim.clear_faults()
@@ -375,7 +376,7 @@ def test_fetcher_retries_once_after_401(sim: HerokuSimulator, tmp_path: Path) ->
             # The add-on must belong to the app the caller named.
             with pytest.raises(PlatformError) as mismatch:
                 await fetcher(sim.app("globex-api")["id"], resource)
-            assert mismatch.value.kind == "app_mismatch"
+            assert mismatch.value.failure == "app_mismatch"
 
     run(scenario)
 
@@ -396,6 +397,6 @@ def test_register_grant_is_idempotent_for_a_redelivered_provisioning(
             # A used code for an add-on without tokens is still an error.
             with pytest.raises(PlatformError) as caught:
                 await manager.register_grant(rid(sim, GLOBEX), code)
-            assert caught.value.kind == "unauthorized"
+            assert caught.value.failure == "unauthorized"
 
     run(scenario)

@@ -60,6 +60,34 @@ def test_invalidation_reaches_the_other_replica() -> None:
     asyncio.run(scenario())
 
 
+def test_a_replica_ignores_its_own_notifications() -> None:
+    """Its entry was dropped when it published; the notice coming back must not drop the list
+    fetched in between (that made a second fetch for nothing)."""
+    server = postgres()
+    if server.url is None:
+        pytest.skip(server.skip_reason)
+
+    async def scenario() -> None:
+        (cache_a, fetches_a), (cache_b, _) = replica(), replica()
+        bus_a = AccessInvalidations(cache_a, server.url, channel="authz_test_own")
+        bus_b = AccessInvalidations(cache_b, server.url, channel="authz_test_own")
+        await bus_a.start()
+        await bus_b.start()
+        try:
+            await cache_a.get("app-1", "res-1", deadline=1)
+            assert await bus_a.publish("app-1")
+            await cache_a.get("app-1", "res-1", deadline=1)  # fetched again at once
+            await until(lambda: bus_b.received >= 1)
+            await asyncio.sleep(0.3)  # A's own notice has come back by now
+            await cache_a.get("app-1", "res-1", deadline=1)
+            assert fetches_a == ["app-1", "app-1"] and bus_a.received == 0
+        finally:
+            await bus_a.aclose()
+            await bus_b.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_without_postgres_invalidation_is_local() -> None:
     async def scenario() -> None:
         cache, fetches = replica()

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from google.protobuf import json_format
 
@@ -128,13 +129,18 @@ def test_no_secret_in_logs_errors_audit_or_state(
         sim,
         caller_tokens=tuple(CallerToken.of(n, t) for n, t in tokens.items()),
         admins=frozenset({"ops"}),
+        http_listen="127.0.0.1:0",
+        public_url="http://127.0.0.1:0",  # add-on webhooks, each with its own signing secret
     )
     assert not any(v in repr(settings) for v in (SALT, TOKEN_KEY, sim.client_secret))
     run = Run(sim, start(settings), tokens)
     web = run.web
 
-    # Provisioning with OAuth grants, and SSO logins.
+    # Provisioning with OAuth grants (and webhook subscriptions), and SSO logins.
     acme, globex = run.provision(ACME), run.provision(GLOBEX)
+    for secret in sim.webhook_secrets():
+        run.keep("webhook secret", secret)
+    assert sum(k.startswith("webhook secret") for k in run.secrets) == 2
     alice = run.login(acme, "alice")
     bob = run.login(acme, "bob", token="both")
     erin = run.login(globex, "erin")
@@ -204,6 +210,18 @@ def test_no_secret_in_logs_errors_audit_or_state(
     assert not failing.allowed
     assert "access-list-unavailable" in {m.rule_id for m in failing.matched_rules}
     sim.clear_faults()
+
+    # Signed webhook deliveries (a collaborator leaves), and a forged one.
+    sim.remove_collaborator("acme-billing", "carol")
+    assert sim.wait_for_deliveries()
+    assert run.svc.service.http is not None
+    forged = httpx.post(
+        f"{run.svc.service.http.url}/heroku/webhooks/{acme}",
+        content=b'{"id": "forged"}',
+        headers={"Heroku-Webhook-Hmac-SHA256": "AAAA"},
+    )
+    assert forged.status_code == 401
+    run.errors.append(forged.text)
 
     # Revocations: one session, then every session of a deprovisioned add-on.
     assert web.sessions.RevokeSession(session_pb2.RevokeSessionRequest(session_token=alice)).revoked

@@ -34,7 +34,14 @@ from authz.store.postgres import advisory_key, translate_placeholders
 from tests.pg import Backend, count, tables
 
 ALL_VERSIONS = [m.version for m in MIGRATIONS]
-FACT_TABLES = {"addons", "heroku_oauth_tokens", "schema_migrations", "sessions", "sso_replay"}
+FACT_TABLES = {
+    "addons",
+    "heroku_oauth_tokens",
+    "heroku_webhooks",
+    "schema_migrations",
+    "sessions",
+    "sso_replay",
+}
 
 
 @pytest.fixture
@@ -164,7 +171,8 @@ def test_values_round_trip_exactly(db: Database) -> None:
     # Unix timestamps with microseconds need 8-byte floats (PostgreSQL REAL would round them).
     stamp = 1_767_225_600.123456
     db.execute(
-        "INSERT INTO heroku_oauth_tokens VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO heroku_oauth_tokens (resource_id, key_id, nonce, ciphertext, expires_at, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
         ("r", "k", bytes(range(12)), b"\x00\xff" * 40, stamp, stamp),
     )
     row = db.execute("SELECT nonce, ciphertext, expires_at FROM heroku_oauth_tokens").fetchone()

@@ -179,6 +179,9 @@ class AddonFields(CallOptions, total=False):
     plan: str
     region: str
     oauth_grant_code: str
+    name: str
+    callback_url: str
+    options: dict[str, str]
 
 
 class QueryFilters(CallOptions, total=False):
@@ -565,6 +568,9 @@ def _register_request(resource_id: str, fields: AddonFields) -> admin_pb2.Regist
         plan=fields.get("plan", ""),
         region=fields.get("region", ""),
         oauth_grant_code=fields.get("oauth_grant_code", ""),
+        name=fields.get("name", ""),
+        callback_url=fields.get("callback_url", ""),
+        options=fields.get("options", {}),
     )
 
 

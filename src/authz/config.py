@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 MAX_ACCESS_TTL = 300.0
 """Heroku's rule: a cached list of authorized users is never older than 5 minutes."""
@@ -177,6 +178,55 @@ def check_sso_salts(salts: Sequence[str], name: str = "AUTHZ_SSO_SALT") -> None:
             )
 
 
+def parse_public_url(value: str, name: str = "AUTHZ_PUBLIC_URL") -> str:
+    """The URL at which Heroku reaches this service's HTTP listener (webhook deliveries), without
+    a trailing slash. It must be https (Heroku delivers only to https URLs and signs the body, not
+    the channel), except on loopback for development, where http is accepted and port 0 stands
+    for the HTTP listener's own port once it is bound. A path prefix is allowed (behind a proxy);
+    credentials, a query or a fragment are not."""
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    problem = ""
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        problem = "must be an absolute https:// URL, e.g. https://authz.example.com"
+    elif "@" in parts.netloc:
+        # Never echoed: what is before the @ may be a password.
+        raise ConfigError(f"{name} must not hold credentials (user:password@)")
+    elif port == -1:
+        problem = "has a port that is not a number from 0 to 65535"
+    elif parts.query or parts.fragment or value.endswith(("?", "#")):
+        problem = "must not have a query or a fragment"
+    elif not _loopback_host(parts.hostname):
+        if parts.scheme != "https":
+            problem = "must use https (http is accepted only on loopback, for development)"
+        elif port == 0:
+            problem = "names port 0, which only a loopback URL may (the HTTP listener's port)"
+    if problem:
+        raise ConfigError(f"{name}={value!r} {problem}")
+    return value.rstrip("/")
+
+
+def resolve_public_url(public_url: str, http_port: int) -> str:
+    """AUTHZ_PUBLIC_URL with a loopback port 0 replaced by the HTTP listener's bound port."""
+    parts = urlsplit(public_url)
+    if parts.port != 0 or parts.hostname is None:
+        return public_url
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return urlunsplit(parts._replace(netloc=f"{host}:{http_port}"))
+
+
+def _loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def parse_host_port(value: str, name: str) -> tuple[str, int]:
     """`host:port` (an IPv6 host in brackets) as (host, port); ConfigError naming `name`."""
     host, sep, port = value.rpartition(":")
@@ -310,6 +360,9 @@ class Settings:
     token_key: str = field(default="", repr=False)
     access_ttl: float = 60.0
     facts_deadline: float = 2.0
+    # Where Heroku reaches this service's HTTP listener (AUTHZ_PUBLIC_URL): add-on webhooks are
+    # subscribed to {public_url}/heroku/webhooks/{resource id}. None: no webhooks.
+    public_url: str | None = None
     # Audit.
     audit_mode: str = "durable"
     # Shared PostgreSQL store for several replicas (AUTHZ_DATABASE_URL or Heroku's DATABASE_URL);
@@ -346,6 +399,8 @@ class Settings:
         accepted_value("AUTHZ_AUDIT_MODE", self.audit_mode, AUDIT_MODES)
         accepted_value("AUTHZ_LOG_LEVEL", self.log_level, LOG_LEVELS)
         accepted_value("AUTHZ_LOG_FORMAT", self.log_format, LOG_FORMATS)
+        if self.public_url is not None:
+            parse_public_url(self.public_url)
 
     # Where the data lives, decided here only: the server, `authz db migrate` and the commands
     # that read the stores start from these, so every one of them works on both backends.
@@ -378,6 +433,11 @@ class Settings:
             raise ConfigError(
                 "AUTHZ_TLS_CERT and AUTHZ_TLS_KEY go together: set both (the server's certificate "
                 "chain and its private key, PEM files) or neither"
+            )
+        if self.public_url is not None and self.http_listen is None:
+            raise ConfigError(
+                "AUTHZ_PUBLIC_URL is where Heroku delivers webhooks to the HTTP listener, which "
+                "is off: set AUTHZ_HTTP_LISTEN (or PORT), or unset AUTHZ_PUBLIC_URL"
             )
         if self.client_ca is not None and self.tls_cert is None:
             raise ConfigError(
@@ -442,6 +502,9 @@ class Settings:
             facts_deadline=_bounded(
                 "AUTHZ_FACTS_DEADLINE", _float(env, "AUTHZ_FACTS_DEADLINE", 2.0), 30.0
             ),
+            public_url=parse_public_url(env["AUTHZ_PUBLIC_URL"])
+            if env.get("AUTHZ_PUBLIC_URL")
+            else None,
             audit_mode=choice(env, "AUTHZ_AUDIT_MODE", AUDIT_MODES, "durable"),
             database_url=_database_url(env),
             tls_cert=_path(env, "AUTHZ_TLS_CERT"),

@@ -20,6 +20,7 @@ from authz.clock import Clock, rfc3339, system_clock
 from authz.facts.access import access_fact
 from authz.facts.sessions import TOKEN_PREFIX
 from authz.ids import new_decision_id
+from authz.offload import offload
 from authz.policies_runtime import PolicyHolder
 from authz.policy.engine import evaluate
 from authz.policy.model import Decision, Effect
@@ -101,7 +102,7 @@ class Facts:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         if self.offload:
-            return await asyncio.to_thread(fn, *args)
+            return await offload(fn, *args)
         return fn(*args)
 
 

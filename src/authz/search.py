@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.decide import Decider, Entity, Item, Outcome, Subject, direct_subject
+from authz.errors import AuthzError
 from authz.policy.compile import CompiledPolicySet
 from authz.policy.searchable import ids_of, resolve
 
@@ -36,8 +37,11 @@ CHUNK = 100
 """Candidates decided per Decider.check call (CheckBatch's bound on items)."""
 
 
-class SearchUnsupported(Exception):
+class SearchUnsupported(AuthzError):
     """The policy set gives no finite list of candidates for this search."""
+
+    code = "SEARCH_UNSUPPORTED"
+    kind = "refused"
 
 
 @dataclass(frozen=True, slots=True)

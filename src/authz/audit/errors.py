@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from authz.errors import AuthzError
 
-class AuditError(Exception):
+
+class AuditError(AuthzError):
     """Base class of every audit log error."""
 
 

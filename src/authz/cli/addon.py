@@ -45,6 +45,7 @@ def cmd_register(args: argparse.Namespace) -> int:
             plan=args.plan or "",
             region=args.region or "",
             oauth_grant_code=args.grant_code or "",
+            name=args.name or "",
         )
     if args.json:
         print_json(as_json(registration))
@@ -138,21 +139,24 @@ def register(commands: Any) -> None:
         group,
         "register",
         help="record a provisioned add-on, as Heroku's provisioning call does (admins only)",
-        description="Record a provisioned add-on (RegisterAddon; idempotent). With "
-        "--grant-code, the server exchanges Heroku's OAuth grant for Platform API tokens at "
-        "once (a grant works once and expires minutes after provisioning).",
+        description="Record a provisioned add-on (RegisterAddon; idempotent), from what Heroku's "
+        "provisioning call carries: its uuid, plan, region, name and OAuth grant. The server "
+        "exchanges the grant for Platform API tokens at once (a grant works once and expires "
+        "minutes after provisioning) and learns the add-on's app from Heroku; --app-id and "
+        "--app-name are then only checked against Heroku's answer (without a grant they say "
+        "which app the add-on belongs to).",
         example="""
-            authz addon register ce9b8461-8f28-4524-bffc-bd6d349c4ef0 --plan authz:basic \\
-                --app-id 0ceb0986-7d63-4b86-9103-e94f35e27515 --app-name acme-billing \\
-                --region us --grant-code "$GRANT_CODE"
+            authz addon register ce9b8461-8f28-4524-bffc-bd6d349c4ef0 --plan basic \\
+                --region amazon-web-services::us-east-1 --grant-code "$GRANT_CODE"
         """,
         func=cmd_register,
     )
     reg.add_argument("resource_id", metavar="RESOURCE_ID", help="the add-on's uuid (Heroku's)")
     reg.add_argument("--app-id", help="the Heroku app's id (optional: the grant tells the server)")
-    reg.add_argument("--app-name", help="the Heroku app's name")
-    reg.add_argument("--plan", help="the plan, e.g. authz:basic")
-    reg.add_argument("--region", help="e.g. us or eu")
+    reg.add_argument("--app-name", help="the Heroku app's name (optional, as --app-id)")
+    reg.add_argument("--plan", help="the plan's slug, e.g. basic")
+    reg.add_argument("--region", help="Heroku's region, e.g. amazon-web-services::us-east-1")
+    reg.add_argument("--name", help="Heroku's name of the add-on, e.g. acme-billing-db")
     reg.add_argument("--grant-code", metavar="CODE", help="provisioning's oauth_grant.code")
     add_client_arguments(reg)
     add_json_flag(reg, "the stored record")

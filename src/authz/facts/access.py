@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from authz.clock import Clock, rfc3339, system_clock
+from authz.errors import AuthzError
 from authz.facts.heroku import ROLE_ORDER, AccessList, AppMember, PlatformClient, PlatformError
 from authz.facts.oauth_tokens import TokenManager
 
@@ -66,7 +67,7 @@ Fetch = Callable[[str, str], Awaitable[AccessList]]
 """fetch(app_id, resource_id): one upstream fetch sequence for an app, via one of its add-ons."""
 
 
-class AccessUnavailable(Exception):
+class AccessUnavailable(AuthzError):
     """The app's access list could not be had in time; ``reason`` says why (no secrets)."""
 
     def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
@@ -298,7 +299,7 @@ class AccessCache:
             access = await asyncio.wait_for(self._fetch(app_id, resource_id), self._fetch_timeout)
         except PlatformError as exc:
             reason, retry_after = str(exc), exc.retry_after
-            if exc.kind == "rate_limited":
+            if exc.failure == "rate_limited":
                 self._remaining = 0  # the account's budget is spent: stretch every TTL
         except AccessUnavailable as exc:
             reason, retry_after = exc.reason, exc.retry_after
@@ -353,15 +354,9 @@ class PlatformAccessFetcher:
         self._tokens = tokens
 
     async def __call__(self, app_id: str, resource_id: str) -> AccessList:
-        token = await self._tokens.access_token(resource_id)
-        try:
-            access = await self._client.fetch_access_list(resource_id, token)
-        except PlatformError as exc:
-            if exc.kind != "unauthorized":
-                raise
-            # Revoked or expired early: refresh once (shared with concurrent callers), retry once.
-            token = await self._tokens.on_unauthorized(resource_id, failed_token=token)
-            access = await self._client.fetch_access_list(resource_id, token)
+        access = await self._tokens.with_token(
+            resource_id, lambda token: self._client.fetch_access_list(resource_id, token)
+        )
         if app_id and access.app_id != app_id:
             raise PlatformError(
                 "app_mismatch",

@@ -11,6 +11,8 @@ resource uuid. Choices made here, where Heroku's documentation is silent:
   a different ``app_id`` is refused (``ADDON_APP_CONFLICT``). The app *name* may change (renames).
 - ``deprovision`` of an already deprovisioned resource succeeds and changes nothing (Heroku may
   deliver the DELETE twice).
+- App renames reach every provisioned add-on of the app at once (``rename_app``): Heroku announces
+  them per app (``api:app`` webhook events), and the app id, the owning key, never changes.
 - The registry also remembers when an add-on first sent a verified SHA-256 SSO token
   (``sso_sha256_since``): from then on a SHA-1-only form for it is a downgrade (authz.login).
 
@@ -39,6 +41,8 @@ __all__ = [
     "AddonRegistry",
     "AddonState",
     "RegistryError",
+    "canonical_resource_id",
+    "require_provisioned",
 ]
 
 ADDON_MALFORMED: Final = "ADDON_MALFORMED"
@@ -92,7 +96,7 @@ class AddonRegistry:
         The same delivery again changes nothing (and keeps ``created_at``); a new plan, region or
         app name updates the row. A deprovisioned uuid or a different ``app_id`` is refused.
         """
-        resource_id = _resource_id(resource_id)
+        resource_id = canonical_resource_id(resource_id)
         _text("app_id", app_id, required=True)
         _text("app_name", app_name)
         _text("plan", plan, required=True)
@@ -116,7 +120,7 @@ class AddonRegistry:
                     ),
                 )
                 return addon, True
-            _require_provisioned(current)
+            require_provisioned(current)
             if current.app_id != app_id:
                 raise RegistryError(
                     ADDON_APP_CONFLICT,
@@ -136,7 +140,7 @@ class AddonRegistry:
 
     def deprovision(self, resource_id: str) -> Addon:
         """Mark a resource deprovisioned (idempotent); unknown ids raise ``ADDON_UNKNOWN``."""
-        resource_id = _resource_id(resource_id)
+        resource_id = canonical_resource_id(resource_id)
         with self._transaction(resource_id) as conn:
             current = _require_known(conn, resource_id)
             if current.state == "deprovisioned":
@@ -157,11 +161,11 @@ class AddonRegistry:
 
     def change_plan(self, resource_id: str, plan: str) -> Addon:
         """Record a plan change (Heroku's ``PUT {base}/{uuid}``) for a provisioned resource."""
-        resource_id = _resource_id(resource_id)
+        resource_id = canonical_resource_id(resource_id)
         _text("plan", plan, required=True)
         with self._transaction(resource_id) as conn:
             current = _require_known(conn, resource_id)
-            _require_provisioned(current)
+            require_provisioned(current)
             if current.plan == plan:
                 return current
             now = self._clock()
@@ -171,13 +175,24 @@ class AddonRegistry:
             )
             return replace(current, plan=plan, updated_at=now)
 
+    def rename_app(self, app_id: str, app_name: str) -> int:
+        """Record an app's new name (Heroku's ``api:app`` update, or ``GET /addons/{id}``) on
+        every provisioned add-on of that app; returns how many rows changed."""
+        _text("app_id", app_id, required=True)
+        _text("app_name", app_name, required=True)
+        return self._db.execute(
+            f"UPDATE {_TABLE} SET app_name = ?, updated_at = ? "
+            "WHERE app_id = ? AND state = 'provisioned' AND app_name <> ?",
+            (app_name, self._clock(), app_id, app_name),
+        ).rowcount
+
     def note_sha256_sso(self, resource_id: str) -> bool:
         """Remember that Heroku sent this add-on a verified SHA-256 SSO token; True the first time.
 
         One conditional statement, so the first time is recorded exactly once however many
         replicas see it, and it is never cleared.
         """
-        resource_id = _resource_id(resource_id)
+        resource_id = canonical_resource_id(resource_id)
         return (
             self._db.execute(
                 f"UPDATE {_TABLE} SET sso_sha256_since = ? "
@@ -210,11 +225,13 @@ def _require_known(conn: Database, resource_id: str) -> Addon:
             ADDON_UNKNOWN,
             f"add-on {resource_id} was never provisioned here (no provisioning request for this "
             "uuid reached the service)",
+            kind="not_found",
         )
     return current
 
 
-def _require_provisioned(current: Addon) -> None:
+def require_provisioned(current: Addon) -> None:
+    """ADDON_DEPROVISIONED unless the add-on is provisioned."""
     if current.state != "provisioned":
         raise RegistryError(
             ADDON_DEPROVISIONED,
@@ -223,7 +240,8 @@ def _require_provisioned(current: Addon) -> None:
         )
 
 
-def _resource_id(value: str) -> str:
+def canonical_resource_id(value: str) -> str:
+    """The add-on's uuid in lower case; ADDON_MALFORMED unless it is one."""
     if isinstance(value, str) and _UUID.fullmatch(value.lower()):
         return value.lower()
     raise RegistryError(

@@ -57,15 +57,18 @@ from urllib.parse import quote
 import httpx
 
 from authz.clock import Clock, system_clock
+from authz.errors import AuthzError, ErrorKind
 
 __all__ = [
     "HEROKU_ACCEPT",
     "ROLE_ORDER",
     "AccessList",
+    "AddonInfo",
     "AppMember",
     "OAuthTokens",
     "PlatformClient",
     "PlatformError",
+    "WebhookSubscription",
 ]
 
 HEROKU_ACCEPT: Final = "application/vnd.heroku+json; version=3"
@@ -89,33 +92,48 @@ COLLABORATOR_RANGE: Final = "id ..; max=1000"
 TEAM_MEMBER_RANGE: Final = "email ..; max=1000"  # schema: team-member List ranges ["email"]
 
 
-class PlatformError(Exception):
+class PlatformError(AuthzError):
     """A Platform API or identity call failed.
 
-    ``kind`` is one of: ``unauthorized`` (401 or a refused grant/refresh), ``forbidden`` (403),
-    ``not_found`` (404), ``bad_request`` (other 4xx), ``rate_limited`` (429 or no calls left;
-    ``retry_after`` says how long to wait), ``upstream_error`` (5xx), ``bad_response`` (not the
-    JSON the recipe needs), ``unreachable`` (connection error or timeout), ``no_tokens`` (the
+    ``failure`` is one of: ``unauthorized`` (401 or a refused grant/refresh), ``forbidden``
+    (403), ``not_found`` (404), ``bad_request`` (other 4xx), ``rate_limited`` (429 or no calls
+    left; ``retry_after`` says how long to wait), ``upstream_error`` (5xx), ``bad_response`` (not
+    the JSON the recipe needs), ``unreachable`` (connection error or timeout), ``no_tokens`` (the
     add-on has no OAuth tokens stored), ``app_mismatch`` (the add-on belongs to another app).
-    The message never holds a token, a secret or a grant code.
+    ``code`` is ``HEROKU_`` and the failure in capitals; ``kind`` follows from the failure
+    (authz.errors). The message never holds a token, a secret or a grant code.
     """
 
     def __init__(
         self,
-        kind: str,
+        failure: str,
         message: str,
         status: int | None = None,
         *,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
+        super().__init__(f"{failure}: {message}")
+        self.failure = failure
+        self.code = f"HEROKU_{failure.upper()}"
+        self.kind = _FAILURE_KINDS.get(failure, "unavailable")
         self.message = message
         self.status = status
         self.retry_after = retry_after
 
     def __repr__(self) -> str:
-        return f"PlatformError({self.kind!r}, {self.message!r}, status={self.status!r})"
+        return f"PlatformError({self.failure!r}, {self.message!r}, status={self.status!r})"
+
+
+_FAILURE_KINDS: Mapping[str, ErrorKind] = {
+    # Heroku said no: sending the same again will not help.
+    "unauthorized": "refused",
+    "forbidden": "refused",
+    "bad_request": "refused",
+    "no_tokens": "refused",
+    "app_mismatch": "refused",
+    "not_found": "not_found",
+    # Anything else (rate limits, 5xx, garbage, timeouts) may pass: "unavailable".
+}
 
 
 @dataclass(frozen=True)
@@ -162,6 +180,30 @@ class AccessList:
 
     def member(self, user_id: str) -> AppMember | None:
         return self.members.get(user_id)
+
+
+@dataclass(frozen=True)
+class AddonInfo:
+    """``GET /addons/{id}``: what Heroku says an add-on is now (schema definition ``add-on``)."""
+
+    resource_id: str
+    name: str
+    app_id: str
+    app_name: str
+    plan: str
+    """The plan's name as the schema gives it, ``service:plan`` (e.g. ``authz:basic``)."""
+    state: str
+    """``provisioning``, ``provisioned`` or ``deprovisioned``."""
+
+
+@dataclass(frozen=True)
+class WebhookSubscription:
+    """An add-on webhook subscription as Heroku lists it (schema definition ``add-on-webhook``)."""
+
+    webhook_id: str
+    url: str
+    include: tuple[str, ...]
+    level: str
 
 
 def _role_key(role: str) -> tuple[int, str]:
@@ -336,20 +378,14 @@ class PlatformClient:
             raise PlatformError("not_found", "no resource id given")
         fetched_at = self._clock()
         seq = _Sequence()
-        addon = _obj(
-            await self._get(f"/addons/{quote(resource_id, safe='')}", access_token, seq),
-            "add-on",
-        )
-        app_ref = _obj(addon.get("app"), "add-on 'app'")
-        app_id = _str(app_ref, "id", "add-on 'app'")
+        addon = await self._addon(resource_id, access_token, seq)
+        app_id = addon.app_id
         app_path = f"/apps/{quote(app_id, safe='')}"
 
         app = _obj(await self._get(app_path, access_token, seq), "app")
         if _str(app, "id", "app") != app_id:
             raise PlatformError("bad_response", "app: id differs from the add-on's app id")
-        app_name = _str(app, "name", "app", optional=True) or _str(
-            app_ref, "name", "add-on 'app'", optional=True
-        )
+        app_name = _str(app, "name", "app", optional=True) or addon.app_name
         owner = _obj(app.get("owner"), "app 'owner'")
         owner_id = _str(owner, "id", "app 'owner'")
         team_doc = app.get("team")
@@ -395,6 +431,95 @@ class PlatformClient:
             ratelimit_remaining=seq.remaining,
         )
 
+    # -- the add-on itself ---------------------------------------------------------------------
+
+    async def addon_info(self, resource_id: str, access_token: str) -> AddonInfo:
+        """``GET /addons/{id}``: the add-on's app, plan and state as Heroku has them now.
+
+        This is how a partner learns an add-on's app: Heroku's provisioning call names none
+        (Dev Center "Add-on Partner API Reference", "Platform API for Partners").
+        """
+        return await self._addon(resource_id, access_token, _Sequence())
+
+    async def _addon(self, resource_id: str, access_token: str, seq: _Sequence) -> AddonInfo:
+        if not resource_id:
+            raise PlatformError("not_found", "no resource id given")
+        doc = _obj(
+            await self._get(f"/addons/{quote(resource_id, safe='')}", access_token, seq),
+            "add-on",
+        )
+        app_ref = _obj(doc.get("app"), "add-on 'app'")
+        plan = doc.get("plan")
+        return AddonInfo(
+            resource_id=_str(doc, "id", "add-on", optional=True) or resource_id,
+            name=_str(doc, "name", "add-on", optional=True),
+            app_id=_str(app_ref, "id", "add-on 'app'"),
+            app_name=_str(app_ref, "name", "add-on 'app'", optional=True),
+            plan=_str(plan, "name", "add-on 'plan'", optional=True)
+            if isinstance(plan, dict)
+            else "",
+            state=_str(doc, "state", "add-on", optional=True),
+        )
+
+    # -- add-on webhooks ---------------------------------------------------------------------
+    # heroku/webhooks-docs ("Using Webhooks as an Add-on Partner"): subscriptions live under
+    # /addons/{id}/webhooks and are managed with the add-on's own token; the schema's
+    # ``add-on-webhook`` Create takes exactly {include, level, url, secret, authorization}.
+
+    async def create_webhook(
+        self,
+        resource_id: str,
+        access_token: str,
+        *,
+        include: tuple[str, ...],
+        level: str,
+        url: str,
+        secret: str,
+    ) -> WebhookSubscription:
+        """Subscribe ``url`` to the add-on's events, signed with ``secret``."""
+        body = {"include": list(include), "level": level, "url": url, "secret": secret}
+        doc = await self._call("POST", self._webhooks_path(resource_id), access_token, body)
+        return _subscription(doc)
+
+    async def list_webhooks(self, resource_id: str, access_token: str) -> list[WebhookSubscription]:
+        path = self._webhooks_path(resource_id)
+        return [
+            _subscription(item)
+            for item in _list(await self._call("GET", path, access_token), f"GET {path} reply")
+        ]
+
+    async def update_webhook(
+        self,
+        resource_id: str,
+        access_token: str,
+        webhook_id: str,
+        *,
+        include: tuple[str, ...],
+        level: str,
+        secret: str,
+    ) -> WebhookSubscription:
+        """Take over an existing subscription: new events, level and secret, same URL."""
+        path = f"{self._webhooks_path(resource_id)}/{quote(webhook_id, safe='')}"
+        body = {"include": list(include), "level": level, "secret": secret}
+        return _subscription(await self._call("PATCH", path, access_token, body))
+
+    async def delete_webhook(self, resource_id: str, access_token: str, webhook_id: str) -> bool:
+        """Unsubscribe; False when Heroku no longer has the subscription (404)."""
+        path = f"{self._webhooks_path(resource_id)}/{quote(webhook_id, safe='')}"
+        try:
+            await self._call("DELETE", path, access_token)
+        except PlatformError as exc:
+            if exc.failure == "not_found":
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _webhooks_path(resource_id: str) -> str:
+        if not resource_id:
+            raise PlatformError("not_found", "no resource id given")
+        return f"/addons/{quote(resource_id, safe='')}/webhooks"
+
     # -- HTTP --------------------------------------------------------------------------------
 
     async def _get(self, path: str, access_token: str, seq: _Sequence) -> Any:
@@ -430,29 +555,46 @@ class PlatformClient:
             range_header = next_range
         raise PlatformError("bad_response", f"GET {path}: more than {_MAX_PAGES} pages")
 
+    async def _call(
+        self, method: str, path: str, access_token: str, body: dict[str, Any] | None = None
+    ) -> Any:
+        """One request outside the access-list recipe; its JSON reply (None when empty)."""
+        response = await self._send(path, access_token, _Sequence(), None, method, body)
+        if not response.content:
+            return None
+        return self._json(response, f"{method} {path}")
+
     async def _send(
-        self, path: str, access_token: str, seq: _Sequence, range_header: str | None
+        self,
+        path: str,
+        access_token: str,
+        seq: _Sequence,
+        range_header: str | None,
+        method: str = "GET",
+        body: dict[str, Any] | None = None,
     ) -> httpx.Response:
         if seq.exhausted:
             raise PlatformError(
                 "rate_limited",
-                f"GET {path}: no API calls left (RateLimit-Remaining: 0)",
+                f"{method} {path}: no API calls left (RateLimit-Remaining: 0)",
                 retry_after=DEFAULT_RATE_LIMIT_WAIT,
             )
         headers = {"Accept": HEROKU_ACCEPT, "Authorization": f"Bearer {access_token}"}
         if range_header:
             headers["Range"] = range_header
         try:
-            response = await self._http.get(f"{self._api_url}{path}", headers=headers)
+            response = await self._http.request(
+                method, f"{self._api_url}{path}", headers=headers, json=body
+            )
         except httpx.HTTPError as exc:
             self.calls["unreachable"] += 1
-            raise PlatformError("unreachable", f"GET {path}: {type(exc).__name__}") from None
+            raise PlatformError("unreachable", f"{method} {path}: {type(exc).__name__}") from None
         self.calls[str(response.status_code)] += 1
         remaining = _remaining(response)
         if remaining is not None:
             self.ratelimit_remaining = remaining
         seq.saw(remaining)
-        self._raise_for_status(response, f"GET {path}")
+        self._raise_for_status(response, f"{method} {path}")
         return response
 
     def _raise_for_status(self, response: httpx.Response, what: str) -> None:
@@ -496,6 +638,19 @@ class PlatformClient:
             raise PlatformError(
                 "bad_response", f"{what}: body is not valid JSON", response.status_code
             ) from None
+
+
+def _subscription(doc: Any) -> WebhookSubscription:
+    body = _obj(doc, "add-on webhook")
+    include = body.get("include")
+    return WebhookSubscription(
+        webhook_id=_str(body, "id", "add-on webhook"),
+        url=_str(body, "url", "add-on webhook", optional=True),
+        include=tuple(i for i in include if isinstance(i, str))
+        if isinstance(include, list)
+        else (),
+        level=_str(body, "level", "add-on webhook", optional=True),
+    )
 
 
 def _word(value: Any) -> str | None:

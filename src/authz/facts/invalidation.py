@@ -1,9 +1,13 @@
 """Dropping an app's cached access list on every replica at once.
 
 With PostgreSQL every replica LISTENs on one channel and `publish` NOTIFYs it, so an
-`InvalidateAccess` (or a deprovisioning) that reaches one replica reaches all. With SQLite there is
-one process, so dropping the local entry is the whole job. The 300 s ceiling of the cache holds
-either way: this only makes changes visible sooner.
+`InvalidateAccess` (or a deprovisioning, or a Heroku webhook event) that reaches one replica reaches
+all. With SQLite there is one process, so dropping the local entry is the whole job. The 300 s
+ceiling of the cache holds either way: this only makes changes visible sooner.
+
+A notification names the replica that sent it (``<replica> <app id>``), and a replica ignores its
+own: it dropped its entry when it published, and dropping it again when the notification comes
+back would throw away an access list fetched in between (a second fetch for nothing).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 
 from authz.facts.access import AccessCache
 
@@ -33,6 +38,7 @@ class AccessInvalidations:
         self.channel = channel
         self.retry_seconds = retry_seconds
         self.received = 0
+        self.replica = secrets.token_hex(8)  # names this replica's notifications
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
@@ -51,7 +57,8 @@ class AccessInvalidations:
             import psycopg
 
             async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
-                await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, app_id))
+                notice = f"{self.replica} {app_id}"
+                await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, notice))
         return dropped
 
     async def _listen(self) -> None:
@@ -70,8 +77,12 @@ class AccessInvalidations:
                         self.cache.clear()
                     self._listening.set()
                     async for notice in conn.notifies():
+                        origin, _, app_id = notice.payload.partition(" ")
+                        if origin == self.replica:
+                            continue
                         self.received += 1
-                        self.cache.invalidate(notice.payload)
+                        # A bare app id: a replica of an earlier release sent it.
+                        self.cache.invalidate(app_id or origin)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep listening through restarts of the database

@@ -1,18 +1,26 @@
-"""AdminService: the add-on registry, access invalidation, policy reload and audit queries."""
+"""AdminService: the add-on lifecycle (authz.provisioning), access invalidation, policy reload
+and audit queries. Handlers convert, call the use case and convert back; domain errors become
+statuses in one table (authz.server.errors)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from authz.facts.addons import Addon, AddonRegistry, RegistryError
-from authz.facts.sessions import SessionStore
 from authz.policies_runtime import PolicyHolder
-from authz.server.convert import EFFECT_TO_PROTO, PROTO_TO_EFFECT, dict_to_struct, timestamp
-from authz.server.errors import abort
+from authz.provisioning import AddonStatus, Provisioning, ProvisioningRequest
+from authz.server.convert import (
+    EFFECT_TO_PROTO,
+    PROTO_TO_EFFECT,
+    BadRequest,
+    dict_to_struct,
+    timestamp,
+)
+from authz.server.errors import abort, grpc_errors
 from authz.v1 import admin_pb2 as pb
 from authz.v1 import admin_pb2_grpc as pb_grpc
 from authz.v1 import authorization_pb2 as authz_pb
@@ -20,7 +28,8 @@ from authz.v1 import authorization_pb2 as authz_pb
 MAX_QUERY_LIMIT = 10_000
 
 
-def addon_message(addon: Addon, has_tokens: bool) -> pb.Addon:
+def addon_message(status: AddonStatus) -> pb.Addon:
+    addon = status.addon
     return pb.Addon(
         resource_id=addon.resource_id,
         app_id=addon.app_id,
@@ -30,7 +39,8 @@ def addon_message(addon: Addon, has_tokens: bool) -> pb.Addon:
         state=addon.state,
         created_at=timestamp(addon.created_at),
         updated_at=timestamp(addon.updated_at),
-        has_oauth_tokens=has_tokens,
+        has_oauth_tokens=status.has_oauth_tokens,
+        webhook_subscribed=status.webhook_subscribed,
     )
 
 
@@ -39,101 +49,59 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self,
         *,
         policies: PolicyHolder,
-        registry: AddonRegistry,
-        sessions: SessionStore,
-        invalidations: Any = None,  # facts.invalidation.AccessInvalidations
-        tokens: Any = None,  # facts.oauth_tokens.TokenManager
-        token_store: Any = None,  # facts.oauth_tokens.OAuthTokenStore
-        audit_path: Any = None,  # Path of the audit database, for queries
+        provisioning: Provisioning,
+        audit_path: Path | str | None = None,
     ) -> None:
         self.policies = policies
-        self.registry = registry
-        self.sessions = sessions
-        self.invalidations = invalidations
-        self.tokens = tokens
-        self.token_store = token_store
+        self.provisioning = provisioning
         self.audit_path = audit_path
 
-    def _has_tokens(self, resource_id: str) -> bool:
-        return self.token_store is not None and self.token_store.has(resource_id)
-
+    @grpc_errors
     async def RegisterAddon(  # noqa: N802 (gRPC method name)
         self, request: pb.RegisterAddonRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterAddonResponse:
-        try:
-            addon, changed = self.registry.register(
-                request.resource_id, request.app_id, request.app_name, request.plan, request.region
+        registered = await self.provisioning.register(
+            ProvisioningRequest(
+                resource_id=request.resource_id,
+                plan=request.plan,
+                region=request.region,
+                oauth_grant_code=request.oauth_grant_code,
+                name=request.name,
+                callback_url=request.callback_url,
+                options=dict(request.options),
+                app_id=request.app_id,
+                app_name=request.app_name,
             )
-        except RegistryError as exc:
-            code = (
-                grpc.StatusCode.INVALID_ARGUMENT
-                if exc.invalid_argument
-                else grpc.StatusCode.FAILED_PRECONDITION
-            )
-            await abort(context, code, exc.message, exc.code)
-        if request.oauth_grant_code:
-            # The grant expires minutes after provisioning: exchange it now, never store it.
-            if self.tokens is None:
-                await abort(
-                    context,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "an oauth_grant_code was sent but no Platform API client is configured "
-                    "(set AUTHZ_HEROKU_CLIENT_SECRET and AUTHZ_TOKEN_KEY)",
-                    "OAUTH_NOT_CONFIGURED",
-                )
-            try:
-                await self.tokens.register_grant(addon.resource_id, request.oauth_grant_code)
-            except Exception as exc:  # the message of PlatformError never holds a secret
-                await abort(
-                    context,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"the add-on was registered but its OAuth grant could not be exchanged: {exc}",
-                    "OAUTH_GRANT_FAILED",
-                )
-            changed = True
+        )
         return pb.RegisterAddonResponse(
-            addon=addon_message(addon, self._has_tokens(addon.resource_id)), changed=changed
+            addon=addon_message(registered.status), changed=registered.changed
         )
 
+    @grpc_errors
+    async def ChangePlan(  # noqa: N802
+        self, request: pb.ChangePlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ChangePlanResponse:
+        status = await self.provisioning.change_plan(request.resource_id, request.plan)
+        return pb.ChangePlanResponse(addon=addon_message(status))
+
+    @grpc_errors
     async def DeprovisionAddon(  # noqa: N802
         self, request: pb.DeprovisionAddonRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeprovisionAddonResponse:
-        try:
-            addon = self.registry.deprovision(request.resource_id)
-        except RegistryError as exc:
-            code = (
-                grpc.StatusCode.INVALID_ARGUMENT
-                if exc.invalid_argument
-                else grpc.StatusCode.NOT_FOUND
-            )
-            await abort(context, code, exc.message, exc.code)
-        revoked = self.sessions.revoke_for_resource(addon.resource_id)
-        if self.token_store is not None:
-            # Heroku's grant ends with the add-on: its Platform API tokens must not outlive it.
-            # Runs again when Heroku repeats the DELETE, so a failure here is retried with it.
-            self.token_store.delete(addon.resource_id)
-        if self.invalidations is not None:
-            await self.invalidations.publish(addon.app_id)
+        gone = await self.provisioning.deprovision(request.resource_id)
         return pb.DeprovisionAddonResponse(
-            addon=addon_message(addon, self._has_tokens(addon.resource_id)),
-            sessions_revoked=revoked,
+            addon=addon_message(gone.status), sessions_revoked=gone.sessions_revoked
         )
 
+    @grpc_errors
     async def InvalidateAccess(  # noqa: N802
         self, request: pb.InvalidateAccessRequest, context: grpc.aio.ServicerContext
     ) -> pb.InvalidateAccessResponse:
         if not request.app_id:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "app_id is empty; send the Heroku app id whose access list changed",
-            )
-        dropped = (
-            await self.invalidations.publish(request.app_id)
-            if self.invalidations is not None
-            else False
+            raise BadRequest("app_id is empty; send the Heroku app id whose access list changed")
+        return pb.InvalidateAccessResponse(
+            dropped=await self.provisioning.invalidate(request.app_id)
         )
-        return pb.InvalidateAccessResponse(dropped=dropped)
 
     async def ReloadPolicies(  # noqa: N802
         self, request: pb.ReloadPoliciesRequest, context: grpc.aio.ServicerContext

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from authz.audit.log import AuditLog
-from authz.audit.schema import audit_target
 from authz.clock import Clock, system_clock
-from authz.config import SHA1_LEGACY_ADDONS, Settings
+from authz.config import SHA1_LEGACY_ADDONS, Settings, resolve_public_url
 from authz.decide import Decider, Facts
 from authz.facts.access import AccessCache, PlatformAccessFetcher
 from authz.facts.addons import AddonRegistry
@@ -25,14 +24,16 @@ from authz.facts.invalidation import AccessInvalidations
 from authz.facts.oauth_tokens import OAuthTokenStore, TokenManager
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import SessionStore
+from authz.facts.webhooks import WebhookSubscriptions
 from authz.login import SsoLogins
 from authz.policies_runtime import PolicyHolder, watch_policies
+from authz.provisioning import Provisioning, renaming
 from authz.server.admin import AdminServicer
 from authz.server.authorization import AuthorizationServicer
 from authz.server.observe import Observability
-from authz.server.sessions import SessionServicer
+from authz.server.session_service import SessionServicer
 from authz.server.transport import Transport, log_transport, plan_transport
-from authz.store import migrate, open_store
+from authz.store import Database, migrate, open_store
 from authz.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -95,7 +96,10 @@ class Service:
     health: health.aio.HealthServicer
     audit: AuditLog
     facts: Facts
-    closers: list[Any] = field(default_factory=list)
+    provisioning: Provisioning
+    state: Database
+    # What start_service opened, closed in reverse order by stop().
+    resources: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     http: HttpListener | None = None  # AUTHZ_HTTP_LISTEN (authz.web)
 
     @property
@@ -104,17 +108,15 @@ class Service:
         return f"{host}:{self.port}"
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking calls on both listeners, let in-flight ones finish, then close facts and
-        the audit log (which the calls in flight still use)."""
+        """Stop taking calls on both listeners, let in-flight ones finish, then close what
+        start_service opened, newest first: the background tasks and accepted webhook events
+        before the facts, stores and audit log they use."""
         await self.health.enter_graceful_shutdown()
         listeners = [self.server.stop(grace)]
         if self.http is not None:
             listeners.append(self.http.stop(grace))
         await asyncio.gather(*listeners)
-        for close in self.closers:
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
+        await self.resources.aclose()
 
 
 async def start_service(
@@ -139,30 +141,86 @@ async def start_service(
     if ephemeral := settings.check_storage():
         log.warning(ephemeral)
     policies = policies or PolicyHolder.load(settings.policy_dir)
-    observability = Observability.start(settings, policies)
-    closers: list[Any] = [observability.aclose]
-    state = open_store(settings.database_url or settings.data_dir / "state.db")
-    closers.append(state.close)
+    resources = contextlib.AsyncExitStack()
+    try:
+        observability = Observability.start(settings, policies)
+        resources.push_async_callback(observability.aclose)
+        service = await _assemble(settings, transport, policies, clock, resources, observability)
+    except BaseException:
+        await resources.aclose()  # what was opened before the failure, newest first
+        raise
+    loop = asyncio.get_running_loop()
+    if watch_interval:
+        watcher = loop.create_task(watch_policies(policies, watch_interval))
+        resources.callback(watcher.cancel)
+    if purge_interval:
+        replay = service.provisioning.replay
+        purger = loop.create_task(purge_expired(service.facts, replay, purge_interval))
+        resources.callback(purger.cancel)
+    if settings.http_listen is not None:
+        web = WebParts(
+            settings,
+            HttpCallers(transport.interceptor),
+            policies,
+            service.decider,
+            service.audit,
+            service.state,
+            HttpLimits.from_settings(settings),
+            observability,
+            provisioning=service.provisioning,
+        )
+        try:
+            service.http = await start_http_listener(web, http_routes)
+        except BaseException:
+            await service.stop(grace=0)
+            raise
+        if settings.public_url is not None:
+            public_url = resolve_public_url(settings.public_url, service.http.port)
+            service.provisioning.public_url = public_url
+    log.info(
+        "authz listening on %s, policy revision %s (%d rules), audit %s",
+        service.address,
+        policies.current.revision,
+        policies.current.rule_count,
+        settings.audit_mode,
+    )
+    log_transport(settings, transport, service.address, service.http and service.http.address)
+    _log_sso_settings(settings)
+    _log_webhook_settings(settings, service.provisioning)
+    return service
+
+
+async def _assemble(
+    settings: Settings,
+    transport: Transport,
+    policies: PolicyHolder,
+    clock: Clock,
+    resources: contextlib.AsyncExitStack,
+    observability: Observability,
+) -> Service:
+    """Open the stores and the audit log, wire the use cases and start the gRPC server; every
+    resource opened is pushed on ``resources``."""
+    state = open_store(settings.state_target)
+    resources.callback(state.close)
     applied = migrate(state)
     if applied:
         log.info("store %s migrated to schema versions %s", state.location, applied)
-    audit = AuditLog(
-        audit_target(settings.data_dir, settings.database_url), mode=settings.audit_mode
-    ).start()
-    closers.append(audit.aclose)
+    audit = AuditLog(settings.audit_target, mode=settings.audit_mode).start()
+    resources.push_async_callback(audit.aclose)
     facts = Facts(
         sessions=SessionStore(state, clock, settings.session_ttl),
         addons=AddonRegistry(state, clock),
         deadline=settings.facts_deadline,
         offload=state.dialect == "postgresql",
     )
-    tokens, token_store = _platform_facts(settings, state, facts, clock, closers, observability)
     # Without Platform API credentials tokens are neither stored nor read, but the store can
-    # still delete those an earlier configuration kept (deprovisioning, server.admin).
-    token_store = token_store or OAuthTokenStore(state, "", clock=clock)
+    # still delete those an earlier configuration kept (deprovisioning).
+    token_store = OAuthTokenStore(state, settings.token_key, clock=clock)
+    client, tokens = _platform_facts(settings, token_store, facts, clock, resources)
+    observability.watch(audit=audit, access=facts.access, platform=client)
     invalidations = AccessInvalidations(facts.access, settings.database_url)
     await invalidations.start()
-    closers.insert(0, invalidations.aclose)
+    resources.push_async_callback(invalidations.aclose)
     # With audit off no record is built at all (the benchmark baseline); otherwise every
     # decision is recorded before it is answered.
     sink = observability.audit_sink(audit) if settings.audit_mode != "off" else None
@@ -176,6 +234,18 @@ async def start_service(
         sessions=facts.sessions,
         clock=clock,
     )
+    provisioning = Provisioning(
+        registry=facts.addons,
+        sessions=facts.sessions,
+        token_store=token_store,
+        subscriptions=WebhookSubscriptions(state, settings.token_key, clock=clock),
+        replay=replay,
+        invalidations=invalidations,
+        client=client,
+        tokens=tokens,
+        clock=clock,
+    )
+    resources.push_async_callback(provisioning.aclose)
     server = grpc.aio.server(
         interceptors=[observability.interceptor, *transport.interceptors],
         options=list(SERVER_OPTIONS),
@@ -188,15 +258,7 @@ async def start_service(
         SessionServicer(observability.logins(logins)), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(
-            policies=policies,
-            registry=facts.addons,
-            sessions=facts.sessions,
-            invalidations=invalidations,
-            tokens=tokens,
-            token_store=token_store,
-            audit_path=audit.path,
-        ),
+        AdminServicer(policies=policies, provisioning=provisioning, audit_path=audit.path),
         server,
     )
     health_servicer = health.aio.HealthServicer()
@@ -205,46 +267,22 @@ async def start_service(
     reflection.enable_server_reflection(names, server)
     port = _bind(server, settings.listen, transport)
     await server.start()
+    resources.push_async_callback(server.stop, 0)  # a start that fails later leaves no listener
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    if watch_interval:
-        watcher = asyncio.get_running_loop().create_task(watch_policies(policies, watch_interval))
-        closers.insert(0, watcher.cancel)
-    if purge_interval:
-        purger = asyncio.get_running_loop().create_task(
-            purge_expired(facts, replay, purge_interval)
-        )
-        closers.insert(0, purger.cancel)
-    observability.watch(audit=audit, access=facts.access)
-    service = Service(
-        settings, server, port, policies, decider, health_servicer, audit, facts, closers
+    return Service(
+        settings,
+        server,
+        port,
+        policies,
+        decider,
+        health_servicer,
+        audit,
+        facts,
+        provisioning,
+        state,
+        resources,
     )
-    if settings.http_listen is not None:
-        web = WebParts(
-            settings,
-            HttpCallers(transport.interceptor),
-            policies,
-            decider,
-            audit,
-            state,
-            HttpLimits.from_settings(settings),
-            observability,
-        )
-        try:
-            service.http = await start_http_listener(web, http_routes)
-        except BaseException:
-            await service.stop(grace=0)
-            raise
-    log.info(
-        "authz listening on %s, policy revision %s (%d rules), audit %s",
-        service.address,
-        policies.current.revision,
-        policies.current.rule_count,
-        settings.audit_mode,
-    )
-    log_transport(settings, transport, service.address, service.http and service.http.address)
-    _log_sso_settings(settings)
-    return service
 
 
 async def purge_expired(facts: Facts, replay: ReplayGuard, interval: float) -> None:
@@ -301,12 +339,11 @@ def _bind(server: grpc.aio.Server, listen: str, transport: Transport) -> int:
 
 def _platform_facts(
     settings: Settings,
-    state: Any,
+    token_store: OAuthTokenStore,
     facts: Facts,
     clock: Clock,
-    closers: list[Any],
-    observability: Observability,
-) -> tuple[TokenManager | None, OAuthTokenStore | None]:
+    resources: contextlib.AsyncExitStack,
+) -> tuple[PlatformClient | None, TokenManager | None]:
     """The Platform API client, OAuth tokens and access cache, when credentials are configured.
 
     Without them no access list can be had, so every ownership decision denies with that reason.
@@ -320,15 +357,29 @@ def _platform_facts(
     client = PlatformClient(
         settings.heroku_api_url, settings.heroku_id_url, settings.heroku_client_secret, clock=clock
     )
-    closers.append(client.aclose)
-    observability.watch(platform=client)
-    store = OAuthTokenStore(state, settings.token_key, clock=clock)
-    tokens = TokenManager(store, client, clock)
-    facts.access = AccessCache(
-        PlatformAccessFetcher(client, tokens), ttl=settings.access_ttl, clock=clock
-    )
-    closers.insert(0, facts.access.aclose)
-    return tokens, store
+    resources.push_async_callback(client.aclose)
+    tokens = TokenManager(token_store, client, clock)
+    # Each fetch also records the app's current name (renames reach the registry every TTL).
+    fetch = renaming(PlatformAccessFetcher(client, tokens), facts.addons)
+    facts.access = AccessCache(fetch, ttl=settings.access_ttl, clock=clock)
+    resources.push_async_callback(facts.access.aclose)
+    return client, tokens
+
+
+def _log_webhook_settings(settings: Settings, provisioning: Provisioning) -> None:
+    if provisioning.public_url is None:
+        log.warning(
+            "AUTHZ_PUBLIC_URL is not set: no Heroku webhooks are subscribed, so access changes "
+            "reach authz only when cached access lists expire (AUTHZ_ACCESS_TTL=%g s)",
+            settings.access_ttl,
+        )
+    elif provisioning.client is None:
+        log.warning(
+            "AUTHZ_PUBLIC_URL is set, but without Platform API credentials no webhooks "
+            "can be subscribed"
+        )
+    else:
+        log.info("Heroku webhooks deliver to %s/heroku/webhooks/<add-on>", provisioning.public_url)
 
 
 async def serve(settings: Settings) -> None:

@@ -6,12 +6,11 @@ from typing import Any
 
 import grpc
 
-from authz.audit.errors import AuditUnavailable
 from authz.decide import Decider, Item, Outcome, Subject, direct_subject
-from authz.search import Asked, SearchUnsupported, search_actions
+from authz.search import Asked, search_actions
 from authz.server import convert
 from authz.server.convert import BadRequest
-from authz.server.errors import abort, abort_unrecorded
+from authz.server.errors import grpc_errors
 from authz.server.identity import current_caller
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
@@ -47,71 +46,57 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         request_context: dict[str, Any],
         request_id: str,
     ) -> list[Outcome]:
-        try:
-            return await self.decider.check(
-                subject,
-                items,
-                context=request_context,
-                request_id=request_id,
-                caller=caller_of(context),
-            )
-        except AuditUnavailable as exc:
-            await abort_unrecorded(context, exc)
+        return await self.decider.check(
+            subject,
+            items,
+            context=request_context,
+            request_id=request_id,
+            caller=caller_of(context),
+        )
 
+    @grpc_errors
     async def Check(  # noqa: N802 (gRPC method name)
         self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckResponse:
-        try:
-            item = convert.check_item(request)
-            subject = await self._subject(request)
-            request_context = convert.struct_to_dict(request.context, "context")
-            request_id = convert.request_id_of(request.request_id)
-        except BadRequest as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        item = convert.check_item(request)
+        subject = await self._subject(request)
+        request_context = convert.struct_to_dict(request.context, "context")
+        request_id = convert.request_id_of(request.request_id)
         outcomes = await self._decide(context, subject, [item], request_context, request_id)
         return convert.check_response(outcomes[0])
 
+    @grpc_errors
     async def CheckBatch(  # noqa: N802
         self, request: pb.CheckBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckBatchResponse:
-        try:
-            items = convert.batch_items(request)
-            subject = await self._subject(request)
-            request_context = convert.struct_to_dict(request.context, "context")
-            request_id = convert.request_id_of(request.request_id)
-        except BadRequest as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        items = convert.batch_items(request)
+        subject = await self._subject(request)
+        request_context = convert.struct_to_dict(request.context, "context")
+        request_id = convert.request_id_of(request.request_id)
         outcomes = await self._decide(context, subject, items, request_context, request_id)
         return pb.CheckBatchResponse(results=[convert.check_response(o) for o in outcomes])
 
+    @grpc_errors
     async def ListAllowedActions(  # noqa: N802
         self, request: pb.ListAllowedActionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAllowedActionsResponse:
         """The allowed actions of one subject on one resource (authz.search.search_actions)."""
-        try:
-            if not request.HasField("resource"):
-                raise BadRequest("resource is missing; send resource {type, id}")
-            resource = convert.entity(request.resource, "resource")
-            if len(request.actions) > convert.MAX_BATCH_ITEMS:
-                raise BadRequest(
-                    f"actions has {len(request.actions)} entries; at most "
-                    f"{convert.MAX_BATCH_ITEMS}, or none for the whole action catalogue"
-                )
-            actions = [convert.action_of(a, f"actions[{i}]") for i, a in enumerate(request.actions)]
-            subject = await self._subject(request)
-            asked = Asked(
-                convert.struct_to_dict(request.context, "context"),
-                convert.request_id_of(request.request_id),
-                caller_of(context),
+        if not request.HasField("resource"):
+            raise BadRequest("resource is missing; send resource {type, id}")
+        resource = convert.entity(request.resource, "resource")
+        if len(request.actions) > convert.MAX_BATCH_ITEMS:
+            raise BadRequest(
+                f"actions has {len(request.actions)} entries; at most "
+                f"{convert.MAX_BATCH_ITEMS}, or none for the whole action catalogue"
             )
-        except BadRequest as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        try:
-            page = await search_actions(self.decider, subject, resource, asked, actions=actions)
-        except SearchUnsupported as exc:
-            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except AuditUnavailable as exc:
-            await abort_unrecorded(context, exc)
+        actions = [convert.action_of(a, f"actions[{i}]") for i, a in enumerate(request.actions)]
+        subject = await self._subject(request)
+        asked = Asked(
+            convert.struct_to_dict(request.context, "context"),
+            convert.request_id_of(request.request_id),
+            caller_of(context),
+        )
+        page = await search_actions(self.decider, subject, resource, asked, actions=actions)
         return pb.ListAllowedActionsResponse(
             actions=page.allowed,
             decisions=[

@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from authz.decide import Entity, Item, Outcome
+from authz.errors import AuthzError
 from authz.policy.model import Effect
 from authz.v1 import authorization_pb2 as pb
 
@@ -24,8 +25,11 @@ EFFECT_TO_PROTO = {Effect.ALLOW: pb.EFFECT_ALLOW, Effect.DENY: pb.EFFECT_DENY}
 PROTO_TO_EFFECT = {v: k for k, v in EFFECT_TO_PROTO.items()}
 
 
-class BadRequest(ValueError):
+class BadRequest(AuthzError, ValueError):
     """The request is malformed; the message names the field and what to send instead."""
+
+    code = ""  # no ErrorInfo reason: the message names the field
+    kind = "invalid"
 
 
 def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:

@@ -152,6 +152,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             "(SELECT resource_id FROM addons WHERE state = 'deprovisioned')"
         ),
     ),
+    Migration(
+        7,
+        "add-on webhooks and provisioning retries",
+        portable(
+            # The SHA-256 of the grant code the tokens came from: a redelivered provisioning
+            # call is recognised without spending the single-use code again (authz.provisioning).
+            "ALTER TABLE heroku_oauth_tokens ADD COLUMN grant_sha256 TEXT",
+            # Each add-on's webhook subscription at Heroku and its signing secret, sealed like
+            # the OAuth tokens (authz.facts.webhooks).
+            """
+            CREATE TABLE IF NOT EXISTS heroku_webhooks (
+                resource_id TEXT PRIMARY KEY,
+                webhook_id TEXT NOT NULL,
+                url TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                nonce {BYTES} NOT NULL,
+                ciphertext {BYTES} NOT NULL,
+                created_at {FLOAT} NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 _BOOKKEEPING = portable(

@@ -104,8 +104,11 @@ class SqliteDatabase(Database):
                 conn.execute("COMMIT")
 
     def close(self) -> None:
-        if self._owned:
-            self._conn.close()
+        # After the statement or transaction of another thread (an offloaded call that outlived
+        # its request): closing the connection under it would crash the process.
+        with self._lock:
+            if self._owned:
+                self._conn.close()
 
 
 StoreLike: TypeAlias = Database | sqlite_utils.Database

@@ -27,39 +27,47 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61uthz/v1/admin.proto\x12\x08\x61uthz.v1\x1a\x1c\x61uthz/v1/authorization.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\x14RegisterAddonRequest\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x10\n\x08\x61pp_name\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x18\n\x10oauth_grant_code\x18\x06 \x01(\t\"\xe5\x01\n\x05\x41\x64\x64on\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x10\n\x08\x61pp_name\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10has_oauth_tokens\x18\t \x01(\x08\"H\n\x15RegisterAddonResponse\x12\x1e\n\x05\x61\x64\x64on\x18\x01 \x01(\x0b\x32\x0f.authz.v1.Addon\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\".\n\x17\x44\x65provisionAddonRequest\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\"T\n\x18\x44\x65provisionAddonResponse\x12\x1e\n\x05\x61\x64\x64on\x18\x01 \x01(\x0b\x32\x0f.authz.v1.Addon\x12\x18\n\x10sessions_revoked\x18\x02 \x01(\x03\")\n\x17InvalidateAccessRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\"+\n\x18InvalidateAccessResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"\x17\n\x15ReloadPoliciesRequest\"S\n\x16ReloadPoliciesResponse\x12\x10\n\x08reloaded\x18\x01 \x01(\x08\x12\x17\n\x0fpolicy_revision\x18\x02 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\"\x18\n\x16GetPolicyStatusRequest\"\xf1\x01\n\x17GetPolicyStatusResponse\x12\x17\n\x0fpolicy_revision\x18\x01 \x01(\t\x12-\n\tloaded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpolicy_count\x18\x03 \x01(\x05\x12\x12\n\nrule_count\x18\x04 \x01(\x05\x12\x12\n\npolicy_dir\x18\x05 \x01(\t\x12\x33\n\x0flast_refused_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13last_refused_errors\x18\x07 \x03(\t\"\xee\x01\n\x15QueryDecisionsRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x0b\n\x03\x61pp\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12 \n\x06\x65\x66\x66\x65\x63t\x18\x07 \x01(\x0e\x32\x10.authz.v1.Effect\x12\x0c\n\x04rule\x18\x08 \x01(\t\x12\r\n\x05limit\x18\t \x01(\x05\"\xae\x02\n\x16QueryDecisionsResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x06\x65\x66\x66\x65\x63t\x18\x03 \x01(\x0e\x32\x10.authz.v1.Effect\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x11\n\tprincipal\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x07 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x08 \x01(\t\x12,\n\rmatched_rules\x18\t \x03(\x0b\x32\x15.authz.v1.MatchedRule\x12\'\n\x06record\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct2\x9a\x04\n\x0c\x41\x64minService\x12P\n\rRegisterAddon\x12\x1e.authz.v1.RegisterAddonRequest\x1a\x1f.authz.v1.RegisterAddonResponse\x12Y\n\x10\x44\x65provisionAddon\x12!.authz.v1.DeprovisionAddonRequest\x1a\".authz.v1.DeprovisionAddonResponse\x12Y\n\x10InvalidateAccess\x12!.authz.v1.InvalidateAccessRequest\x1a\".authz.v1.InvalidateAccessResponse\x12S\n\x0eReloadPolicies\x12\x1f.authz.v1.ReloadPoliciesRequest\x1a .authz.v1.ReloadPoliciesResponse\x12V\n\x0fGetPolicyStatus\x12 .authz.v1.GetPolicyStatusRequest\x1a!.authz.v1.GetPolicyStatusResponse\x12U\n\x0eQueryDecisions\x12\x1f.authz.v1.QueryDecisionsRequest\x1a .authz.v1.QueryDecisionsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61uthz/v1/admin.proto\x12\x08\x61uthz.v1\x1a\x1c\x61uthz/v1/authorization.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x02\n\x14RegisterAddonRequest\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x10\n\x08\x61pp_name\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x18\n\x10oauth_grant_code\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x61llback_url\x18\x08 \x01(\t\x12<\n\x07options\x18\t \x03(\x0b\x32+.authz.v1.RegisterAddonRequest.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x02\n\x05\x41\x64\x64on\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x10\n\x08\x61pp_name\x18\x03 \x01(\t\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10has_oauth_tokens\x18\t \x01(\x08\x12\x1a\n\x12webhook_subscribed\x18\n \x01(\x08\"H\n\x15RegisterAddonResponse\x12\x1e\n\x05\x61\x64\x64on\x18\x01 \x01(\x0b\x32\x0f.authz.v1.Addon\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"6\n\x11\x43hangePlanRequest\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\"4\n\x12\x43hangePlanResponse\x12\x1e\n\x05\x61\x64\x64on\x18\x01 \x01(\x0b\x32\x0f.authz.v1.Addon\".\n\x17\x44\x65provisionAddonRequest\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\"T\n\x18\x44\x65provisionAddonResponse\x12\x1e\n\x05\x61\x64\x64on\x18\x01 \x01(\x0b\x32\x0f.authz.v1.Addon\x12\x18\n\x10sessions_revoked\x18\x02 \x01(\x03\")\n\x17InvalidateAccessRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\"+\n\x18InvalidateAccessResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"\x17\n\x15ReloadPoliciesRequest\"S\n\x16ReloadPoliciesResponse\x12\x10\n\x08reloaded\x18\x01 \x01(\x08\x12\x17\n\x0fpolicy_revision\x18\x02 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\"\x18\n\x16GetPolicyStatusRequest\"\xf1\x01\n\x17GetPolicyStatusResponse\x12\x17\n\x0fpolicy_revision\x18\x01 \x01(\t\x12-\n\tloaded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpolicy_count\x18\x03 \x01(\x05\x12\x12\n\nrule_count\x18\x04 \x01(\x05\x12\x12\n\npolicy_dir\x18\x05 \x01(\t\x12\x33\n\x0flast_refused_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13last_refused_errors\x18\x07 \x03(\t\"\xee\x01\n\x15QueryDecisionsRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x0b\n\x03\x61pp\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12 \n\x06\x65\x66\x66\x65\x63t\x18\x07 \x01(\x0e\x32\x10.authz.v1.Effect\x12\x0c\n\x04rule\x18\x08 \x01(\t\x12\r\n\x05limit\x18\t \x01(\x05\"\xae\x02\n\x16QueryDecisionsResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x06\x65\x66\x66\x65\x63t\x18\x03 \x01(\x0e\x32\x10.authz.v1.Effect\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x11\n\tprincipal\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x07 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x08 \x01(\t\x12,\n\rmatched_rules\x18\t \x03(\x0b\x32\x15.authz.v1.MatchedRule\x12\'\n\x06record\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct2\xe3\x04\n\x0c\x41\x64minService\x12P\n\rRegisterAddon\x12\x1e.authz.v1.RegisterAddonRequest\x1a\x1f.authz.v1.RegisterAddonResponse\x12G\n\nChangePlan\x12\x1b.authz.v1.ChangePlanRequest\x1a\x1c.authz.v1.ChangePlanResponse\x12Y\n\x10\x44\x65provisionAddon\x12!.authz.v1.DeprovisionAddonRequest\x1a\".authz.v1.DeprovisionAddonResponse\x12Y\n\x10InvalidateAccess\x12!.authz.v1.InvalidateAccessRequest\x1a\".authz.v1.InvalidateAccessResponse\x12S\n\x0eReloadPolicies\x12\x1f.authz.v1.ReloadPoliciesRequest\x1a .authz.v1.ReloadPoliciesResponse\x12V\n\x0fGetPolicyStatus\x12 .authz.v1.GetPolicyStatusRequest\x1a!.authz.v1.GetPolicyStatusResponse\x12U\n\x0eQueryDecisions\x12\x1f.authz.v1.QueryDecisionsRequest\x1a .authz.v1.QueryDecisionsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authz.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REGISTERADDONREQUEST_OPTIONSENTRY']._loaded_options = None
+  _globals['_REGISTERADDONREQUEST_OPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERADDONREQUEST']._serialized_start=128
-  _globals['_REGISTERADDONREQUEST']._serialized_end=261
-  _globals['_ADDON']._serialized_start=264
-  _globals['_ADDON']._serialized_end=493
-  _globals['_REGISTERADDONRESPONSE']._serialized_start=495
-  _globals['_REGISTERADDONRESPONSE']._serialized_end=567
-  _globals['_DEPROVISIONADDONREQUEST']._serialized_start=569
-  _globals['_DEPROVISIONADDONREQUEST']._serialized_end=615
-  _globals['_DEPROVISIONADDONRESPONSE']._serialized_start=617
-  _globals['_DEPROVISIONADDONRESPONSE']._serialized_end=701
-  _globals['_INVALIDATEACCESSREQUEST']._serialized_start=703
-  _globals['_INVALIDATEACCESSREQUEST']._serialized_end=744
-  _globals['_INVALIDATEACCESSRESPONSE']._serialized_start=746
-  _globals['_INVALIDATEACCESSRESPONSE']._serialized_end=789
-  _globals['_RELOADPOLICIESREQUEST']._serialized_start=791
-  _globals['_RELOADPOLICIESREQUEST']._serialized_end=814
-  _globals['_RELOADPOLICIESRESPONSE']._serialized_start=816
-  _globals['_RELOADPOLICIESRESPONSE']._serialized_end=899
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=901
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=925
-  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_start=928
-  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_end=1169
-  _globals['_QUERYDECISIONSREQUEST']._serialized_start=1172
-  _globals['_QUERYDECISIONSREQUEST']._serialized_end=1410
-  _globals['_QUERYDECISIONSRESPONSE']._serialized_start=1413
-  _globals['_QUERYDECISIONSRESPONSE']._serialized_end=1715
-  _globals['_ADMINSERVICE']._serialized_start=1718
-  _globals['_ADMINSERVICE']._serialized_end=2256
+  _globals['_REGISTERADDONREQUEST']._serialized_end=407
+  _globals['_REGISTERADDONREQUEST_OPTIONSENTRY']._serialized_start=361
+  _globals['_REGISTERADDONREQUEST_OPTIONSENTRY']._serialized_end=407
+  _globals['_ADDON']._serialized_start=410
+  _globals['_ADDON']._serialized_end=667
+  _globals['_REGISTERADDONRESPONSE']._serialized_start=669
+  _globals['_REGISTERADDONRESPONSE']._serialized_end=741
+  _globals['_CHANGEPLANREQUEST']._serialized_start=743
+  _globals['_CHANGEPLANREQUEST']._serialized_end=797
+  _globals['_CHANGEPLANRESPONSE']._serialized_start=799
+  _globals['_CHANGEPLANRESPONSE']._serialized_end=851
+  _globals['_DEPROVISIONADDONREQUEST']._serialized_start=853
+  _globals['_DEPROVISIONADDONREQUEST']._serialized_end=899
+  _globals['_DEPROVISIONADDONRESPONSE']._serialized_start=901
+  _globals['_DEPROVISIONADDONRESPONSE']._serialized_end=985
+  _globals['_INVALIDATEACCESSREQUEST']._serialized_start=987
+  _globals['_INVALIDATEACCESSREQUEST']._serialized_end=1028
+  _globals['_INVALIDATEACCESSRESPONSE']._serialized_start=1030
+  _globals['_INVALIDATEACCESSRESPONSE']._serialized_end=1073
+  _globals['_RELOADPOLICIESREQUEST']._serialized_start=1075
+  _globals['_RELOADPOLICIESREQUEST']._serialized_end=1098
+  _globals['_RELOADPOLICIESRESPONSE']._serialized_start=1100
+  _globals['_RELOADPOLICIESRESPONSE']._serialized_end=1183
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=1185
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=1209
+  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_start=1212
+  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_end=1453
+  _globals['_QUERYDECISIONSREQUEST']._serialized_start=1456
+  _globals['_QUERYDECISIONSREQUEST']._serialized_end=1694
+  _globals['_QUERYDECISIONSRESPONSE']._serialized_start=1697
+  _globals['_QUERYDECISIONSRESPONSE']._serialized_end=1999
+  _globals['_ADMINSERVICE']._serialized_start=2002
+  _globals['_ADMINSERVICE']._serialized_end=2613
 # @@protoc_insertion_point(module_scope)

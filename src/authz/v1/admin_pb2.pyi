@@ -12,23 +12,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterAddonRequest(_message.Message):
-    __slots__ = ("resource_id", "app_id", "app_name", "plan", "region", "oauth_grant_code")
+    __slots__ = ("resource_id", "app_id", "app_name", "plan", "region", "oauth_grant_code", "name", "callback_url", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     APP_ID_FIELD_NUMBER: _ClassVar[int]
     APP_NAME_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     OAUTH_GRANT_CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     resource_id: str
     app_id: str
     app_name: str
     plan: str
     region: str
     oauth_grant_code: str
-    def __init__(self, resource_id: _Optional[str] = ..., app_id: _Optional[str] = ..., app_name: _Optional[str] = ..., plan: _Optional[str] = ..., region: _Optional[str] = ..., oauth_grant_code: _Optional[str] = ...) -> None: ...
+    name: str
+    callback_url: str
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, resource_id: _Optional[str] = ..., app_id: _Optional[str] = ..., app_name: _Optional[str] = ..., plan: _Optional[str] = ..., region: _Optional[str] = ..., oauth_grant_code: _Optional[str] = ..., name: _Optional[str] = ..., callback_url: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Addon(_message.Message):
-    __slots__ = ("resource_id", "app_id", "app_name", "plan", "region", "state", "created_at", "updated_at", "has_oauth_tokens")
+    __slots__ = ("resource_id", "app_id", "app_name", "plan", "region", "state", "created_at", "updated_at", "has_oauth_tokens", "webhook_subscribed")
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     APP_ID_FIELD_NUMBER: _ClassVar[int]
     APP_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +51,7 @@ class Addon(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     HAS_OAUTH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     resource_id: str
     app_id: str
     app_name: str
@@ -47,7 +61,8 @@ class Addon(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     has_oauth_tokens: bool
-    def __init__(self, resource_id: _Optional[str] = ..., app_id: _Optional[str] = ..., app_name: _Optional[str] = ..., plan: _Optional[str] = ..., region: _Optional[str] = ..., state: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., has_oauth_tokens: _Optional[bool] = ...) -> None: ...
+    webhook_subscribed: bool
+    def __init__(self, resource_id: _Optional[str] = ..., app_id: _Optional[str] = ..., app_name: _Optional[str] = ..., plan: _Optional[str] = ..., region: _Optional[str] = ..., state: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., has_oauth_tokens: _Optional[bool] = ..., webhook_subscribed: _Optional[bool] = ...) -> None: ...
 
 class RegisterAddonResponse(_message.Message):
     __slots__ = ("addon", "changed")
@@ -56,6 +71,20 @@ class RegisterAddonResponse(_message.Message):
     addon: Addon
     changed: bool
     def __init__(self, addon: _Optional[_Union[Addon, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ChangePlanRequest(_message.Message):
+    __slots__ = ("resource_id", "plan")
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    resource_id: str
+    plan: str
+    def __init__(self, resource_id: _Optional[str] = ..., plan: _Optional[str] = ...) -> None: ...
+
+class ChangePlanResponse(_message.Message):
+    __slots__ = ("addon",)
+    ADDON_FIELD_NUMBER: _ClassVar[int]
+    addon: Addon
+    def __init__(self, addon: _Optional[_Union[Addon, _Mapping]] = ...) -> None: ...
 
 class DeprovisionAddonRequest(_message.Message):
     __slots__ = ("resource_id",)

@@ -40,6 +40,11 @@ class AdminServiceStub:
                 request_serializer=authz_dot_v1_dot_admin__pb2.RegisterAddonRequest.SerializeToString,
                 response_deserializer=authz_dot_v1_dot_admin__pb2.RegisterAddonResponse.FromString,
                 _registered_method=True)
+        self.ChangePlan = channel.unary_unary(
+                '/authz.v1.AdminService/ChangePlan',
+                request_serializer=authz_dot_v1_dot_admin__pb2.ChangePlanRequest.SerializeToString,
+                response_deserializer=authz_dot_v1_dot_admin__pb2.ChangePlanResponse.FromString,
+                _registered_method=True)
         self.DeprovisionAddon = channel.unary_unary(
                 '/authz.v1.AdminService/DeprovisionAddon',
                 request_serializer=authz_dot_v1_dot_admin__pb2.DeprovisionAddonRequest.SerializeToString,
@@ -72,14 +77,24 @@ class AdminServiceServicer:
     """
 
     def RegisterAddon(self, request, context):
-        """RegisterAddon records a provisioned add-on. Idempotent: Heroku delivers provisioning at least once.
+        """RegisterAddon provisions an add-on from Heroku's provisioning call: it exchanges the OAuth
+        grant, learns the add-on's app from Heroku and subscribes to its webhooks. Idempotent:
+        Heroku delivers provisioning at least once, and the same call again spends nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePlan(self, request, context):
+        """ChangePlan records Heroku's plan change; policies see it as resource.addon.plan.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeprovisionAddon(self, request, context):
-        """DeprovisionAddon ends an add-on: its sessions stop working and new logins are refused.
+        """DeprovisionAddon ends an add-on: its sessions stop working at once, new logins are refused,
+        its OAuth tokens are deleted and its webhooks unsubscribed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +135,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RegisterAddon,
                     request_deserializer=authz_dot_v1_dot_admin__pb2.RegisterAddonRequest.FromString,
                     response_serializer=authz_dot_v1_dot_admin__pb2.RegisterAddonResponse.SerializeToString,
+            ),
+            'ChangePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePlan,
+                    request_deserializer=authz_dot_v1_dot_admin__pb2.ChangePlanRequest.FromString,
+                    response_serializer=authz_dot_v1_dot_admin__pb2.ChangePlanResponse.SerializeToString,
             ),
             'DeprovisionAddon': grpc.unary_unary_rpc_method_handler(
                     servicer.DeprovisionAddon,
@@ -175,6 +195,33 @@ class AdminService:
             '/authz.v1.AdminService/RegisterAddon',
             authz_dot_v1_dot_admin__pb2.RegisterAddonRequest.SerializeToString,
             authz_dot_v1_dot_admin__pb2.RegisterAddonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authz.v1.AdminService/ChangePlan',
+            authz_dot_v1_dot_admin__pb2.ChangePlanRequest.SerializeToString,
+            authz_dot_v1_dot_admin__pb2.ChangePlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

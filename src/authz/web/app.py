@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz.ids import new_decision_id
-from authz.web import authzen, health, metrics
+from authz.web import authzen, health, heroku, metrics
 from authz.web.errors import ErrorRendering, HttpError
 from authz.web.observe import ObservedHttp
 from authz.web.routing import Guard, HttpLimits, RouteGroup, WebParts
@@ -21,6 +21,7 @@ from authz.web.routing import Guard, HttpLimits, RouteGroup, WebParts
 ROUTE_GROUPS: tuple[Callable[[WebParts], RouteGroup], ...] = (
     health.routes,
     authzen.routes,
+    heroku.routes,
     metrics.routes,
 )
 """The route groups the listener serves; a feature adds its builder here."""

@@ -31,6 +31,7 @@ from authz.audit.log import AuditLog
 from authz.config import Settings
 from authz.decide import Decider
 from authz.policies_runtime import PolicyHolder
+from authz.provisioning import Provisioning
 from authz.store import Database
 from authz.web.auth import Access, HttpCallers
 from authz.web.errors import ErrorRenderer, HttpError
@@ -83,6 +84,7 @@ class WebParts:
     state: Database
     limits: HttpLimits = field(default_factory=HttpLimits)
     observability: Observability | None = None  # metrics, traces (authz.server.observe)
+    provisioning: Provisioning | None = None  # the add-on lifecycle (authz.web.heroku)
 
 
 @dataclass(frozen=True)

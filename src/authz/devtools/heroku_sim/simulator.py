@@ -286,6 +286,11 @@ class HerokuSimulator:
                 "refresh": list(self._oauth.refresh_tokens),
             }
 
+    def webhook_secrets(self) -> list[str]:
+        """The signing secret of every webhook subscription (tests check that none leaks)."""
+        with self._lock:
+            return [sub.secret for sub in self._webhooks.subscriptions.values()]
+
     def rate_limit_remaining(self) -> int:
         """Request tokens left in the add-on service's one pool."""
         with self._lock:

@@ -1,15 +1,16 @@
-"""SessionService: Heroku SSO exchange and logout."""
+"""SessionService: Heroku SSO exchange and logout (authz.login does the work)."""
 
 from __future__ import annotations
 
 import grpc
 
-from authz.audit.errors import AuditUnavailable
-from authz.login import LoginRefused, SsoLogins
+from authz.errors import Refusal
+from authz.login import SsoLogins
+from authz.offload import offload
 from authz.server import convert
 from authz.server.authorization import caller_of
 from authz.server.convert import BadRequest
-from authz.server.errors import abort, abort_unrecorded
+from authz.server.errors import grpc_errors
 from authz.v1 import session_pb2 as pb
 from authz.v1 import session_pb2_grpc as pb_grpc
 
@@ -20,6 +21,7 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
     def __init__(self, logins: SsoLogins) -> None:
         self.logins = logins
 
+    @grpc_errors
     async def ExchangeSso(  # noqa: N802 (gRPC method name)
         self, request: pb.ExchangeSsoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExchangeSsoResponse:
@@ -28,26 +30,10 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
                 raise BadRequest(f"form has {len(request.form)} fields; Heroku sends fewer than 16")
             request_id = convert.request_id_of(request.request_id)
         except BadRequest as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), "SSO_MALFORMED")
-        try:
-            result = await self.logins.exchange(
-                dict(request.form), request_id=request_id, caller=caller_of(context)
-            )
-        except AuditUnavailable as exc:
-            await abort_unrecorded(context, exc)
-        except LoginRefused as refused:
-            code = (
-                grpc.StatusCode.INVALID_ARGUMENT
-                if refused.invalid_argument
-                else grpc.StatusCode.PERMISSION_DENIED
-            )
-            await abort(
-                context,
-                code,
-                f"SSO login refused: {refused.message}",
-                refused.code,
-                {"decision_id": refused.decision_id},
-            )
+            raise Refusal("SSO_MALFORMED", str(exc), invalid_argument=True) from None
+        result = await self.logins.exchange(
+            dict(request.form), request_id=request_id, caller=caller_of(context)
+        )
         return pb.ExchangeSsoResponse(
             session_token=result.token,
             expires_at=convert.timestamp(result.session.expires_at),
@@ -56,13 +42,11 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
             decision_id=result.decision_id,
         )
 
+    @grpc_errors
     async def RevokeSession(  # noqa: N802
         self, request: pb.RevokeSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.RevokeSessionResponse:
         if not request.session_token:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "session_token is empty; send the token ExchangeSso returned",
-            )
-        return pb.RevokeSessionResponse(revoked=self.logins.sessions.revoke(request.session_token))
+            raise BadRequest("session_token is empty; send the token ExchangeSso returned")
+        revoked = await offload(self.logins.sessions.revoke, request.session_token)
+        return pb.RevokeSessionResponse(revoked=revoked)
