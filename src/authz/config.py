@@ -6,7 +6,7 @@ import hashlib
 import ipaddress
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -263,6 +263,27 @@ def _names(raw: str) -> frozenset[str]:
     return frozenset(n.strip() for n in raw.split(",") if n.strip())
 
 
+def parse_reviewers(raw: str) -> frozenset[str]:
+    """AUTHZ_REVIEWERS: caller names separated by commas ("compliance, security-team"); spaces
+    around a name are dropped, an empty name between commas or a name that is not printable
+    (or longer than a caller name may be) is refused."""
+    if not raw.strip():
+        return frozenset()
+    names = [name.strip() for name in raw.split(",")]
+    check_reviewers(names)
+    return frozenset(names)
+
+
+def check_reviewers(names: Iterable[str]) -> None:
+    for name in names:
+        if not name or len(name) > MAX_CALLER_NAME or not name.isprintable():
+            raise ConfigError(
+                f"AUTHZ_REVIEWERS: {name!r} is not a caller name; list caller names (as in "
+                f"AUTHZ_CALLER_TOKENS or the client certificates), printable and at most "
+                f"{MAX_CALLER_NAME} characters, separated by commas"
+            )
+
+
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -374,6 +395,8 @@ class Settings:
     client_ca: Path | None = None
     caller_tokens: tuple[CallerToken, ...] = field(default=(), repr=False)
     admins: frozenset[str] = frozenset()
+    # Callers who may read the audit review pages (/audit on the HTTP listener); admins may too.
+    reviewers: frozenset[str] = frozenset()
     insecure: bool = False  # --insecure: allow a non-loopback bind without caller credentials
     max_concurrent_rpcs: int = 1000
     request_timeout: float = 10.0  # seconds a call may take to deliver its request message
@@ -401,6 +424,29 @@ class Settings:
         accepted_value("AUTHZ_LOG_FORMAT", self.log_format, LOG_FORMATS)
         if self.public_url is not None:
             parse_public_url(self.public_url)
+        self._check_reviewers()
+
+    def _check_reviewers(self) -> None:
+        """Reviewers read decisions holding user ids and e-mails: a name that can never
+        authenticate is a mistake worth stopping for, not a page nobody can open."""
+        if not self.reviewers:
+            return
+        check_reviewers(self.reviewers)
+        if not self.authenticates_callers:
+            raise ConfigError(
+                "AUTHZ_REVIEWERS names reviewers, but callers are not authenticated (development "
+                "mode), so nobody can prove to be one: set AUTHZ_CALLER_TOKENS or AUTHZ_CLIENT_CA, "
+                "or unset AUTHZ_REVIEWERS"
+            )
+        if self.client_ca is None:
+            known = {entry.name for entry in self.caller_tokens}
+            unknown = sorted(self.reviewers - known)
+            if unknown:
+                raise ConfigError(
+                    f"AUTHZ_REVIEWERS names {', '.join(map(repr, unknown))}, which no entry of "
+                    "AUTHZ_CALLER_TOKENS names (and without AUTHZ_CLIENT_CA no certificate can): "
+                    "add a token for each reviewer, or fix the name"
+                )
 
     # Where the data lives, decided here only: the server, `authz db migrate` and the commands
     # that read the stores start from these, so every one of them works on both backends.
@@ -512,6 +558,7 @@ class Settings:
             client_ca=_path(env, "AUTHZ_CLIENT_CA"),
             caller_tokens=load_caller_tokens(tokens_file) if tokens_file else (),
             admins=_names(env.get("AUTHZ_ADMINS", "")),
+            reviewers=parse_reviewers(env.get("AUTHZ_REVIEWERS", "")),
             max_concurrent_rpcs=_positive_int(env, "AUTHZ_MAX_CONCURRENT_RPCS", 1000),
             request_timeout=_request_timeout(env),
             log_level=choice(env, "AUTHZ_LOG_LEVEL", LOG_LEVELS, "INFO"),

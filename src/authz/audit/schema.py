@@ -42,9 +42,10 @@ PART_USE = "audit_part_use"
 GENESIS_HASH = "0" * 64
 """The prev_hash of seq 1."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: records, rules, head, anchors. 2: shared parts, and chain entries that are not decisions
-(prune entries), which share the records' seq numbers."""
+(prune entries), which share the records' seq numbers. 3: indexes for the review pages' filters
+on caller and effect (authz.audit.browse), newest first."""
 
 
 def audit_db_path(data_dir: Path | str) -> Path:
@@ -167,6 +168,10 @@ def _create_sqlite_schema(db: sqlite_utils.Database) -> None:
         {"hash": str, "last_seq": int}, pk="hash", not_null={"last_seq"}, if_not_exists=True
     )
     db.table(PART_USE).create_index(["last_seq"], if_not_exists=True)
+    # Version 3. The review pages list decisions newest first by any filter (authz.audit.browse);
+    # the other filter columns had their (column, time) index from version 1.
+    log.create_index(["caller", "time"], if_not_exists=True)
+    log.create_index(["effect", "time"], if_not_exists=True)
 
 
 def open_audit_db(
@@ -291,6 +296,10 @@ PG_SCHEMA: Mapping[int, tuple[str, ...]] = {
         f"CREATE TABLE IF NOT EXISTS {PARTS} (hash TEXT PRIMARY KEY, body TEXT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {PART_USE} (hash TEXT PRIMARY KEY, last_seq BIGINT NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {PART_USE}_last_seq ON {PART_USE} (last_seq)",
+    ),
+    3: (
+        f"CREATE INDEX IF NOT EXISTS {LOG}_caller_time ON {LOG} (caller, time)",
+        f"CREATE INDEX IF NOT EXISTS {LOG}_effect_time ON {LOG} (effect, time)",
     ),
 }
 """The PostgreSQL schema by version; append a version, never edit an applied one."""

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz.ids import new_decision_id
-from authz.web import authzen, health, heroku, metrics
+from authz.web import authzen, health, heroku, metrics, review
 from authz.web.errors import ErrorRendering, HttpError
 from authz.web.observe import ObservedHttp
 from authz.web.routing import Guard, HttpLimits, RouteGroup, WebParts
@@ -23,6 +23,7 @@ ROUTE_GROUPS: tuple[Callable[[WebParts], RouteGroup], ...] = (
     authzen.routes,
     heroku.routes,
     metrics.routes,
+    review.routes,
 )
 """The route groups the listener serves; a feature adds its builder here."""
 

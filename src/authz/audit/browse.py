@@ -1,0 +1,653 @@
+"""What the audit review pages read (authz.web.review): filtered decision lists with keyset
+pagination, one decision with its place in the chain, counts for charts, and exports.
+
+Every function opens the log (a SQLite file or the PostgreSQL URL, as `AuditLog.target`), reads
+in one snapshot and closes it; they are blocking, for a thread (the pages run them with
+`asyncio.to_thread`). This module is the review pages' only dependence on the audit log's tables.
+
+Lists are newest first, ordered by (time, seq) and paged by a cursor holding the last row's
+(time, seq): each page is one indexed range read, however deep, on both backends (no OFFSET).
+Every filter but the free text has an index ((column, time) on audit_log, (rule_id, seq) on
+audit_rule). The free text looks into each candidate record's reasons, so a page examines at
+most `scan` candidate rows: when that many are looked at before the page is full, the page ends
+early with a cursor to go on searching further back, and a page is never slower than that.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from authz.audit.backend import AuditDb, Target
+from authz.audit.chain import VerifyReport, verify
+from authz.audit.errors import AuditError, AuditLogNotFound, AuditTampered
+from authz.audit.query import glob_to_regex, parse_time
+from authz.audit.record import EFFECTS, assemble, canonical_json, part_refs
+from authz.audit.schema import HEAD, LOG, PARTS, RULES, open_audit
+from authz.clock import rfc3339
+
+__all__ = [
+    "AuditError",
+    "AuditLogNotFound",
+    "Cursor",
+    "Filters",
+    "Page",
+    "Row",
+    "Stats",
+    "VerifyReport",
+    "canonical_json",
+    "csv_line",
+    "explain",
+    "export_records",
+    "export_rows",
+    "list_page",
+    "stats",
+    "verify_chain",
+]
+
+PAGE_SIZE = 50
+SCAN_BUDGET = 20_000
+"""Candidate rows a page with a free-text filter examines at most."""
+MAX_BUCKETS = 2_000
+"""Time buckets a chart may have; a longer range needs a coarser bucket."""
+BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
+MAX_FILTER = 512
+"""The longest value a filter takes (ids, names, patterns, text)."""
+
+_LIST_COLUMNS = (
+    "seq, decision_id, time, kind, caller, request_id, principal_type, principal_id, action, "
+    "resource_type, resource_id, app_id, effect, policy_revision"
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a reviewer narrows the log to; every field optional ("" or None: any)."""
+
+    since: float | None = None
+    """Inclusive, Unix seconds."""
+    until: float | None = None
+    """Exclusive, Unix seconds."""
+    effect: str = ""
+    principal: str = ""
+    """"type:id" or an id alone."""
+    action: str = ""
+    """Exact, or a glob ("account.*")."""
+    resource: str = ""
+    """"type:id" or an id alone."""
+    app: str = ""
+    caller: str = ""
+    rule: str = ""
+    """A matched rule: its id, or "policy/rule_id"."""
+    text: str = ""
+    """Words in the decision's reasons (case-insensitive for ASCII)."""
+    decision_id: str = ""
+
+    NAMES = (
+        "since",
+        "until",
+        "effect",
+        "principal",
+        "action",
+        "resource",
+        "app",
+        "caller",
+        "rule",
+        "text",
+        "decision_id",
+    )
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str], now: float) -> Filters:
+        """From a page's query parameters; ValueError saying which one to fix. Times take what
+        `authz audit query` takes: "1h" (ago), "now", ISO-8601 (UTC unless a zone is given)."""
+        values: dict[str, Any] = {}
+        for name in cls.NAMES:
+            raw = params.get(name, "").strip()
+            if not raw:
+                continue
+            if len(raw) > MAX_FILTER:
+                raise ValueError(f"the {name} filter is longer than {MAX_FILTER} characters")
+            if name in ("since", "until"):
+                try:
+                    values[name] = parse_time(raw, now=now)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+            elif name == "effect":
+                if raw.upper() not in EFFECTS:
+                    raise ValueError(f"effect {raw!r} must be ALLOW or DENY")
+                values[name] = raw.upper()
+            else:
+                values[name] = raw
+        return cls(**values)
+
+    def params(self) -> dict[str, str]:
+        """The query parameters that give these filters back (times as RFC 3339)."""
+        out: dict[str, str] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is None or value == "":
+                continue
+            out[item.name] = rfc3339(value) if item.name in ("since", "until") else str(value)
+        return out
+
+    def where(self, dialect: str) -> tuple[list[str], list[Any]]:
+        """SQL conditions (``?`` placeholders) on audit_log, and their parameters."""
+        where: list[str] = []
+        params: list[Any] = []
+        if self.since is not None:
+            where.append("time >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            where.append("time < ?")
+            params.append(self.until)
+        if self.effect:
+            where.append("effect = ?")
+            params.append(self.effect)
+        for prefix, value in (("principal", self.principal), ("resource", self.resource)):
+            if value:
+                kind, sep, ident = value.partition(":")
+                if sep and kind and ident:
+                    where.append(f"(({prefix}_type = ? AND {prefix}_id = ?) OR {prefix}_id = ?)")
+                    params.extend([kind, ident, value])
+                else:
+                    where.append(f"{prefix}_id = ?")
+                    params.append(value)
+        if self.action:
+            if not any(c in self.action for c in "*?["):
+                where.append("action = ?")
+                params.append(self.action)
+            elif dialect == "sqlite":
+                where.append("action GLOB ?")
+                params.append(self.action)
+            else:
+                where.append("action ~ ?")
+                params.append(glob_to_regex(self.action))
+        if self.app:
+            where.append("app_id = ?")
+            params.append(self.app)
+        if self.caller:
+            where.append("caller = ?")
+            params.append(self.caller)
+        if self.decision_id:
+            where.append("decision_id = ?")
+            params.append(self.decision_id)
+        if self.rule:
+            policy, sep, rule_id = self.rule.rpartition("/")
+            if sep and policy and rule_id:
+                where.append(
+                    f"seq IN (SELECT seq FROM {RULES} WHERE (rule_id = ? AND policy = ?) "
+                    "OR rule_id = ?)"
+                )
+                params.extend([rule_id, policy, self.rule])
+            else:
+                where.append(f"seq IN (SELECT seq FROM {RULES} WHERE rule_id = ?)")
+                params.append(self.rule)
+        return where, params
+
+    def text_condition(self, dialect: str) -> tuple[str, list[Any]]:
+        """The free-text condition on a candidate row's reasons ("" when none)."""
+        if not self.text:
+            return "", []
+        pattern = "%" + _like_escape(self.text) + "%"
+        if dialect == "sqlite":
+            return (
+                "EXISTS (SELECT 1 FROM json_each(record, '$.reasons') "
+                "WHERE value LIKE ? ESCAPE '\\')",
+                [pattern],
+            )
+        # PostgreSQL's json cannot read \\u0000; such a (rare) record is simply not found.
+        return (
+            "(strpos(record, '\\u0000') = 0 AND EXISTS (SELECT 1 FROM "
+            "json_array_elements_text(record::json -> 'reasons') AS reason(value) "
+            "WHERE reason.value ILIKE ? ESCAPE '\\'))",
+            [pattern],
+        )
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@dataclass(frozen=True, order=True)
+class Cursor:
+    """Where a page ends: the (time, seq) of its last row; the next page starts below it."""
+
+    time: float
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.time!r}:{self.seq}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        moment, sep, seq = text.partition(":")
+        try:
+            cursor = cls(float(moment), int(seq))
+        except ValueError:
+            cursor = None
+        if not sep or cursor is None or not math.isfinite(cursor.time) or cursor.seq < 0:
+            raise ValueError(
+                f"the page cursor {text!r} is not one this server made; start from the first page"
+            )
+        return cursor
+
+
+@dataclass(frozen=True)
+class Rule:
+    policy: str
+    rule_id: str
+    effect: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.policy}/{self.rule_id}" if self.policy else self.rule_id
+
+
+@dataclass(frozen=True)
+class Row:
+    """One decision as the list shows it (the indexed columns; no record JSON is read)."""
+
+    seq: int
+    decision_id: str
+    time: float
+    kind: str
+    caller: str
+    request_id: str
+    principal: str
+    action: str
+    resource: str
+    app_id: str
+    effect: str
+    policy_revision: str
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def deciding(self) -> tuple[Rule, ...]:
+        """The rules that decided: the matched rules of the decision's effect."""
+        return tuple(rule for rule in self.rules if rule.effect == self.effect)
+
+    def csv_values(self) -> list[str]:
+        return [
+            rfc3339(self.time),
+            self.decision_id,
+            self.effect,
+            self.principal,
+            self.action,
+            self.resource,
+            self.app_id,
+            self.caller,
+            " ".join(rule.name for rule in self.deciding),
+            " ".join(rule.name for rule in self.rules),
+            self.policy_revision,
+            self.request_id,
+            self.kind,
+            str(self.seq),
+        ]
+
+
+CSV_HEADER = (
+    "time",
+    "decision_id",
+    "effect",
+    "principal",
+    "action",
+    "resource",
+    "app",
+    "caller",
+    "deciding_rules",
+    "matched_rules",
+    "policy_revision",
+    "request_id",
+    "kind",
+    "seq",
+)
+
+
+def _ref(kind: Any, ident: Any) -> str:
+    return f"{kind}:{ident}" if kind else str(ident or "")
+
+
+def _row(values: Sequence[Any]) -> Row:
+    (seq, decision_id, moment, kind, caller, request_id, ptype, pid, action, rtype, rid, app,
+     effect, revision) = values  # fmt: skip
+    return Row(
+        int(seq),
+        str(decision_id),
+        float(moment),
+        str(kind or ""),
+        str(caller or ""),
+        str(request_id or ""),
+        _ref(ptype, pid),
+        str(action or ""),
+        _ref(rtype, rid),
+        str(app or ""),
+        str(effect),
+        str(revision or ""),
+    )
+
+
+def _with_rules(db: AuditDb, rows: list[Row]) -> list[Row]:
+    if not rows:
+        return rows
+    marks = ", ".join("?" for _ in rows)
+    order = "id" if db.dialect == "postgresql" else "rowid"
+    found: dict[int, list[Rule]] = collections.defaultdict(list)
+    for seq, policy, rule_id, effect in db.execute(
+        f"SELECT seq, policy, rule_id, effect FROM {RULES} WHERE seq IN ({marks}) ORDER BY {order}",
+        [row.seq for row in rows],
+    ):
+        found[int(seq)].append(Rule(str(policy or ""), str(rule_id), str(effect or "")))
+    return [replace(row, rules=tuple(found.get(row.seq, ()))) for row in rows]
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Row]
+    next: Cursor | None
+    """Where the next (older) page starts; None at the end of the log."""
+    searched_to: float | None = None
+    """With a free-text filter, when the scan budget ran out before the page was full: the
+    time the search got back to (the next page goes on from there)."""
+
+
+def _page_sql(
+    filters: Filters, dialect: str, after: Cursor | None, limit: int
+) -> tuple[str, list[Any]]:
+    where, params = filters.where(dialect)
+    if after is not None:
+        # time <= ? narrows an index range read on any (…, time) index; the rest breaks ties.
+        where.append("time <= ? AND (time < ? OR seq < ?)")
+        params.extend([after.time, after.time, after.seq])
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    sql = f"SELECT {{columns}} FROM {LOG}{clause} ORDER BY time DESC, seq DESC LIMIT ?"
+    params.append(limit)
+    return sql, params
+
+
+def list_page(
+    target: Target,
+    filters: Filters,
+    after: Cursor | None = None,
+    *,
+    size: int = PAGE_SIZE,
+    scan: int = SCAN_BUDGET,
+) -> Page:
+    """One page of decisions matching `filters`, newest first, below `after` when given."""
+    with _opened(target) as db, db.snapshot():
+        text, text_params = filters.text_condition(db.dialect)
+        if not text:
+            sql, params = _page_sql(filters, db.dialect, after, size + 1)
+            rows = [_row(r) for r in db.execute(sql.format(columns=_LIST_COLUMNS), params)]
+            more = len(rows) > size
+            rows = _with_rules(db, rows[:size])
+            return Page(rows, Cursor(rows[-1].time, rows[-1].seq) if more else None)
+        # Free text: at most `scan` candidates (indexed filters, newest first), then the text.
+        inner, params = _page_sql(filters, db.dialect, after, scan)
+        candidates = inner.format(columns=f"{_LIST_COLUMNS}, record")
+        sql = (
+            f"SELECT {_LIST_COLUMNS} FROM ({candidates}) AS candidate WHERE {text} "
+            "ORDER BY time DESC, seq DESC LIMIT ?"
+        )
+        found = [_row(r) for r in db.execute(sql, [*params, *text_params, size + 1])]
+        if len(found) > size:
+            rows = _with_rules(db, found[:size])
+            return Page(rows, Cursor(rows[-1].time, rows[-1].seq))
+        # Fewer than a page: either the candidates ran out (the end) or the budget did.
+        last_sql, last_params = _page_sql(filters, db.dialect, after, 1)
+        last = db.execute(
+            last_sql.format(columns="time, seq") + " OFFSET ?", [*last_params, scan - 1]
+        ).fetchone()
+        rows = _with_rules(db, found)
+        if last is None:
+            return Page(rows, None)
+        stop = Cursor(float(last[0]), int(last[1]))
+        return Page(rows, stop, searched_to=stop.time)
+
+
+# -- one decision -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Explained:
+    """One decision record (put back together) and where it sits in the hash chain."""
+
+    seq: int
+    hash: str
+    prev_hash: str
+    record: dict[str, Any]
+    parts: dict[str, str]
+    head_seq: int
+    """The chain's head when read: entries after this one = head_seq - seq."""
+    previous_id: str | None
+    """The decision right before it in the chain (None when that entry is not a decision or
+    was pruned)."""
+    next_id: str | None
+
+
+def explain(target: Target, decision_id: str) -> Explained | None:
+    with _opened(target) as db, db.snapshot():
+        row = db.execute(
+            f"SELECT seq, hash, prev_hash, record FROM {LOG} WHERE decision_id = ?",
+            [decision_id],
+        ).fetchone()
+        if row is None:
+            return None
+        seq = int(row[0])
+        stored = json.loads(row[3])
+        record = assemble(stored, _PartReader(db))
+        head = db.execute(f"SELECT seq FROM {HEAD} WHERE id = 1").fetchone()
+        neighbours = {
+            int(s): str(d)
+            for s, d in db.execute(
+                f"SELECT seq, decision_id FROM {LOG} WHERE seq IN (?, ?)", [seq - 1, seq + 1]
+            )
+        }
+    return Explained(
+        seq,
+        str(row[1]),
+        str(row[2]),
+        record,
+        part_refs(stored),
+        int(head[0]) if head else seq,
+        neighbours.get(seq - 1),
+        neighbours.get(seq + 1),
+    )
+
+
+class _PartReader:
+    """Shared parts by hash, the last few kept decoded (a batch's records name the same)."""
+
+    def __init__(self, db: AuditDb) -> None:
+        self._db = db
+        self._decoded: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+    def __call__(self, digest: str) -> Any:
+        if digest in self._decoded:
+            self._decoded.move_to_end(digest)
+            return self._decoded[digest]
+        row = self._db.execute(f"SELECT body FROM {PARTS} WHERE hash = ?", [digest]).fetchone()
+        if row is None:
+            raise AuditTampered(
+                f"shared part {digest[:16]}… of a record is missing from the audit log at "
+                f"{self._db.location}; run `authz audit verify`"
+            )
+        value = json.loads(row[0])
+        self._decoded[digest] = value
+        if len(self._decoded) > 8:
+            self._decoded.popitem(last=False)
+        return value
+
+
+# -- exports ----------------------------------------------------------------------------------
+
+EXPORT_CHUNK = 1000
+
+
+def export_records(target: Target, filters: Filters) -> Iterator[dict[str, Any]]:
+    """Every record matching `filters` (whole, put back together), newest first, from one
+    snapshot (exactly the set that matched when the export began), streamed. Close the
+    iterator to release the connection."""
+    with _opened(target) as db, db.snapshot():
+        where, params = filters.where(db.dialect)
+        text, text_params = filters.text_condition(db.dialect)
+        if text:
+            where.append(text)
+            params.extend(text_params)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        sql = f"SELECT record FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
+        parts = _PartReader(db)
+        with contextlib.closing(db.iterate(sql, params)) as rows:
+            for (text_json,) in rows:
+                yield assemble(json.loads(text_json), parts)
+
+
+def export_rows(target: Target, filters: Filters) -> Iterator[Row]:
+    """Every list row matching `filters`, newest first, from one snapshot, streamed."""
+    with _opened(target) as db, db.snapshot():
+        where, params = filters.where(db.dialect)
+        text, text_params = filters.text_condition(db.dialect)
+        if text:
+            where.append(text)
+            params.extend(text_params)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        sql = f"SELECT {_LIST_COLUMNS} FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
+        with contextlib.closing(db.iterate(sql, params)) as cursor:
+            chunk: list[Row] = []
+            for values in cursor:
+                chunk.append(_row(values))
+                if len(chunk) == EXPORT_CHUNK:
+                    yield from _with_rules(db, chunk)  # same transaction: the same snapshot
+                    chunk = []
+            yield from _with_rules(db, chunk)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_line(values: Sequence[str]) -> str:
+    """One CSV line. A cell a spreadsheet would run as a formula (=, +, -, @ first) is prefixed
+    with ' (OWASP's advice): ids come from callers, and a reviewer opens the file."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(
+        ["'" + v if v.startswith(_FORMULA_START) else v for v in values]
+    )
+    return out.getvalue()
+
+
+# -- stats ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stats:
+    since: float
+    until: float
+    bucket: str
+    series: list[tuple[float, int, int]]
+    """(bucket start, decisions, denies) for every bucket of [since, until), empty ones too."""
+    total: int
+    denied: int
+    top_actions: list[tuple[str, int]]
+    top_principals: list[tuple[str, int]]
+    top_callers: list[tuple[str, int]]
+    revisions: list[tuple[str, float, int, int]] = field(default_factory=list)
+    """(policy revision, first seen, decisions, denies), oldest first."""
+
+
+def stats(target: Target, since: float, until: float, bucket: str, top: int = 10) -> Stats:
+    """Decisions and denies per bucket (minute, hour or day) in [since, until), the most denied
+    actions, principals and callers, and the deny rate of each policy revision."""
+    if bucket not in BUCKETS:
+        raise ValueError(f"bucket {bucket!r} must be one of: {', '.join(BUCKETS)}")
+    width = BUCKETS[bucket]
+    if until <= since:
+        raise ValueError("the range is empty: since must be before until")
+    start = math.floor(since / width) * width
+    count = math.ceil((until - start) / width)
+    if count > MAX_BUCKETS:
+        raise ValueError(
+            f"{count} {bucket}s is more than a chart shows ({MAX_BUCKETS}); choose a shorter "
+            "range or a coarser bucket"
+        )
+    span = [since, until]
+    deny = "sum(CASE WHEN effect = 'DENY' THEN 1 ELSE 0 END)"
+    with _opened(target) as db, db.snapshot():
+        slot = (
+            "CAST((time - ?) / ? AS INTEGER)"
+            if db.dialect == "sqlite"
+            else "CAST(floor((time - ?) / ?) AS BIGINT)"
+        )
+        by_slot = {
+            int(index): (int(n), int(d or 0))
+            for index, n, d in db.execute(
+                f"SELECT {slot} AS slot, count(*), {deny} FROM {LOG} "
+                "WHERE time >= ? AND time < ? GROUP BY 1",
+                [start, width, *span],
+            )
+        }
+
+        def top_denied(column: str) -> list[tuple[str, int]]:
+            sql = (
+                f"SELECT {column} AS key, count(*) AS n FROM {LOG} "
+                "WHERE effect = 'DENY' AND time >= ? AND time < ? "
+                f"GROUP BY {column} ORDER BY n DESC, key LIMIT ?"
+            )
+            return [(str(k or ""), int(n)) for k, n in db.execute(sql, [*span, top])]
+
+        actions = top_denied("action")
+        callers = top_denied("caller")
+        principals = [
+            (_ref(t, i), int(n))
+            for t, i, n in db.execute(
+                f"SELECT principal_type, principal_id, count(*) AS n FROM {LOG} "
+                "WHERE effect = 'DENY' AND time >= ? AND time < ? "
+                "GROUP BY principal_type, principal_id "
+                "ORDER BY n DESC, principal_type, principal_id LIMIT ?",
+                [*span, top],
+            )
+        ]
+        revisions = [
+            (str(r or ""), float(first), int(n), int(d or 0))
+            for r, first, n, d in db.execute(
+                f"SELECT policy_revision, min(time), count(*), {deny} FROM {LOG} "
+                "WHERE time >= ? AND time < ? GROUP BY policy_revision ORDER BY 2",
+                span,
+            )
+        ]
+    series = [(start + i * width, *by_slot.get(i, (0, 0))) for i in range(count)]
+    return Stats(
+        since,
+        until,
+        bucket,
+        series,
+        sum(n for _, n, _ in series),
+        sum(d for _, _, d in series),
+        actions,
+        principals,
+        callers,
+        revisions,
+    )
+
+
+# -- the chain --------------------------------------------------------------------------------
+
+
+def verify_chain(target: Target) -> VerifyReport:
+    """Walk the whole chain (authz.audit.chain.verify): slow on a large log, for a thread."""
+    return verify(target)
+
+
+@contextlib.contextmanager
+def _opened(target: Target) -> Iterator[AuditDb]:
+    db = open_audit(target, application_name="authz-audit-review")
+    try:
+        yield db
+    finally:
+        db.close()
