@@ -61,7 +61,7 @@ SECURITY_HEADERS = {
         "connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make forms send Origin: null
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }

@@ -165,12 +165,17 @@ def clear_cookie(response: Response, request: Request) -> None:
 
 
 def check_same_origin(request: Request) -> None:
-    """POSTs (login, logout) only from this listener's own pages: a browser names the page's
-    origin (Origin) and whether it is ours (Sec-Fetch-Site); clients that send neither (curl)
-    are not browsers carrying someone's cookie."""
+    """POSTs (login, logout) only from this listener's own pages. A browser says whether the
+    page that sent the request is ours (Sec-Fetch-Site, in every current browser) and names its
+    origin (Origin); clients that send neither (curl) are not browsers carrying someone's
+    cookie."""
     site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        raise HttpError(403, f"a {site} request cannot log in or out here; use this site's form")
+    if site is not None:
+        if site not in ("same-origin", "none"):
+            raise HttpError(
+                403, f"a {site} request cannot log in or out here; use this site's form"
+            )
+        return
     origin = request.headers.get("origin")
     if origin is not None:
         parts = urlsplit(origin)

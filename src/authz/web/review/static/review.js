@@ -1,6 +1,20 @@
-// The audit review pages work without this file; it only adds "Copy" buttons for decision ids.
+// The audit review pages work without this file. It adds "Copy" buttons for decision ids, and
+// leaves empty filters out of a search's address (shorter links to share).
 "use strict";
 document.addEventListener("DOMContentLoaded", function () {
+  // A page restored by the back button gets its fields back.
+  window.addEventListener("pageshow", function () {
+    document.querySelectorAll("form.filters [disabled]").forEach(function (field) {
+      field.disabled = false;
+    });
+  });
+  document.querySelectorAll("form.filters").forEach(function (form) {
+    form.addEventListener("submit", function () {
+      form.querySelectorAll("input, select").forEach(function (field) {
+        if (!field.value) field.disabled = true;
+      });
+    });
+  });
   if (!navigator.clipboard) return;
   document.querySelectorAll("button.copy[data-copy]").forEach(function (button) {
     var source = document.getElementById(button.dataset.copy);
