@@ -285,6 +285,28 @@ def test_a_free_text_search_stops_at_its_budget_and_goes_on_from_there(site: Sit
     assert found == denies and stops > 0
 
 
+def every_page(site: Site, filters: browse.Filters, **options: object) -> list[str]:
+    found: list[str] = []
+    page = browse.list_page(site.target, filters, **options)  # type: ignore[arg-type]
+    while True:
+        found.extend(row.decision_id for row in page.rows)
+        if page.next is None:
+            return found
+        page = browse.list_page(site.target, filters, page.next, **options)  # type: ignore[arg-type]
+
+
+def test_both_ways_of_finding_a_rules_decisions_give_the_same_pages(site: Site) -> None:
+    denies = [r["decision_id"] for r in query(site.target, effect="DENY", limit=None)]
+    for rule in ("nobody-deletes", "docs/nobody-deletes"):
+        for common in (True, False):
+            filters = browse.Filters(rule=rule)
+            assert every_page(site, filters, size=7, common_rule=common) == denies
+    assert every_page(site, browse.Filters(rule="other/nobody-deletes"), size=7) == []
+    # An action glob is checked row by row, within the scan budget, like free text.
+    globbed = every_page(site, browse.Filters(action="doc.del*"), size=5, scan=6)
+    assert globbed == denies
+
+
 def test_a_decision_page_explains_the_rule_its_reason_and_its_place(site: Site) -> None:
     deny = query(site.target, effect="DENY", limit=1)[0]
     with site.client("compliance") as reviewer:

@@ -7,10 +7,11 @@ in one snapshot and closes it; they are blocking, for a thread (the pages run th
 
 Lists are newest first, ordered by (time, seq) and paged by a cursor holding the last row's
 (time, seq): each page is one indexed range read, however deep, on both backends (no OFFSET).
-Every filter but the free text has an index ((column, time) on audit_log, (rule_id, seq) on
-audit_rule). The free text looks into each candidate record's reasons, so a page examines at
-most `scan` candidate rows: when that many are looked at before the page is full, the page ends
-early with a cursor to go on searching further back, and a page is never slower than that.
+Equality filters have an index each ((column, time) on audit_log, (rule_id, seq) on audit_rule).
+An action glob and the free text (in each record's reasons) are checked row by row, so a page
+with either examines at most `scan` candidate rows (those the indexed filters give, newest
+first): when that many are looked at before the page is full, the page ends early with a cursor
+to go on searching further back, and a page is never slower than that.
 """
 
 from __future__ import annotations
@@ -48,13 +49,15 @@ __all__ = [
     "export_records",
     "export_rows",
     "list_page",
+    "is_common_rule",
+    "page_query",
     "stats",
     "verify_chain",
 ]
 
 PAGE_SIZE = 50
 SCAN_BUDGET = 20_000
-"""Candidate rows a page with a free-text filter examines at most."""
+"""Candidate rows a page with an action glob or free text examines at most."""
 MAX_BUCKETS = 2_000
 """Time buckets a chart may have; a longer range needs a coarser bucket."""
 BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -138,8 +141,12 @@ class Filters:
             out[item.name] = rfc3339(value) if item.name in ("since", "until") else str(value)
         return out
 
-    def where(self, dialect: str) -> tuple[list[str], list[Any]]:
-        """SQL conditions (``?`` placeholders) on audit_log, and their parameters."""
+    def where(self, dialect: str, *, common_rule: bool = False) -> tuple[list[str], list[Any]]:
+        """SQL conditions (``?`` placeholders) on audit_log, and their parameters.
+
+        common_rule: the rule filter matches many decisions, so a page is found soonest by
+        reading the log newest first and checking each decision's rules (one index probe
+        each); otherwise the rule's few decisions are looked up and sorted."""
         where: list[str] = []
         params: list[Any] = []
         if self.since is not None:
@@ -160,16 +167,9 @@ class Filters:
                 else:
                     where.append(f"{prefix}_id = ?")
                     params.append(value)
-        if self.action:
-            if not any(c in self.action for c in "*?["):
-                where.append("action = ?")
-                params.append(self.action)
-            elif dialect == "sqlite":
-                where.append("action GLOB ?")
-                params.append(self.action)
-            else:
-                where.append("action ~ ?")
-                params.append(glob_to_regex(self.action))
+        if self.action and not self.action_glob:
+            where.append("action = ?")
+            params.append(self.action)
         if self.app:
             where.append("app_id = ?")
             params.append(self.app)
@@ -180,36 +180,61 @@ class Filters:
             where.append("decision_id = ?")
             params.append(self.decision_id)
         if self.rule:
-            policy, sep, rule_id = self.rule.rpartition("/")
-            if sep and policy and rule_id:
+            rules, rule_params = self.rule_condition()
+            if common_rule:
                 where.append(
-                    f"seq IN (SELECT seq FROM {RULES} WHERE (rule_id = ? AND policy = ?) "
-                    "OR rule_id = ?)"
+                    f"EXISTS (SELECT 1 FROM {RULES} WHERE {RULES}.seq = {LOG}.seq AND {rules})"
                 )
-                params.extend([rule_id, policy, self.rule])
             else:
-                where.append(f"seq IN (SELECT seq FROM {RULES} WHERE rule_id = ?)")
-                params.append(self.rule)
+                where.append(f"seq IN (SELECT seq FROM {RULES} WHERE {rules})")
+            params.extend(rule_params)
         return where, params
 
-    def text_condition(self, dialect: str) -> tuple[str, list[Any]]:
-        """The free-text condition on a candidate row's reasons ("" when none)."""
-        if not self.text:
-            return "", []
-        pattern = "%" + _like_escape(self.text) + "%"
-        if dialect == "sqlite":
-            return (
-                "EXISTS (SELECT 1 FROM json_each(record, '$.reasons') "
-                "WHERE value LIKE ? ESCAPE '\\')",
-                [pattern],
-            )
-        # PostgreSQL's json cannot read \\u0000; such a (rare) record is simply not found.
-        return (
-            "(strpos(record, '\\u0000') = 0 AND EXISTS (SELECT 1 FROM "
-            "json_array_elements_text(record::json -> 'reasons') AS reason(value) "
-            "WHERE reason.value ILIKE ? ESCAPE '\\'))",
-            [pattern],
-        )
+    def rule_condition(self) -> tuple[str, list[Any]]:
+        """The rule filter on audit_rule: a rule id, or "policy/rule_id" (or a rule id that
+        itself holds a "/"). rule_id IN (…) comes first so the (rule_id, seq) index is used."""
+        policy, sep, rule_id = self.rule.rpartition("/")
+        if sep and policy and rule_id:
+            return "rule_id IN (?, ?) AND (policy = ? OR rule_id = ?)", [
+                rule_id,
+                self.rule,
+                policy,
+                self.rule,
+            ]
+        return "rule_id = ?", [self.rule]
+
+    @property
+    def action_glob(self) -> bool:
+        return any(c in self.action for c in "*?[")
+
+    def scan_conditions(self, dialect: str) -> tuple[list[str], list[Any]]:
+        """The conditions no index answers, checked on each candidate row: an action glob
+        and the free text in the decision's reasons."""
+        where: list[str] = []
+        params: list[Any] = []
+        if self.action and self.action_glob:
+            if dialect == "sqlite":
+                where.append("action GLOB ?")
+                params.append(self.action)
+            else:
+                where.append("action ~ ?")
+                params.append(glob_to_regex(self.action))
+        if self.text:
+            pattern = "%" + _like_escape(self.text) + "%"
+            if dialect == "sqlite":
+                where.append(
+                    "EXISTS (SELECT 1 FROM json_each(record, '$.reasons') "
+                    "WHERE value LIKE ? ESCAPE '\\')"
+                )
+            else:
+                # PostgreSQL's json cannot read \u0000: such a (rare) record is not found.
+                where.append(
+                    "(strpos(record, '\\u0000') = 0 AND EXISTS (SELECT 1 FROM "
+                    "json_array_elements_text(record::json -> 'reasons') AS reason(value) "
+                    "WHERE reason.value ILIKE ? ESCAPE '\\'))"
+                )
+            params.append(pattern)
+        return where, params
 
 
 def _like_escape(text: str) -> str:
@@ -354,14 +379,14 @@ class Page:
     next: Cursor | None
     """Where the next (older) page starts; None at the end of the log."""
     searched_to: float | None = None
-    """With a free-text filter, when the scan budget ran out before the page was full: the
-    time the search got back to (the next page goes on from there)."""
+    """With an action glob or free text, when the scan budget ran out before the page was full:
+    the time the search got back to (the next page goes on from there)."""
 
 
 def _page_sql(
-    filters: Filters, dialect: str, after: Cursor | None, limit: int
+    filters: Filters, dialect: str, after: Cursor | None, limit: int, common_rule: bool = False
 ) -> tuple[str, list[Any]]:
-    where, params = filters.where(dialect)
+    where, params = filters.where(dialect, common_rule=common_rule)
     if after is not None:
         # time <= ? narrows an index range read on any (…, time) index; the rest breaks ties.
         where.append("time <= ? AND (time < ? OR seq < ?)")
@@ -372,6 +397,30 @@ def _page_sql(
     return sql, params
 
 
+def page_query(
+    filters: Filters,
+    dialect: str,
+    after: Cursor | None = None,
+    *,
+    size: int = PAGE_SIZE,
+    scan: int = SCAN_BUDGET,
+    common_rule: bool = False,
+) -> tuple[str, list[Any]]:
+    """The query of one list page (size + 1 rows, to know whether there is another page):
+    an index range read newest first; with free text, over at most `scan` candidates."""
+    checks, check_params = filters.scan_conditions(dialect)
+    if not checks:
+        sql, params = _page_sql(filters, dialect, after, size + 1, common_rule)
+        return sql.format(columns=_LIST_COLUMNS), params
+    inner, params = _page_sql(filters, dialect, after, scan, common_rule)
+    candidates = inner.format(columns=f"{_LIST_COLUMNS}, record")
+    sql = (
+        f"SELECT {_LIST_COLUMNS} FROM ({candidates}) AS candidate WHERE {' AND '.join(checks)} "
+        "ORDER BY time DESC, seq DESC LIMIT ?"
+    )
+    return sql, [*params, *check_params, size + 1]
+
+
 def list_page(
     target: Target,
     filters: Filters,
@@ -379,29 +428,28 @@ def list_page(
     *,
     size: int = PAGE_SIZE,
     scan: int = SCAN_BUDGET,
+    common_rule: bool | None = None,
 ) -> Page:
-    """One page of decisions matching `filters`, newest first, below `after` when given."""
+    """One page of decisions matching `filters`, newest first, below `after` when given.
+    common_rule: how to find a rule's decisions (see Filters.where); None: by how many the
+    rule matched. Either way gives the same page."""
     with _opened(target) as db, db.snapshot():
-        text, text_params = filters.text_condition(db.dialect)
-        if not text:
-            sql, params = _page_sql(filters, db.dialect, after, size + 1)
-            rows = [_row(r) for r in db.execute(sql.format(columns=_LIST_COLUMNS), params)]
-            more = len(rows) > size
-            rows = _with_rules(db, rows[:size])
-            return Page(rows, Cursor(rows[-1].time, rows[-1].seq) if more else None)
-        # Free text: at most `scan` candidates (indexed filters, newest first), then the text.
-        inner, params = _page_sql(filters, db.dialect, after, scan)
-        candidates = inner.format(columns=f"{_LIST_COLUMNS}, record")
-        sql = (
-            f"SELECT {_LIST_COLUMNS} FROM ({candidates}) AS candidate WHERE {text} "
-            "ORDER BY time DESC, seq DESC LIMIT ?"
+        common = (
+            common_rule
+            if common_rule is not None
+            else bool(filters.rule) and is_common_rule(db, filters)
         )
-        found = [_row(r) for r in db.execute(sql, [*params, *text_params, size + 1])]
+        sql, params = page_query(
+            filters, db.dialect, after, size=size, scan=scan, common_rule=common
+        )
+        found = [_row(r) for r in db.execute(sql, params)]
         if len(found) > size:
             rows = _with_rules(db, found[:size])
             return Page(rows, Cursor(rows[-1].time, rows[-1].seq))
+        if not filters.scan_conditions(db.dialect)[0]:
+            return Page(_with_rules(db, found), None)
         # Fewer than a page: either the candidates ran out (the end) or the budget did.
-        last_sql, last_params = _page_sql(filters, db.dialect, after, 1)
+        last_sql, last_params = _page_sql(filters, db.dialect, after, 1, common)
         last = db.execute(
             last_sql.format(columns="time, seq") + " OFFSET ?", [*last_params, scan - 1]
         ).fetchone()
@@ -410,6 +458,21 @@ def list_page(
             return Page(rows, None)
         stop = Cursor(float(last[0]), int(last[1]))
         return Page(rows, stop, searched_to=stop.time)
+
+
+COMMON_RULE = 5_000
+"""A rule that matched at least this many decisions is "common" (see Filters.where)."""
+
+
+def is_common_rule(db: AuditDb, filters: Filters) -> bool:
+    """Whether the rule filter matches at least COMMON_RULE decisions (an index range count,
+    stopped there)."""
+    rules, params = filters.rule_condition()
+    (found,) = db.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM {RULES} WHERE {rules} LIMIT ?) AS matched",
+        [*params, COMMON_RULE],
+    ).fetchone()
+    return int(found) >= COMMON_RULE
 
 
 # -- one decision -----------------------------------------------------------------------------
@@ -497,10 +560,9 @@ def export_records(target: Target, filters: Filters) -> Iterator[dict[str, Any]]
     iterator to release the connection."""
     with _opened(target) as db, db.snapshot():
         where, params = filters.where(db.dialect)
-        text, text_params = filters.text_condition(db.dialect)
-        if text:
-            where.append(text)
-            params.extend(text_params)
+        checks, check_params = filters.scan_conditions(db.dialect)
+        where.extend(checks)
+        params.extend(check_params)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         sql = f"SELECT record FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
         parts = _PartReader(db)
@@ -513,10 +575,9 @@ def export_rows(target: Target, filters: Filters) -> Iterator[Row]:
     """Every list row matching `filters`, newest first, from one snapshot, streamed."""
     with _opened(target) as db, db.snapshot():
         where, params = filters.where(db.dialect)
-        text, text_params = filters.text_condition(db.dialect)
-        if text:
-            where.append(text)
-            params.extend(text_params)
+        checks, check_params = filters.scan_conditions(db.dialect)
+        where.extend(checks)
+        params.extend(check_params)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         sql = f"SELECT {_LIST_COLUMNS} FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
         with contextlib.closing(db.iterate(sql, params)) as cursor:
@@ -577,46 +638,50 @@ def stats(target: Target, since: float, until: float, bucket: str, top: int = 10
             "range or a coarser bucket"
         )
     span = [since, until]
-    deny = "sum(CASE WHEN effect = 'DENY' THEN 1 ELSE 0 END)"
+    # One count per bucket, each an index range read (covering on SQLite: no table row is
+    # read), the buckets made by a recursive CTE (both backends). Grouping a computed bucket
+    # instead would sort every row of the range.
+    per_bucket = (
+        "WITH RECURSIVE bucket(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM bucket WHERE i < ?) "
+        f"SELECT i, (SELECT count(*) FROM {LOG} WHERE {{only}}time >= ? + i * ? "
+        "AND time < ? + (i + 1) * ? AND time >= ? AND time < ?) FROM bucket"
+    )
+    bucket_params = [count - 1, start, width, start, width, *span]
+    # Keys are grouped as expressions (coalesce), which no index orders: SQLite then reads the
+    # denies by (effect, time) instead of walking a whole (key, time) index.
+    deny_in_range = "WHERE effect = 'DENY' AND time >= ? AND time < ?"
     with _opened(target) as db, db.snapshot():
-        slot = (
-            "CAST((time - ?) / ? AS INTEGER)"
-            if db.dialect == "sqlite"
-            else "CAST(floor((time - ?) / ?) AS BIGINT)"
+        totals = dict(db.execute(per_bucket.format(only=""), bucket_params).fetchall())
+        denies = dict(
+            db.execute(per_bucket.format(only="effect = 'DENY' AND "), bucket_params).fetchall()
         )
-        by_slot = {
-            int(index): (int(n), int(d or 0))
-            for index, n, d in db.execute(
-                f"SELECT {slot} AS slot, count(*), {deny} FROM {LOG} "
-                "WHERE time >= ? AND time < ? GROUP BY 1",
-                [start, width, *span],
-            )
-        }
+        by_slot = {int(i): (int(n), int(denies.get(i, 0))) for i, n in totals.items()}
 
         def top_denied(column: str) -> list[tuple[str, int]]:
             sql = (
-                f"SELECT {column} AS key, count(*) AS n FROM {LOG} "
-                "WHERE effect = 'DENY' AND time >= ? AND time < ? "
-                f"GROUP BY {column} ORDER BY n DESC, key LIMIT ?"
+                f"SELECT coalesce({column}, '') AS key, count(*) AS n FROM {LOG} "
+                f"{deny_in_range} GROUP BY 1 ORDER BY n DESC, key LIMIT ?"
             )
-            return [(str(k or ""), int(n)) for k, n in db.execute(sql, [*span, top])]
+            return [(str(k), int(n)) for k, n in db.execute(sql, [*span, top])]
 
         actions = top_denied("action")
         callers = top_denied("caller")
-        principals = [
-            (_ref(t, i), int(n))
-            for t, i, n in db.execute(
-                f"SELECT principal_type, principal_id, count(*) AS n FROM {LOG} "
-                "WHERE effect = 'DENY' AND time >= ? AND time < ? "
-                "GROUP BY principal_type, principal_id "
-                "ORDER BY n DESC, principal_type, principal_id LIMIT ?",
-                [*span, top],
-            )
-        ]
+        principals = top_denied(
+            "CASE WHEN principal_type <> '' THEN principal_type || ':' ELSE '' END "
+            "|| coalesce(principal_id, '')"
+        )
+        denied_by_revision = dict(
+            db.execute(
+                f"SELECT coalesce(policy_revision, ''), count(*) FROM {LOG} {deny_in_range} "
+                "GROUP BY 1",
+                span,
+            ).fetchall()
+        )
+        # Grouped by the column itself: SQLite reads only the (policy_revision, time) index.
         revisions = [
-            (str(r or ""), float(first), int(n), int(d or 0))
-            for r, first, n, d in db.execute(
-                f"SELECT policy_revision, min(time), count(*), {deny} FROM {LOG} "
+            (str(r or ""), float(first), int(n), int(denied_by_revision.get(r or "", 0)))
+            for r, first, n in db.execute(
+                f"SELECT policy_revision, min(time), count(*) FROM {LOG} "
                 "WHERE time >= ? AND time < ? GROUP BY policy_revision ORDER BY 2",
                 span,
             )
