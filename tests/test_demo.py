@@ -3,6 +3,8 @@ end by itself."""
 
 from __future__ import annotations
 
+import re
+
 from tests.binary import authz
 
 
@@ -24,3 +26,5 @@ def test_demo_shows_logins_refusals_decisions_and_a_verified_audit_log() -> None
     assert "matched deny  sso-only/sso-users-never-change-authentication" in out
     assert "chain: audit log OK" in out
     assert "caller:   dashboard" in out
+    # It ends with the audit review pages' address and how to log in (issue 15).
+    assert re.search(r"http://127\.0\.0\.1:\d+/audit\n  log in: paste the token \S+ into", out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +21,11 @@ from authz.devtools.dev_world import PERSONAL_ADDON, TEAM_ADDON, DevWorld, dev_w
 from authz.devtools.sso_forms import heroku_sso_form
 from authz.server.app import Service
 
-# Two partner services: the web tier (which also provisions, so it is an admin) and the dashboard.
+# Two partner services: the web tier (which also provisions, so it is an admin) and the dashboard;
+# and the partner's compliance staff, who review the audit log in a browser (AUTHZ_REVIEWERS).
 WEB_TIER_TOKEN = secrets.token_urlsafe(32)
 DASHBOARD_TOKEN = secrets.token_urlsafe(32)
+REVIEWER_TOKEN = secrets.token_urlsafe(32)
 
 
 def say(text: str = "") -> None:
@@ -72,11 +75,14 @@ async def run_demo(policy_dir: Path) -> None:
         world_context = dev_world(
             Path(data_dir),
             policy_dir,
+            http_listen="127.0.0.1:0",
             callers=(
                 CallerToken.of("web-tier", WEB_TIER_TOKEN),
                 CallerToken.of("dashboard", DASHBOARD_TOKEN),
+                CallerToken.of("compliance", REVIEWER_TOKEN),
             ),
             admins=frozenset({"web-tier"}),
+            reviewers=frozenset({"compliance"}),
         )
         async with world_context as world:
             service = world.service
@@ -91,7 +97,8 @@ async def run_demo(policy_dir: Path) -> None:
                 AsyncAuthzClient(service.address, token=DASHBOARD_TOKEN) as dashboard,
             ):
                 await script(Partner(world, web_tier, dashboard))
-        report_audit(service)
+            report_audit(service)
+            await offer_review(service)
 
 
 async def script(partner: Partner) -> None:
@@ -173,6 +180,20 @@ def report_audit(service: Service) -> None:
     if entry is not None:
         say(f"\n`authz audit show {denied['decision_id']}` explains a denial:\n")
         say(explain(entry))
+
+
+async def offer_review(service: Service) -> None:
+    """The review URL and how to log in; in a terminal, the server stays up until Enter."""
+    assert service.http is not None
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    say("\nReview these decisions in a browser (for reviewers: the demo's is caller compliance):")
+    say(f"  {service.http.url}/audit")
+    say(f"  log in: paste the token {REVIEWER_TOKEN} into the form there")
+    if interactive:
+        say("The demo keeps serving until you press Enter.")
+        await asyncio.to_thread(sys.stdin.readline)
+    else:
+        say("(not a terminal: the demo stops now; run `make demo` in a terminal to browse it)")
 
 
 def main(policy_dir: Path) -> int:

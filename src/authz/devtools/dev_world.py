@@ -63,6 +63,7 @@ async def dev_world(
     heroku_listen: str = "127.0.0.1:0",
     callers: tuple[CallerToken, ...] = (),
     admins: frozenset[str] = frozenset(),
+    reviewers: frozenset[str] = frozenset(),
     watch_interval: float | None = None,
 ) -> AsyncIterator[DevWorld]:
     """Start the simulator and a server wired to it (its Platform API, OAuth and SSO salt);
@@ -88,6 +89,7 @@ async def dev_world(
             token_key=DEV_TOKEN_KEY,
             caller_tokens=callers,
             admins=admins,
+            reviewers=reviewers,
         )
         service = await start_service(settings, watch_interval=watch_interval)
         try:
