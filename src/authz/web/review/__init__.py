@@ -345,8 +345,8 @@ class Review:
         except ValueError as exc:
             raise HttpError(400, f"{exc}") from None
         revision_rates = [
-            (f"{rev or '(none)'} since {_when(first)} ({denied}/{total} denied)", total)
-            for rev, first, total, denied in numbers.revisions
+            (f"{rev[:12] or '(none)'} ({denied}/{total} denied)", total)
+            for rev, _, total, denied in numbers.revisions
         ]
         return self.html(
             request,

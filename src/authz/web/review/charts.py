@@ -19,13 +19,17 @@ TIME_HEIGHT = 260
 LEFT = 56
 BOTTOM = 28
 TOP = 12
-BAR_ROW = 24
-LABEL_WIDTH = 300
+BAR_ROW = 22
+BARS_WIDTH = 620
+LABEL_WIDTH = 250
+LABEL_CHARS = 30
 
 
-def _svg(width: int, height: int, title: str, desc: str, body: list[str], chart_id: str) -> Markup:
+def _svg(
+    width: int, height: int, title: str, desc: str, body: list[str], chart_id: str, kind: str
+) -> Markup:
     return Markup(
-        f'<svg class="chart" id="{escape(chart_id)}" viewBox="0 0 {width} {height}" '
+        f'<svg class="chart {kind}" id="{escape(chart_id)}" viewBox="0 0 {width} {height}" '
         f'width="100%" role="img" aria-labelledby="{escape(chart_id)}-t {escape(chart_id)}-d" '
         f'xmlns="http://www.w3.org/2000/svg">'
         f'<title id="{escape(chart_id)}-t">{escape(title)}</title>'
@@ -95,8 +99,9 @@ def over_time(series: Sequence[tuple[float, int, int]], bucket: str, chart_id: s
         if i >= len(series):
             continue
         x = LEFT + i * step + step / 2
+        anchor = "start" if k == 0 and ticks > 1 else "end" if k == ticks - 1 else "middle"
         body.append(
-            f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="middle">'
+            f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="{anchor}">'
             f"{escape(_tick_label(series[i][0], bucket))}</text>"
         )
     total = sum(n for _, n, _ in series)
@@ -105,7 +110,8 @@ def over_time(series: Sequence[tuple[float, int, int]], bucket: str, chart_id: s
         f"{total} decisions in {len(series)} {bucket}s, {denied} of them denied; "
         f"the busiest {bucket} had {max((n for _, n, _ in series), default=0)}."
     )
-    return _svg(WIDTH, height, f"Decisions and denies per {bucket}", desc, body, chart_id)
+    title = f"Decisions and denies per {bucket}"
+    return _svg(WIDTH, height, title, desc, body, chart_id, "over-time")
 
 
 def bars(
@@ -119,7 +125,7 @@ def bars(
 ) -> Markup:
     """Horizontal bars, one row per item, labelled; lengths from the counts (or `fractions`)."""
     height = TOP + BAR_ROW * max(1, len(items)) + 8
-    plot_w = WIDTH - LABEL_WIDTH - 80
+    plot_w = BARS_WIDTH - LABEL_WIDTH - 60
     largest = max((n for _, n in items), default=0) or 1
     body: list[str] = []
     if not items:
@@ -128,7 +134,7 @@ def bars(
         y = TOP + row * BAR_ROW
         share = fractions[row] if fractions is not None else count / largest
         width = max(plot_w * share, 1.0)
-        shown = label if len(label) <= 44 else label[:43] + "…"
+        shown = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
         value = f"{share:.1%}" if fractions is not None else f"{count}{suffix}"
         body.append(
             f'<text class="label" x="{LABEL_WIDTH - 8}" y="{y + 15}" text-anchor="end">'
@@ -139,4 +145,4 @@ def bars(
             f"{escape(value)}</text>"
         )
     desc = "; ".join(f"{label}: {count}" for label, count in items) or "nothing to show"
-    return _svg(WIDTH, height, title, desc, body, chart_id)
+    return _svg(BARS_WIDTH, height, title, desc, body, chart_id, "bars")
