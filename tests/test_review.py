@@ -20,11 +20,13 @@ import grpc
 import httpx
 import pytest
 
-from authz.audit import browse, query
+from authz.audit import browse, migrate_audit, query
+from authz.audit.schema import open_audit
 from authz.config import CallerToken, ConfigError, Settings
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 from tests.conftest import RunningService, write_policy_dir
+from tests.pg import BACKENDS, use_backend
 
 TOKENS = {
     "compliance": "tok-compliance-0123456789",
@@ -384,3 +386,54 @@ def test_reviewers_must_be_callers_who_can_authenticate(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'compliance', which no entry of AUTHZ_CALLER_TOKENS"):
         Settings.from_env({**env, "AUTHZ_REVIEWERS": "compliance"})
     assert Settings.from_env({**env, "AUTHZ_REVIEWERS": " web "}).reviewers == {"web"}
+
+
+# -- the index migration ----------------------------------------------------------------------
+
+REVIEW_INDEXES = {"caller", "effect"}
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_a_log_from_before_the_review_pages_gets_their_indexes(
+    backend_name: str, tmp_path: Path
+) -> None:
+    with use_backend(backend_name, tmp_path) as backend:
+        target = tmp_path / "audit.db" if backend_name == "sqlite" else backend.target
+        assert migrate_audit(target) == [1, 2, 3]
+        db = open_audit(target)
+        try:
+            # Back to version 2: without the indexes version 3 adds.
+            for column in REVIEW_INDEXES:
+                name = (
+                    f"idx_audit_log_{column}_time"
+                    if backend_name == "sqlite"
+                    else f"audit_log_{column}_time"
+                )
+                db.execute(f"DROP INDEX {name}")
+            if backend_name == "sqlite":
+                db.execute("PRAGMA user_version = 2")
+            else:
+                db.execute("DELETE FROM audit_schema_version WHERE version = 3")
+        finally:
+            db.close()
+        assert migrate_audit(target) == [3]
+        assert migrate_audit(target) == []
+        db = open_audit(target)
+        try:
+            plan_sql = "SELECT seq FROM audit_log WHERE caller = ? ORDER BY time DESC LIMIT 5"
+            if backend_name == "sqlite":
+                plan = " ".join(
+                    str(row[-1]) for row in db.execute("EXPLAIN QUERY PLAN " + plan_sql, ["x"])
+                )
+                assert "idx_audit_log_caller_time" in plan
+            else:
+                names = {
+                    str(row[0])
+                    for row in db.execute(
+                        "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_log' "
+                        "AND schemaname = current_schema()"
+                    )
+                }
+                assert {"audit_log_caller_time", "audit_log_effect_time"} <= names
+        finally:
+            db.close()
