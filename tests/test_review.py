@@ -365,10 +365,13 @@ def test_static_files_and_errors_carry_the_same_policy(site: Site) -> None:
         css = anonymous.get("/audit/static/review.css")
         missing = anonymous.get("/audit/static/nothing.js")
         form = anonymous.get("/audit/login")
+        changed = anonymous.post("/audit", content=b"x")  # no page changes anything
+        huge = anonymous.get("/audit", headers={"X-Padding": "x" * 20_000})
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert missing.status_code == 404
     assert form.status_code == 200
-    for response in (css, missing, form):
+    assert changed.status_code == 405 and huge.status_code == 431
+    for response in (css, missing, form, changed, huge):
         assert_strict_csp(response)
 
 
