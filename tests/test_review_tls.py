@@ -90,6 +90,8 @@ def test_in_development_mode_the_pages_are_open_and_say_so(
     assert page.status_code == 200
     assert "Development mode: no caller credentials are configured" in page.text
     assert page.text.count('class="copyable"') == 3
+    login = httpx.get(url(running, "/audit/login"), timeout=30)
+    assert "no login is needed" in login.text and 'name="token"' not in login.text
 
 
 def test_the_verify_page_shows_where_the_chain_breaks(
