@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -144,7 +146,7 @@ class ChainCheck:
     async def _run(self, target: Any) -> None:
         started = time.perf_counter()
         try:
-            self.report = await asyncio.to_thread(browse.verify_chain, target)
+            self.report = await _in_daemon_thread(browse.verify_chain, target)
             self.error = ""
         except AuditError as exc:
             self.error = str(exc)
@@ -153,6 +155,30 @@ class ChainCheck:
             self.error = f"verification failed ({type(exc).__name__}); the server log says why"
         self.took = time.perf_counter() - started
         self.finished_at = time.time()
+
+
+async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a thread of its own that does not hold up the process's exit: walking a
+    large chain takes long, only reads, and is not worth delaying a shutdown for (the default
+    executor's threads are waited for when the loop ends)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], object]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(lambda: future.done() or outcome())
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+            settle(lambda: future.set_exception(error))
+            return
+        settle(lambda: future.set_result(result))
+
+    threading.Thread(target=run, name="authz-review-verify", daemon=True).start()
+    return await future
 
 
 class Review:
