@@ -14,7 +14,7 @@ CERBOS := .tools/node_modules/$(CERBOS_PKG)/cerbos-linux-$(CERBOS_ARCH)
 # Where `make bench` writes its report; `make bench BENCH_OUT=docs/benchmarks.md` for the committed one.
 BENCH_OUT ?= data/bench/benchmarks.md
 
-.PHONY: install demo test lint proto proto-check bench clean
+.PHONY: install demo test lint chromium proto proto-check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,14 @@ lint: install $(BUF)
 	$(BIN)/ruff format --check src tests
 	$(BUF) lint
 
-test: lint
+# Page tests need Debian's chromium: installed here when missing and running as root (CI is root);
+# otherwise those tests are skipped and pytest says why.
+chromium:
+	@[ -x /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium could not be installed: the browser tests will be skipped"
+
+test: lint chromium
 	$(BIN)/python -m pytest -q
 
 # The benchmark suite (issues 7 and 19): installs the peers, h2load (Debian's nghttp2-client, as

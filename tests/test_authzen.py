@@ -856,3 +856,17 @@ def test_searchable_accepts_mappings_and_lists_of_ids(tmp_path: Path) -> None:
         ("subjects", "team", "data.org.teams"),
         ("resources", "doc", "data.docs"),
     ]
+
+
+def test_discovery_names_the_public_url_when_one_is_set(
+    serve: Callable[[Settings], Service], settings: Settings
+) -> None:
+    """Behind a router that ends TLS the request's own base URL says http://; the discovery
+    document must name the URL clients use (AUTHZ_PUBLIC_URL), resolved to the bound port."""
+    service = serve(replace(settings, public_url="http://localhost:0"))
+    assert service.http is not None
+    document = httpx.get(url(service, "/.well-known/authzen-configuration"), timeout=10).json()
+    public = f"http://localhost:{service.http.port}"
+    assert document["policy_decision_point"] == public
+    assert document["access_evaluation_endpoint"] == public + "/access/v1/evaluation"
+    assert document["search_action_endpoint"] == public + "/access/v1/search/action"

@@ -50,6 +50,7 @@ from authz.evaluations import (
     canonical,
 )
 from authz.policy.files import text_problem
+from authz.provisioning import Provisioning
 from authz.search import (
     Asked,
     SearchPage,
@@ -88,7 +89,7 @@ _MAX_NUMBER = 2**53  # I-JSON (RFC 7493 §2.2): integers beyond this are not exa
 
 
 def routes(parts: WebParts) -> RouteGroup:
-    api = AuthZen(parts.decider)
+    api = AuthZen(parts.decider, parts.provisioning)
     posts = {
         EVALUATION: api.evaluation,
         EVALUATIONS: api.evaluations,
@@ -103,7 +104,7 @@ def routes(parts: WebParts) -> RouteGroup:
                 route(path, _translating_errors(handler), access=Access.CALLER, methods=["POST"])
                 for path, handler in posts.items()
             ),
-            route(CONFIGURATION, configuration, access=Access.OPEN),
+            route(CONFIGURATION, api.configuration, access=Access.OPEN),
         ],
         prefix=PREFIX,
         render_error=render_error,
@@ -140,8 +141,16 @@ def _translating_errors(
 
 
 class AuthZen:
-    def __init__(self, decider: Decider) -> None:
+    def __init__(self, decider: Decider, provisioning: Provisioning | None = None) -> None:
         self.decider = decider
+        self.provisioning = provisioning  # holds AUTHZ_PUBLIC_URL once the listener is bound
+
+    async def configuration(self, request: Request, caller: str) -> Response:
+        """§ Policy Decision Point Metadata: every endpoint this listener serves, as absolute
+        URLs. The base is AUTHZ_PUBLIC_URL when set: behind Heroku's router, which ends TLS, the
+        request's own base URL would say http:// where clients use https://."""
+        public_url = self.provisioning.public_url if self.provisioning is not None else None
+        return metadata(public_url or str(request.base_url).rstrip("/"))
 
     async def evaluation(self, request: Request, caller: str) -> Response:
         """§ Access Evaluation API. The answer's context is authz's explanation (`explanation`)
@@ -251,12 +260,8 @@ class AuthZen:
         )
 
 
-async def configuration(request: Request, caller: str) -> Response:
-    """§ Policy Decision Point Metadata: every endpoint this listener serves, as absolute URLs."""
-    # TODO(lead): build from Settings.public_url (AUTHZ_PUBLIC_URL) once config.py has it. The
-    # request's own base URL is right for direct clients, but behind Heroku's router (which
-    # ends TLS) it says http:// where clients use https://.
-    base = str(request.base_url).rstrip("/")
+def metadata(base: str) -> JSONResponse:
+    """The PDP metadata document for a listener reached at `base`."""
     endpoints = {
         "access_evaluation_endpoint": EVALUATION,
         "access_evaluations_endpoint": EVALUATIONS,
