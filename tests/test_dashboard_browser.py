@@ -128,8 +128,8 @@ def test_the_owner_sees_every_allowed_function_and_changes_the_plan(
     page.click("#fn-plan button")
     assert "Plan changed to pro" in page.locator("[role=status]").inner_text()
     if os.environ.get("AUTHZ_UPDATE_SCREENSHOTS") == "1":  # the README's picture, on request
-        page.set_viewport_size({"width": 1100, "height": 640})
-        page.screenshot(path=str(SCREENSHOT))
+        page.set_viewport_size({"width": 1100, "height": 600})
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
 def test_a_collaborator_sees_no_plan_change_and_is_refused_when_sending_it(

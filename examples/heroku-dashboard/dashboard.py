@@ -316,7 +316,11 @@ class Dashboard:
         except AuthzUnavailable as exc:
             return self.unavailable(request, exc)
         except AuthzCallError as exc:
-            return self.page(request, "sso_refused.html", 403, error=exc, app=fields.get("app", ""))
+            # A malformed form (AuthzInvalid) is a 400, any other refusal a 403; both say why.
+            status = 400 if isinstance(exc, AuthzInvalid) else 403
+            return self.page(
+                request, "sso_refused.html", status, error=exc, app=fields.get("app", "")
+            )
         self.store.remember(
             session.session_token, Visit(fields.get("email", ""), fields.get("app", ""))
         )
