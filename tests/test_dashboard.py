@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -173,11 +174,12 @@ def test_changes_ask_authz_and_refuse_without_session_from_elsewhere_or_with_bad
     assert "only for the add-on it was issued for" in other.text
 
 
-@pytest.fixture
-def behind_a_tls_proxy(world: World) -> Iterator[str]:
-    """The example as it runs on Heroku: uvicorn trusting the router's X-Forwarded-Proto."""
+@contextmanager
+def example_on_its_own(authz_target: str) -> Iterator[str]:
+    """The example as it runs on Heroku: its own uvicorn, trusting the router's
+    X-Forwarded-Proto (here from loopback), talking to authz at `authz_target`."""
     module: Any = load_dashboard(ROOT / DEFAULT_DASHBOARD_DIR)
-    app = module.create_app(module.DashboardSettings(authz_target=world.up.address))
+    app = module.create_app(module.DashboardSettings(authz_target=authz_target))
     sock = socket.create_server(("127.0.0.1", 0))
     server = uvicorn.Server(
         uvicorn.Config(app, proxy_headers=True, forwarded_allow_ips="127.0.0.1", log_config=None)
@@ -196,11 +198,29 @@ def behind_a_tls_proxy(world: World) -> Iterator[str]:
         thread.join(10)
 
 
-def test_over_tls_the_cookie_is_secure_and_bound_to_the_host(
-    world: World, behind_a_tls_proxy: str
-) -> None:
-    reply = world.login("carol", behind_a_tls_proxy, **{"x-forwarded-proto": "https"})
+def test_over_tls_the_cookie_is_secure_and_bound_to_the_host(world: World) -> None:
+    with example_on_its_own(world.up.address) as url:
+        reply = world.login("carol", url, **{"x-forwarded-proto": "https"})
     assert reply.status_code == 303
     cookie = reply.headers["set-cookie"]
     assert cookie.startswith("__Host-authz_session=azs_")
     assert "; Secure" in cookie and "; HttpOnly" in cookie and "; Path=/" in cookie
+
+
+def test_without_authz_nothing_is_shown_or_changed(world: World) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        nobody = f"127.0.0.1:{closed.getsockname()[1]}"
+    cookies = dict(world.login("bob").cookies)
+    with example_on_its_own(nobody) as url:
+        page = httpx.get(f"{url}/addons/{world.resource_id}", cookies=cookies, timeout=30)
+        assert page.status_code == 503 and "cannot check your access" in page.text
+        assert "Settings" not in page.text
+        change = httpx.post(
+            f"{url}/addons/{world.resource_id}/settings",
+            data={"retention_days": "5"},
+            cookies=cookies,
+            timeout=30,
+        )
+        assert change.status_code == 503 and "Nothing was changed" in change.text
+        login = world.login("carol", url)
+        assert login.status_code == 503 and "set-cookie" not in login.headers

@@ -18,8 +18,9 @@ It uses the public Python client (``authz.client``) and nothing else of authz.
 Choices, written down (Heroku's current "Add-on Single Sign-On" article and the ownership
 guidelines):
 
-- ``nav-data`` is not rendered: Heroku marks it deprecated and no longer asks partners to inject
-  its navigation header. The field still reaches authz with the rest of the form.
+- ``nav-data`` is not rendered: it is deprecated, and the current article no longer asks partners
+  to inject Heroku's navigation header (its 2014 version did). The field still reaches authz with
+  the rest of the form.
 - SameSite=Lax, not Strict: Heroku's form is a cross-site POST followed by our redirect, and
   browsers do not send Strict cookies along such a chain, so Strict would log nobody in. Lax
   cookies are not sent on cross-site POSTs, and every POST here also checks ``Origin``.
