@@ -42,6 +42,18 @@ class World:
         self.sim = up.value("Heroku simulator")
         self.dashboard = up.value("example dashboard")
         self.authz = AuthzClient(up.address)
+        # The second of each user's last SSO form: two forms of one user within one second are
+        # the same form (a replay). `dev up` logged alice and erin in while starting.
+        now = int(time.time())
+        self.last_form = {"alice": now, "erin": now}
+
+    def fresh_second(self, user: str) -> None:
+        """Wait until a form for `user` cannot be the one they were last given."""
+        while int(time.time()) <= self.last_form.get(user, 0):
+            time.sleep(0.05)
+
+    def formed(self, user: str) -> None:
+        self.last_form[user] = int(time.time())
 
     def sim_json(self, method: str, path: str, **kwargs: Any) -> Any:
         reply = httpx.request(method, f"{self.sim}/__sim/{path}", timeout=10, **kwargs)
@@ -78,21 +90,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert "Traceback" not in up.stderr, up.stderr
 
 
-def later_second(world: World) -> None:
-    """`dev up` logged alice in while starting; Heroku's form for her in that same second
-    would be the same form again (a replay), so wait for the next second."""
-    start = int(time.time())
-    while int(time.time()) == start:
-        time.sleep(0.05)
-
-
 def open_from_heroku(page: Any, world: World, user: str, app: str = "acme-billing") -> None:
     """Click the user's "Open" link for the app's add-on on the simulator's page."""
     page.goto(f"{world.sim}/__sim/dashboard")
+    world.fresh_second(user)
     page.locator(f'#app-{app} tr[data-user="{user}"] a.open').first.click()
     # The simulator's page POSTs the signed form to the dashboard as soon as it loads.
     page.wait_for_url(f"{world.dashboard}/**")
     page.wait_for_load_state("load")
+    world.formed(user)
 
 
 def functions(page: Any) -> set[str]:
@@ -113,7 +119,6 @@ def assert_no_forbidden_function(page: Any) -> None:
 def test_the_owner_sees_every_allowed_function_and_changes_the_plan(
     world: World, page: Any
 ) -> None:
-    later_second(world)
     open_from_heroku(page, world, "alice")
     assert page.url.startswith(f"{world.dashboard}/addons/")
     assert functions(page) == {"view", "data", "settings", "plan"}
@@ -180,7 +185,9 @@ def test_a_user_not_on_the_app_is_refused_with_a_readable_page(world: World, pag
 
 
 def test_a_replayed_form_is_refused(world: World, page: Any) -> None:
+    world.fresh_second("carol")
     form = world.sim_json("GET", f"sso/{ACME}/carol/form")
+    world.formed("carol")
     submit = auto_submit_page(f"{world.dashboard}/heroku/sso", form)
     page.set_content(submit)
     page.wait_for_url(f"{world.dashboard}/addons/*")
@@ -214,6 +221,21 @@ def test_a_revoked_session_is_sent_back_to_heroku(world: World, page: Any) -> No
     page.reload()
     assert "open this add-on again from Heroku" in page.locator("h1").inner_text()
     assert page.context.cookies() == []
+
+
+def test_a_deprovisioned_addon_sends_its_users_back_to_heroku(world: World, page: Any) -> None:
+    open_from_heroku(page, world, "grace", app="globex-api")
+    # A team member with deploy but not manage: no plan change, whatever the owners-only rule.
+    assert functions(page) == {"view", "data", "settings"}
+    resource_id = page.url.rsplit("/addons/", 1)[1]
+    # What the partner's provisioning endpoint does when Heroku deprovisions the add-on.
+    ended = world.authz.deprovision_addon(resource_id)
+    assert ended.addon.state == "deprovisioned" and ended.sessions_revoked >= 1
+    page.reload()
+    assert "open this add-on again from Heroku" in page.locator("h1").inner_text()
+    assert page.context.cookies() == []
+    open_from_heroku(page, world, "grace", app="globex-api")
+    assert page.locator("#refusal-code").inner_text() == "ADDON_DEPROVISIONED"
 
 
 def test_removing_the_user_on_heroku_ends_their_access(world: World, page: Any) -> None:
