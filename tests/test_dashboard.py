@@ -109,6 +109,11 @@ def test_the_sso_url_keeps_only_the_session_token_in_a_locked_down_cookie(world:
     page = httpx.get(f"{world.dashboard}{reply.headers['location']}", cookies={name: value})
     assert page.status_code == 200 and "carol@contractor.example" in page.text
     assert page.headers["cache-control"] == "no-store"
+    # The site's root leads back to the session's add-on, or says to come from Heroku.
+    home = httpx.get(f"{world.dashboard}/", cookies={name: value})
+    assert home.status_code == 303 and home.headers["location"] == reply.headers["location"]
+    stranger = httpx.get(f"{world.dashboard}/")
+    assert stranger.status_code == 403 and "open this add-on again from Heroku" in stranger.text
 
 
 def test_sso_posts_that_are_not_heroku_forms_are_refused_saying_why(world: World) -> None:

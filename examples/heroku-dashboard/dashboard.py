@@ -61,7 +61,8 @@ from authz.client import (
     AsyncAuthzClient,
     AuthzCallError,
     AuthzInvalid,
-    AuthzUnavailable,
+    AuthzNotFound,
+    AuthzRefused,
     Decision,
     Resource,
     Tls,
@@ -171,10 +172,11 @@ class AddonRecord:
 
 @dataclass(frozen=True)
 class Visit:
-    """Display data from the SSO form; never a privilege."""
+    """Display data from the SSO form, and the add-on the session is for; never a privilege."""
 
     email: str
     app: str
+    resource_id: str
 
 
 class Store:
@@ -298,13 +300,20 @@ class Dashboard:
         return response
 
     def unavailable(self, request: Request, exc: AuthzCallError) -> Response:
-        log.warning("authz did not answer: %s", exc)
+        """authz did not answer (or refused this dashboard as a caller: a configuration error,
+        logged): nothing is shown or changed."""
+        log.warning("no answer from authz: %s", exc)
         return self.page(request, "unavailable.html", 503)
 
     # routes
 
     async def home(self, request: Request) -> Response:
-        return self.relogin(request, "This dashboard is opened from Heroku.")
+        visit = self.store.visit(request.cookies.get(cookie_name(request)))
+        if visit is not None:
+            return RedirectResponse(f"/addons/{visit.resource_id}", status_code=303)
+        return self.page(
+            request, "relogin.html", 403, why="This dashboard is opened from Heroku.", app=""
+        )
 
     async def sso(self, request: Request) -> Response:
         """Heroku's SSO form: exchanged unchanged for an authz session, or refused with why."""
@@ -314,16 +323,17 @@ class Dashboard:
             return self.page(request, "bad_request.html", 400, why=str(exc))
         try:
             session = await self.authz.exchange_sso(fields, request_id=_request_id(request))
-        except AuthzUnavailable as exc:
-            return self.unavailable(request, exc)
-        except AuthzCallError as exc:
-            # A malformed form (AuthzInvalid) is a 400, any other refusal a 403; both say why.
+        except (AuthzRefused, AuthzNotFound, AuthzInvalid) as exc:
+            # The login is refused (a malformed form is a 400, any other refusal a 403): say why.
             status = 400 if isinstance(exc, AuthzInvalid) else 403
             return self.page(
                 request, "sso_refused.html", status, error=exc, app=fields.get("app", "")
             )
+        except AuthzCallError as exc:  # no answer: the form may be tried again
+            return self.unavailable(request, exc)
         self.store.remember(
-            session.session_token, Visit(fields.get("email", ""), fields.get("app", ""))
+            session.session_token,
+            Visit(fields.get("email", ""), fields.get("app", ""), session.resource_id),
         )
         response = RedirectResponse(f"/addons/{session.resource_id}", status_code=303)
         response.set_cookie(
@@ -349,10 +359,10 @@ class Dashboard:
                 session=token,
                 request_id=_request_id(request),
             )
-        except AuthzUnavailable as exc:
-            return self.unavailable(request, exc)
         except AuthzInvalid:
             return self.page(request, "bad_request.html", 400, why="No such add-on.")
+        except AuthzCallError as exc:  # unreachable, or refusing this dashboard: fail closed
+            return self.unavailable(request, exc)
         if VIEW not in allowed:
             return self.relogin(
                 request, "Your session has ended or your access changed.", allowed.decision(VIEW)
@@ -404,10 +414,10 @@ class Dashboard:
                     decision=decision,
                     resource_id=resource_id,
                 )
-        except AuthzUnavailable as exc:
-            return self.unavailable(request, exc)
         except AuthzInvalid:
             return self.page(request, "bad_request.html", 400, why="No such add-on.")
+        except AuthzCallError as exc:  # unreachable, or refusing this dashboard: fail closed
+            return self.unavailable(request, exc)
         if not function.sso_users:
             # authz allowed an account function to an SSO session: a policy mistake. Heroku's
             # guidelines forbid it here whatever the policy says, so refuse anyway.
