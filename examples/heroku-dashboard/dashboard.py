@@ -163,11 +163,19 @@ class DashboardSettings:
 # -- the add-on's own data (the partner's side; in memory for the example) --------------------
 
 
+@dataclass(frozen=True)
+class Change:
+    """A change made from the dashboard, with the id of the authz decision that allowed it."""
+
+    what: str
+    decision_id: str
+
+
 @dataclass
 class AddonRecord:
     retention_days: int = 30
     plan: str = ""  # "": as provisioned on Heroku
-    changes: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -228,6 +236,11 @@ CHANGES: dict[str, Callable[[AddonRecord, Mapping[str, str]], str]] = {
     "settings": change_settings,
     "plan": change_plan,
 }
+NOTICES: dict[str, Callable[[AddonRecord], str]] = {
+    "settings": lambda record: f"Retention set to {record.retention_days} days.",
+    "plan": lambda record: f"Plan changed to {record.plan}.",
+}
+"""What the page says after a change (``?done=``), from the add-on's state."""
 
 
 # -- the web app -------------------------------------------------------------------------------
@@ -368,16 +381,17 @@ class Dashboard:
                 request, "Your session has ended or your access changed.", allowed.decision(VIEW)
             )
         visit = self.store.visit(token)
-        notice = request.query_params.get("done", "")
+        record = self.store.addon(resource_id)
+        done = request.query_params.get("done", "")
         return self.page(
             request,
             "dashboard.html",
             resource_id=resource_id,
             functions=shown(allowed),
-            record=self.store.addon(resource_id),
+            record=record,
             plans=PLANS,
             visit=visit,
-            notice=notice if notice in {f.key for f in FUNCTIONS} else "",
+            notice=NOTICES[done](record) if done in NOTICES else "",
         )
 
     async def act(self, request: Request) -> Response:
@@ -439,7 +453,7 @@ class Dashboard:
             done = CHANGES[function.key](record, await read_form(request))
         except InputError as exc:
             return self.page(request, "bad_request.html", 400, why=str(exc))
-        record.changes.append(f"{done} (decision {decision.decision_id})")
+        record.changes.append(Change(done, decision.decision_id))
         return RedirectResponse(f"/addons/{resource_id}?done={function.key}", status_code=303)
 
 
