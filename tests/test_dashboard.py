@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ import uvicorn
 
 from authz.client import AuthzClient, Resource
 from authz.devtools.dev_world import DEFAULT_DASHBOARD_DIR, load_dashboard
-from tests.binary import DevUp
+from tests.binary import DevUp, authz
 from tests.conftest import ROOT
 
 ACME = "authz-curved-12345"  # acme-billing: alice owns it, bob and carol are collaborators
@@ -229,3 +230,19 @@ def test_without_authz_nothing_is_shown_or_changed(world: World) -> None:
         assert change.status_code == 503 and "Nothing was changed" in change.text
         login = world.login("carol", url)
         assert login.status_code == 503 and "set-cookie" not in login.headers
+
+
+def test_dev_up_says_where_the_example_should_be_when_it_is_missing(tmp_path: Path) -> None:
+    missing = authz(
+        "dev",
+        "up",
+        "--dashboard",
+        "--dashboard-dir",
+        str(tmp_path / "nowhere"),
+        "--data",
+        str(tmp_path / "dev"),
+        timeout=60,
+    )
+    assert missing.returncode == 1
+    assert f"no example dashboard at {tmp_path / 'nowhere' / 'dashboard.py'}" in missing.stderr
+    assert "--dashboard-dir" in missing.stderr

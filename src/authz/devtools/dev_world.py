@@ -153,12 +153,10 @@ class _DashboardServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def example_dashboard(
-    world: DevWorld, listen: str, example_dir: Path = DEFAULT_DASHBOARD_DIR
-) -> AsyncIterator[str]:
-    """Serve the example dashboard against `world` on `listen` and point the simulator's
-    "open add-on" button (the manifest's sso_url) at it; yields its URL."""
-    module = load_dashboard(example_dir)
+async def example_dashboard(world: DevWorld, listen: str, module: ModuleType) -> AsyncIterator[str]:
+    """Serve the example dashboard (`module`, from load_dashboard) against `world` on `listen`
+    and point the simulator's "open add-on" button (the manifest's sso_url) at it; yields its
+    URL."""
     settings = module.DashboardSettings(
         authz_target=world.service.address,
         heroku_dashboard_url=f"{world.sim.base_url}/__sim/dashboard",
@@ -398,6 +396,8 @@ async def dev_up(options: DevUp, out: TextIO = sys.stdout) -> None:
             f"no policy directory at {options.policy_dir}: run this from the repository's root "
             "or give --policies DIR"
         )
+    # Loaded before anything starts, so that a missing example or Jinja2 is said at once.
+    dashboard = load_dashboard(options.dashboard_dir) if options.dashboard else None
     with exclusive(options.data_dir):
         try:
             world_context = dev_world(
@@ -413,9 +413,9 @@ async def dev_up(options: DevUp, out: TextIO = sys.stdout) -> None:
                 async with AsyncAuthzClient(world.service.address) as client:
                     prepared = await prepare(world, client)
                 dashboard_url = None
-                if options.dashboard:
+                if dashboard is not None:
                     dashboard_url = await stack.enter_async_context(
-                        example_dashboard(world, options.dashboard_listen, options.dashboard_dir)
+                        example_dashboard(world, options.dashboard_listen, dashboard)
                     )
                 print(banner(world, prepared, options, dashboard_url), file=out, flush=True)
                 await stop.wait()
