@@ -14,11 +14,11 @@ safe from many threads, or many tasks for the async one); ``close()`` ends it.
 - **Deadlines.** Every call has one: ``timeout`` seconds (``DEFAULT_TIMEOUT``, 5 s, more than
   the server's default 2 s wait for Heroku facts) unless the call passes its own.
 - **Retries, only where safe.** gRPC retries any call transparently when the request never left
-  the client. Beyond that, the reads ``Check``, ``CheckBatch``, ``GetPolicyStatus`` and
-  ``QueryDecisions`` are retried on ``UNAVAILABLE`` (at most 3 attempts in all, within the
-  call's deadline, with gRPC's retry throttling so a server that is down is not hammered): a
-  decision that could not be recorded was not answered, so asking again is harmless. Calls that
-  change state or spend something single-use (``ExchangeSso`` spends the form,
+  the client. Beyond that, the reads ``Check``, ``CheckBatch``, ``ListAllowedActions``,
+  ``GetPolicyStatus`` and ``QueryDecisions`` are retried on ``UNAVAILABLE`` (at most 3 attempts
+  in all, within the call's deadline, with gRPC's retry throttling so a server that is down is
+  not hammered): a decision that could not be recorded was not answered, so asking again is
+  harmless. Calls that change state or spend something single-use (``ExchangeSso`` spends the form,
   ``RegisterAddon`` the OAuth grant) are never retried: a second attempt could be refused as a
   replay after the first one worked.
 - **Credentials.** ``token`` sends ``authorization: Bearer <token>`` with every call;
@@ -58,7 +58,9 @@ from authz.v1 import authorization_pb2_grpc as pb_grpc
 __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
+    "ActionDecision",
     "Addon",
+    "AllowedActions",
     "AsyncAuthzClient",
     "AuthzCallError",
     "AuthzClient",
@@ -94,6 +96,7 @@ DEFAULT_TIMEOUT = 5.0
 RETRIED_READS = (
     ("authz.v1.AuthorizationService", "Check"),
     ("authz.v1.AuthorizationService", "CheckBatch"),
+    ("authz.v1.AuthorizationService", "ListAllowedActions"),
     ("authz.v1.AdminService", "GetPolicyStatus"),
     ("authz.v1.AdminService", "QueryDecisions"),
 )
@@ -249,6 +252,31 @@ class Decision:
     matched_rules: tuple[MatchedRule, ...] = ()
     reasons: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ActionDecision:
+    """One action considered by ``list_allowed_actions`` and its explained decision."""
+
+    action: str
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedActions:
+    """What a subject may do on one resource: ``actions`` are the allowed ones, in the order
+    considered; ``decisions`` explain every action considered, allowed or not (each with its
+    audit record's id)."""
+
+    actions: tuple[str, ...]
+    decisions: tuple[ActionDecision, ...]
+
+    def __contains__(self, action: object) -> bool:
+        return action in self.actions
+
+    def decision(self, action: str) -> Decision | None:
+        """The decision on `action`; None if it was not considered."""
+        return next((d.decision for d in self.decisions if d.action == action), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +496,27 @@ def batch_request(items: Sequence[CheckItem], options: CheckOptions) -> pb.Check
         context=_struct(options.get("context"), "context"),
         request_id=options.get("request_id", ""),
     )
+
+
+def allowed_actions_request(
+    resource: Entity | str, actions: Sequence[str], options: CheckOptions
+) -> pb.ListAllowedActionsRequest:
+    if isinstance(actions, str):
+        raise ValueError("actions is a list of action names, not one string")
+    return pb.ListAllowedActionsRequest(
+        **_subject(options),
+        resource=_resource(resource),
+        context=_struct(options.get("context"), "context"),
+        actions=list(actions),
+        request_id=options.get("request_id", ""),
+    )
+
+
+def allowed_actions_of(reply: pb.ListAllowedActionsResponse) -> AllowedActions:
+    decisions = tuple(ActionDecision(d.action, decision_of(d.decision)) for d in reply.decisions)
+    # Allowed means an ALLOW decision too: an inconsistent reply hides the action (fail closed).
+    allowed = {d.action for d in decisions if d.decision.allowed}
+    return AllowedActions(tuple(a for a in reply.actions if a in allowed), decisions)
 
 
 def _effect(value: int) -> Effect:
@@ -751,6 +800,15 @@ class AuthzClient(_Client):
         reply = self._call(self._authz.CheckBatch, batch_request(items, options), options)
         return tuple(decision_of(r) for r in reply.results)
 
+    def list_allowed_actions(
+        self, resource: Entity | str, actions: Sequence[str] = (), **options: Unpack[CheckOptions]
+    ) -> AllowedActions:
+        """Which of `actions` (up to 100; empty: the policy set's whole catalogue) the subject may
+        do on `resource`, in one call; every action considered is decided and audited as a
+        Check. A dashboard asks this before it draws its menu."""
+        request = allowed_actions_request(resource, actions, options)
+        return allowed_actions_of(self._call(self._authz.ListAllowedActions, request, options))
+
     # SessionService
 
     def exchange_sso(
@@ -847,6 +905,13 @@ class AsyncAuthzClient(_Client):
     ) -> tuple[Decision, ...]:
         reply = await self._call(self._authz.CheckBatch, batch_request(items, options), options)
         return tuple(decision_of(r) for r in reply.results)
+
+    async def list_allowed_actions(
+        self, resource: Entity | str, actions: Sequence[str] = (), **options: Unpack[CheckOptions]
+    ) -> AllowedActions:
+        request = allowed_actions_request(resource, actions, options)
+        reply = await self._call(self._authz.ListAllowedActions, request, options)
+        return allowed_actions_of(reply)
 
     async def exchange_sso(
         self, form: Mapping[str, str], *, request_id: str = "", **options: Unpack[CallOptions]

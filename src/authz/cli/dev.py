@@ -36,6 +36,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         http_listen=args.http_listen,
         heroku_listen=args.heroku_listen,
         program=invoked_as(),
+        dashboard=args.dashboard,
+        dashboard_listen=args.dashboard_listen,
+        dashboard_dir=Path(args.dashboard_dir),
     )
     try:
         asyncio.run(dev_up(options))
@@ -104,8 +107,9 @@ def register(commands: Any) -> None:
         "development mode, gRPC and HTTP), provision two add-ons (a personal app's and a team "
         "app's), log two users in, and print commands to paste that get an ALLOW and a DENY. "
         "Data stays in --data, so `authz audit ...` works on it afterwards; running it again "
-        "on the same folder goes on with the same data. Ctrl-C (or SIGTERM) stops everything "
-        "and exits 0.",
+        "on the same folder goes on with the same data. With --dashboard, the example partner "
+        "dashboard (examples/heroku-dashboard) runs beside them, opened as any Heroku user from "
+        "the simulator's /__sim/dashboard page. Ctrl-C (or SIGTERM) stops everything and exits 0.",
         example="authz dev up --data data/dev",
         func=cmd_up,
     )
@@ -132,6 +136,23 @@ def register(commands: Any) -> None:
         "--heroku-listen",
         default="127.0.0.1:0",
         help="the simulator's host:port (default: a free port on 127.0.0.1)",
+    )
+    up.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also serve the example partner dashboard (needs authz[dashboard]) and subscribe "
+        "add-ons to the simulator's webhooks",
+    )
+    up.add_argument(
+        "--dashboard-listen",
+        default="127.0.0.1:8090",
+        help="the example dashboard's host:port (default 127.0.0.1:8090)",
+    )
+    up.add_argument(
+        "--dashboard-dir",
+        default="examples/heroku-dashboard",
+        metavar="DIR",
+        help="where the example dashboard is (default examples/heroku-dashboard)",
     )
 
     form = add_command(

@@ -1,7 +1,9 @@
 """A development world: the Heroku simulator and an authz server wired to it, on loopback.
 
 ``authz dev up`` keeps one running in the foreground, with its data in a named folder, until
-Ctrl-C; ``authz demo`` runs a scripted partner against one in a temporary folder. Both use the
+Ctrl-C (with ``--dashboard``, the example partner dashboard of examples/heroku-dashboard beside
+them, opened from the simulator's ``/__sim/dashboard`` page); ``authz demo`` runs a scripted
+partner against one in a temporary folder. Both use the
 bundled simulator fixture (``heroku_fixture.yaml``): its add-on manifest's SSO salt is the
 world's, so ``authz dev sso-form`` signs forms this world accepts and nothing else does.
 """
@@ -11,14 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import importlib.util
 import os
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TextIO
+
+import uvicorn
 
 from authz.client import AsyncAuthzClient, AuthzCallError, Registration, SessionResult
 from authz.config import CallerToken, ConfigError, Settings, parse_host_port
@@ -26,12 +33,14 @@ from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
 from authz.devtools.provisioning import provisioning_fields
 from authz.devtools.sso_forms import heroku_sso_form
 from authz.server.app import Service, start_service
+from authz.web.server import bind
 
 DEV_TOKEN_KEY = "dev-token-encryption-key-local-only-0123456789"
 """Encrypts the simulator's OAuth tokens in the world's state store; development only."""
 PERSONAL_ADDON = "authz-curved-12345"  # on acme-billing, a personal app
 TEAM_ADDON = "authz-spherical-67890"  # on globex-api, an app of team globex
 DEFAULT_DATA_DIR = Path("data/dev")
+DEFAULT_DASHBOARD_DIR = Path("examples/heroku-dashboard")
 LOCK_FILE = ".dev-up.lock"
 
 
@@ -65,9 +74,12 @@ async def dev_world(
     admins: frozenset[str] = frozenset(),
     reviewers: frozenset[str] = frozenset(),
     watch_interval: float | None = None,
+    webhooks: bool = False,
 ) -> AsyncIterator[DevWorld]:
     """Start the simulator and a server wired to it (its Platform API, OAuth and SSO salt);
-    without `callers` the server is in development mode. Both stop on leaving."""
+    without `callers` the server is in development mode. With `webhooks` (and `http_listen`)
+    add-ons registered subscribe to the simulator's webhooks, so a change of people on an app
+    reaches authz at once. Both stop on leaving."""
     host, port = parse_host_port(heroku_listen, "--heroku-listen")
     sim = HerokuSimulator(load_fixture(), host=host, port=port)
     try:
@@ -90,6 +102,7 @@ async def dev_world(
             caller_tokens=callers,
             admins=admins,
             reviewers=reviewers,
+            public_url=public_url(http_listen) if webhooks and http_listen else None,
         )
         service = await start_service(settings, watch_interval=watch_interval)
         try:
@@ -98,6 +111,78 @@ async def dev_world(
             await service.stop(grace=2)
     finally:
         sim.stop()
+
+
+def public_url(http_listen: str) -> str:
+    """Where the simulator delivers webhooks: the HTTP listener (port 0: its bound port)."""
+    host, _ = parse_host_port(http_listen, "--http-listen")
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "localhost") else host
+    return f"http://{f'[{host}]' if ':' in host else host}:0"
+
+
+# -- the example partner dashboard (authz dev up --dashboard) ----------------------------------
+
+
+def load_dashboard(example_dir: Path) -> ModuleType:
+    """examples/heroku-dashboard/dashboard.py, imported from its file (it is not a package of
+    authz: it is what a partner writes, using only authz.client)."""
+    path = example_dir / "dashboard.py"
+    if not path.is_file():
+        raise DevWorldError(
+            f"no example dashboard at {path}: run this from the repository's root or give "
+            "--dashboard-dir DIR"
+        )
+    try:
+        import jinja2  # noqa: F401
+    except ImportError:
+        raise DevWorldError(
+            "the example dashboard renders its pages with Jinja2: pip install 'authz[dashboard]'"
+        ) from None
+    spec = importlib.util.spec_from_file_location("heroku_dashboard_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+class _DashboardServer(uvicorn.Server):
+    """uvicorn without its own signal handling: `dev up` owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def example_dashboard(world: DevWorld, listen: str, module: ModuleType) -> AsyncIterator[str]:
+    """Serve the example dashboard (`module`, from load_dashboard) against `world` on `listen`
+    and point the simulator's "open add-on" button (the manifest's sso_url) at it; yields its
+    URL."""
+    settings = module.DashboardSettings(
+        authz_target=world.service.address,
+        heroku_dashboard_url=f"{world.sim.base_url}/__sim/dashboard",
+    )
+    sock: socket.socket = bind(listen)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        module.create_app(settings), log_config=None, access_log=False, lifespan="on"
+    )
+    server = _DashboardServer(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            sock.close()
+            task.result()
+            raise DevWorldError(f"the example dashboard stopped while starting on {listen}")
+        await asyncio.sleep(0.02)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    world.sim.set_manifest(sso_url=f"{url}{module.SSO_PATH}")
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        await task
 
 
 # -- authz dev sso-form --------------------------------------------------------------------------
@@ -159,6 +244,9 @@ class DevUp:
     http_listen: str = "127.0.0.1:8080"
     heroku_listen: str = "127.0.0.1:0"
     program: str = "authz"
+    dashboard: bool = False
+    dashboard_listen: str = "127.0.0.1:8090"
+    dashboard_dir: Path = DEFAULT_DASHBOARD_DIR
 
 
 @dataclass(frozen=True)
@@ -226,7 +314,9 @@ def _people(state: dict[str, Any], app_id: str) -> str:
     return line
 
 
-def banner(world: DevWorld, prepared: Prepared, options: DevUp) -> str:
+def banner(
+    world: DevWorld, prepared: Prepared, options: DevUp, dashboard_url: str | None = None
+) -> str:
     """What `dev up` prints once the world is ready: where everything is, and commands to paste."""
     service, sim = world.service, world.sim
     data = options.data_dir.resolve()
@@ -247,6 +337,15 @@ def banner(world: DevWorld, prepared: Prepared, options: DevUp) -> str:
         f"  authz HTTP         {http}   (GET /healthz, /readyz)",
         f"  policies           {world.settings.policy_dir.resolve()}, revision "
         f"{service.policies.current.revision} (edits are picked up within a second)",
+    ]
+    if dashboard_url:
+        lines += [
+            f"  example dashboard  {dashboard_url}   (examples/heroku-dashboard, SSO URL "
+            "/heroku/sso)",
+            f"  open it as Heroku  {sim.base_url}/__sim/dashboard   (a browser page: one "
+            '"Open" link per user and add-on)',
+        ]
+    lines += [
         "",
         "Provisioned as Heroku does it (with an OAuth grant), and who is who on Heroku:",
     ]
@@ -299,6 +398,8 @@ async def dev_up(options: DevUp, out: TextIO = sys.stdout) -> None:
             f"no policy directory at {options.policy_dir}: run this from the repository's root "
             "or give --policies DIR"
         )
+    # Loaded before anything starts, so that a missing example or Jinja2 is said at once.
+    dashboard = load_dashboard(options.dashboard_dir) if options.dashboard else None
     with exclusive(options.data_dir):
         try:
             world_context = dev_world(
@@ -308,15 +409,21 @@ async def dev_up(options: DevUp, out: TextIO = sys.stdout) -> None:
                 http_listen=options.http_listen,
                 heroku_listen=options.heroku_listen,
                 watch_interval=1.0,
+                webhooks=options.dashboard,
             )
-            async with world_context as world:
+            async with world_context as world, contextlib.AsyncExitStack() as stack:
                 async with AsyncAuthzClient(world.service.address) as client:
                     prepared = await prepare(world, client)
-                print(banner(world, prepared, options), file=out, flush=True)
+                dashboard_url = None
+                if dashboard is not None:
+                    dashboard_url = await stack.enter_async_context(
+                        example_dashboard(world, options.dashboard_listen, dashboard)
+                    )
+                print(banner(world, prepared, options, dashboard_url), file=out, flush=True)
                 await stop.wait()
                 print("stopping the server and the simulator...", file=out, flush=True)
         except (ConfigError, OSError) as exc:
             raise DevWorldError(
-                f"{exc} (give other addresses with --listen, --http-listen, --heroku-listen; "
-                "127.0.0.1:0 picks a free port)"
+                f"{exc} (give other addresses with --listen, --http-listen, --heroku-listen, "
+                "--dashboard-listen; 127.0.0.1:0 picks a free port)"
             ) from None

@@ -21,6 +21,8 @@ One module per job:
   dashboard's "open add-on" SSO page;
 - ``faults``: injected latency, errors, 429s, malformed bodies and dropped connections;
 - ``admin``: the ``/__sim/`` admin HTTP API (its docstring lists every endpoint);
+- ``pages``: ``/__sim/dashboard``, the Heroku dashboard's stand-in in a browser (every app, its
+  add-ons and people, an "Open" link per user and add-on);
 - ``http``: the threaded stdlib HTTP server; ``simulator``: ``HerokuSimulator`` tying them
   together; ``serve``: ``authz dev heroku-sim``.
 

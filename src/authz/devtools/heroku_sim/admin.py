@@ -27,11 +27,15 @@ rate-limited). Users, apps, teams and add-ons may be named by id, fixture handle
     GET    /__sim/webhooks                        subscriptions and deliveries (no secrets)
     GET    /__sim/sso/{addon}/{user}[?sso_url=]   HTML page that POSTs a signed SSO form
     GET    /__sim/sso/{addon}/{user}/form         the same form as JSON
+    GET    /__sim/dashboard                       HTML: every app, its add-ons and people, with
+                                                   an "Open" link per user and add-on
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from authz.devtools.heroku_sim.pages import dashboard_page
 
 if TYPE_CHECKING:
     from authz.devtools.heroku_sim.simulator import HerokuSimulator
@@ -142,4 +146,6 @@ def admin(
             return 200, sim.sso_form(addon, user)
         case "GET", ["sso", addon, user]:
             return 200, sim.sso_page(addon, user, sso_url=query.get("sso_url"))
+        case "GET", ["dashboard"]:
+            return 200, dashboard_page(sim.state(), sim.manifest().get("sso_url"))
     raise LookupError(f"no admin endpoint {method} /__sim/{'/'.join(parts)}")
