@@ -302,11 +302,38 @@ def test_both_ways_of_finding_a_rules_decisions_give_the_same_pages(site: Site) 
     for rule in ("nobody-deletes", "docs/nobody-deletes"):
         for common in (True, False):
             filters = browse.Filters(rule=rule)
-            assert every_page(site, filters, size=7, common_rule=common) == denies
+            shape = browse.Shape(common_rule=common)
+            assert every_page(site, filters, size=7, shape=shape) == denies
     assert every_page(site, browse.Filters(rule="other/nobody-deletes"), size=7) == []
     # An action glob is checked row by row, within the scan budget, like free text.
     globbed = every_page(site, browse.Filters(action="doc.del*"), size=5, scan=6)
     assert globbed == denies
+
+
+def test_an_id_that_holds_a_colon_is_found_as_a_whole_or_as_type_and_id(site: Site) -> None:
+    with grpc.insecure_channel(site.running.address) as channel:
+        answer = pb_grpc.AuthorizationServiceStub(channel).Check(
+            pb.CheckRequest(
+                principal=pb.Principal(type="user", id="team:7"),
+                action="doc.read",
+                resource=pb.Resource(type="doc", id="colon"),
+            ),
+            metadata=(("authorization", f"Bearer {TOKENS['web']}"),),
+            timeout=10,
+        )
+    for value in ("team:7", "user:team:7"):
+        page = browse.list_page(site.target, browse.Filters(principal=value))
+        assert [row.decision_id for row in page.rows] == [answer.decision_id], value
+    db = open_audit(site.target)
+    try:
+        shapes = {
+            value: browse.shape_of(db, browse.Filters(principal=value))
+            for value in ("team:7", "user:u1")
+        }
+    finally:
+        db.close()
+    assert "principal" not in shapes["team:7"].no_whole_ids  # "team:7" is a whole id
+    assert "principal" in shapes["user:u1"].no_whole_ids
 
 
 def test_a_decision_page_explains_the_rule_its_reason_and_its_place(site: Site) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "Filters",
     "Page",
     "Row",
+    "Shape",
     "Stats",
     "VerifyReport",
     "canonical_json",
@@ -51,6 +52,7 @@ __all__ = [
     "list_page",
     "is_common_rule",
     "page_query",
+    "shape_of",
     "stats",
     "verify_chain",
 ]
@@ -68,6 +70,21 @@ _LIST_COLUMNS = (
     "seq, decision_id, time, kind, caller, request_id, principal_type, principal_id, action, "
     "resource_type, resource_id, app_id, effect, policy_revision"
 )
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How filters become SQL on a given log, decided by a probe of an index or two
+    (`shape_of`): either shape finds the same rows; one reads far fewer."""
+
+    common_rule: bool = False
+    """The rule filter matches many decisions: a page is found soonest by reading the log
+    newest first and checking each decision's rules (one index probe each); otherwise the
+    rule's few decisions are looked up and sorted."""
+    no_whole_ids: frozenset[str] = frozenset()
+    """"principal" and "resource" filters given as "type:id" for which no decision has the
+    whole text as its id: then one (id, time) index range answers, in order, instead of an OR
+    of two that must be sorted."""
 
 
 @dataclass(frozen=True)
@@ -141,12 +158,10 @@ class Filters:
             out[item.name] = rfc3339(value) if item.name in ("since", "until") else str(value)
         return out
 
-    def where(self, dialect: str, *, common_rule: bool = False) -> tuple[list[str], list[Any]]:
-        """SQL conditions (``?`` placeholders) on audit_log, and their parameters.
-
-        common_rule: the rule filter matches many decisions, so a page is found soonest by
-        reading the log newest first and checking each decision's rules (one index probe
-        each); otherwise the rule's few decisions are looked up and sorted."""
+    def where(self, dialect: str, shape: Shape | None = None) -> tuple[list[str], list[Any]]:
+        """SQL conditions (``?`` placeholders) on audit_log, and their parameters, in the
+        shape that reads least (see Shape; the default is right for any log)."""
+        shape = shape or Shape()
         where: list[str] = []
         params: list[Any] = []
         if self.since is not None:
@@ -161,7 +176,10 @@ class Filters:
         for prefix, value in (("principal", self.principal), ("resource", self.resource)):
             if value:
                 kind, sep, ident = value.partition(":")
-                if sep and kind and ident:
+                if sep and kind and ident and prefix in shape.no_whole_ids:
+                    where.append(f"{prefix}_id = ? AND {prefix}_type = ?")
+                    params.extend([ident, kind])
+                elif sep and kind and ident:
                     where.append(f"(({prefix}_type = ? AND {prefix}_id = ?) OR {prefix}_id = ?)")
                     params.extend([kind, ident, value])
                 else:
@@ -181,7 +199,7 @@ class Filters:
             params.append(self.decision_id)
         if self.rule:
             rules, rule_params = self.rule_condition()
-            if common_rule:
+            if shape.common_rule:
                 where.append(
                     f"EXISTS (SELECT 1 FROM {RULES} WHERE {RULES}.seq = {LOG}.seq AND {rules})"
                 )
@@ -384,9 +402,9 @@ class Page:
 
 
 def _page_sql(
-    filters: Filters, dialect: str, after: Cursor | None, limit: int, common_rule: bool = False
+    filters: Filters, dialect: str, after: Cursor | None, limit: int, shape: Shape | None = None
 ) -> tuple[str, list[Any]]:
-    where, params = filters.where(dialect, common_rule=common_rule)
+    where, params = filters.where(dialect, shape)
     if after is not None:
         # time <= ? narrows an index range read on any (…, time) index; the rest breaks ties.
         where.append("time <= ? AND (time < ? OR seq < ?)")
@@ -404,15 +422,15 @@ def page_query(
     *,
     size: int = PAGE_SIZE,
     scan: int = SCAN_BUDGET,
-    common_rule: bool = False,
+    shape: Shape | None = None,
 ) -> tuple[str, list[Any]]:
     """The query of one list page (size + 1 rows, to know whether there is another page):
     an index range read newest first; with free text, over at most `scan` candidates."""
     checks, check_params = filters.scan_conditions(dialect)
     if not checks:
-        sql, params = _page_sql(filters, dialect, after, size + 1, common_rule)
+        sql, params = _page_sql(filters, dialect, after, size + 1, shape)
         return sql.format(columns=_LIST_COLUMNS), params
-    inner, params = _page_sql(filters, dialect, after, scan, common_rule)
+    inner, params = _page_sql(filters, dialect, after, scan, shape)
     candidates = inner.format(columns=f"{_LIST_COLUMNS}, record")
     sql = (
         f"SELECT {_LIST_COLUMNS} FROM ({candidates}) AS candidate WHERE {' AND '.join(checks)} "
@@ -428,20 +446,14 @@ def list_page(
     *,
     size: int = PAGE_SIZE,
     scan: int = SCAN_BUDGET,
-    common_rule: bool | None = None,
+    shape: Shape | None = None,
 ) -> Page:
     """One page of decisions matching `filters`, newest first, below `after` when given.
-    common_rule: how to find a rule's decisions (see Filters.where); None: by how many the
-    rule matched. Either way gives the same page."""
+    shape: how to query (see Shape); None: the one `shape_of` finds best for this log. Every
+    shape gives the same page."""
     with _opened(target) as db, db.snapshot():
-        common = (
-            common_rule
-            if common_rule is not None
-            else bool(filters.rule) and is_common_rule(db, filters)
-        )
-        sql, params = page_query(
-            filters, db.dialect, after, size=size, scan=scan, common_rule=common
-        )
+        shape = shape or shape_of(db, filters)
+        sql, params = page_query(filters, db.dialect, after, size=size, scan=scan, shape=shape)
         found = [_row(r) for r in db.execute(sql, params)]
         if len(found) > size:
             rows = _with_rules(db, found[:size])
@@ -449,7 +461,7 @@ def list_page(
         if not filters.scan_conditions(db.dialect)[0]:
             return Page(_with_rules(db, found), None)
         # Fewer than a page: either the candidates ran out (the end) or the budget did.
-        last_sql, last_params = _page_sql(filters, db.dialect, after, 1, common)
+        last_sql, last_params = _page_sql(filters, db.dialect, after, 1, shape)
         last = db.execute(
             last_sql.format(columns="time, seq") + " OFFSET ?", [*last_params, scan - 1]
         ).fetchone()
@@ -462,6 +474,18 @@ def list_page(
 
 COMMON_RULE = 5_000
 """A rule that matched at least this many decisions is "common" (see Filters.where)."""
+
+
+def shape_of(db: AuditDb, filters: Filters) -> Shape:
+    """The shape of query that reads least for `filters` on this log."""
+    no_whole_ids = frozenset(
+        prefix
+        for prefix, value in (("principal", filters.principal), ("resource", filters.resource))
+        if ":" in value
+        and db.execute(f"SELECT 1 FROM {LOG} WHERE {prefix}_id = ? LIMIT 1", [value]).fetchone()
+        is None
+    )
+    return Shape(bool(filters.rule) and is_common_rule(db, filters), no_whole_ids)
 
 
 def is_common_rule(db: AuditDb, filters: Filters) -> bool:

@@ -36,7 +36,7 @@ INSERT INTO {LOG} (seq, decision_id, time, kind, caller, request_id, principal_t
     record, prev_hash, hash)
 SELECT i, printf('d-%09d', i), {START} + i * {STEP}, 'check',
     CASE WHEN i % 100000 = 0 THEN 'rare' ELSE 'c' || (i % {CALLERS}) END,
-    'r-' || i, 'user', 'u' || (i % {PRINCIPALS}),
+    'r-' || i, 'user', CASE WHEN i % 2 = 0 THEN 'hot' ELSE 'u' || (i % {PRINCIPALS}) END,
     CASE WHEN i % {DENY_EVERY} = 0 THEN 'doc.delete' ELSE 'doc.read' END,
     'doc', 'doc-' || i, 'app-' || (i % {APPS}),
     CASE WHEN i % {DENY_EVERY} = 0 THEN 'DENY' ELSE 'ALLOW' END,
@@ -55,7 +55,7 @@ INSERT INTO {LOG} (seq, decision_id, time, kind, caller, request_id, principal_t
     record, prev_hash, hash)
 SELECT i, 'd-' || lpad(i::text, 9, '0'), {START} + i * {STEP}, 'check',
     CASE WHEN i %% 100000 = 0 THEN 'rare' ELSE 'c' || (i %% {CALLERS}) END,
-    'r-' || i, 'user', 'u' || (i %% {PRINCIPALS}),
+    'r-' || i, 'user', CASE WHEN i %% 2 = 0 THEN 'hot' ELSE 'u' || (i %% {PRINCIPALS}) END,
     CASE WHEN i %% {DENY_EVERY} = 0 THEN 'doc.delete' ELSE 'doc.read' END,
     'doc', 'doc-' || i, 'app-' || (i %% {APPS}),
     CASE WHEN i %% {DENY_EVERY} = 0 THEN 'DENY' ELSE 'ALLOW' END,
@@ -80,7 +80,8 @@ CASES: dict[str, browse.Filters] = {
     "effect=DENY": browse.Filters(effect="DENY"),
     "caller=c3": browse.Filters(caller="c3"),
     "caller=rare (10 rows)": browse.Filters(caller="rare"),
-    "principal=user:u42": browse.Filters(principal="user:u42"),
+    "principal=user:u43": browse.Filters(principal="user:u43"),
+    "principal=user:hot (half)": browse.Filters(principal="user:hot"),
     "action=doc.delete": browse.Filters(action="doc.delete"),
     "action=doc.* (glob)": browse.Filters(action="doc.*"),
     "resource=doc-500000": browse.Filters(resource="doc:doc-500000"),
@@ -131,8 +132,8 @@ def plan(target: Any, filters: browse.Filters) -> str:
     db = open_audit(target)
     try:
         after = browse.Cursor(START + 25_000, 500_000)
-        common = bool(filters.rule) and browse.is_common_rule(db, filters)
-        sql, params = browse.page_query(filters, db.dialect, after, common_rule=common)
+        shape = browse.shape_of(db, filters)
+        sql, params = browse.page_query(filters, db.dialect, after, shape=shape)
         if db.dialect == "sqlite":
             rows = db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
             return "; ".join(str(row[-1]) for row in rows)
