@@ -4,6 +4,7 @@ whose chain was broken (issue 15). Each test starts its own server (the `start` 
 from __future__ import annotations
 
 import html
+import re
 import sqlite3
 import ssl
 from collections.abc import Callable
@@ -140,3 +141,23 @@ def test_a_login_ends_when_its_caller_stops_being_a_reviewer_or_its_token_change
         with httpx.Client(timeout=30) as browser:
             browser.cookies.set("authz_review", cookie, path="/audit")
             assert browser.get(url(running, "/audit")).status_code == status
+
+
+def test_a_rules_line_is_the_one_at_the_decisions_revision(
+    start: Callable[..., RunningService], tmp_path: Path
+) -> None:
+    policies = write_policy_dir(tmp_path / "policies", POLICY)
+    running = start(review_settings(tmp_path / "data", policies))
+    [before] = [i for i in write_decisions(running.address, 1)]  # a delete: nobody-deletes
+    headers = {"Authorization": f"Bearer {TOKENS['compliance']}"}
+    line = re.compile(r"<code>docs\.yaml:(\d+)</code>")
+    first = httpx.get(url(running, f"/audit/decisions/{before}"), headers=headers, timeout=30)
+    (old_line,) = line.findall(first.text)
+    # The policy changes: two comment lines at the top move every rule down by two.
+    path = policies / "docs.yaml"
+    path.write_text("# reviewed\n# twice\n" + path.read_text())
+    assert running.service.policies.reload().reloaded
+    [after] = write_decisions(running.address, 1, prefix="after-")
+    for decision, expected in ((before, int(old_line)), (after, int(old_line) + 2)):
+        page = httpx.get(url(running, f"/audit/decisions/{decision}"), headers=headers, timeout=30)
+        assert [int(n) for n in line.findall(page.text)] == [expected], decision

@@ -108,17 +108,21 @@ def _ago(seconds: float) -> str:
 
 @dataclass
 class RuleSources:
-    """Where each rule was written (file:line) for every policy revision this process has
-    served: records name their revision, and a rule's line at that revision is known only
-    while the revision is (or was) loaded here."""
+    """Where each rule was written (file:line), by policy revision: records name their
+    revision, and a rule's line at that revision is known for the revision loaded now and those
+    this process saw loaded when it started or when a review page was opened."""
 
     by_revision: dict[str, dict[str, str]] = field(default_factory=dict)
+    keep: int = 64
+    """Revisions remembered at most (the oldest are forgotten first)."""
 
     def remember(self, policies: CompiledPolicySet) -> None:
         if policies.revision not in self.by_revision:
             self.by_revision[policies.revision] = {
                 f"{c.rule.policy}/{c.rule.id}": str(c.rule.source) for c in policies.rules
             }
+            while len(self.by_revision) > self.keep:
+                del self.by_revision[next(iter(self.by_revision))]
 
     def source(self, revision: str, policy: str, rule_id: str) -> str | None:
         return self.by_revision.get(revision, {}).get(f"{policy}/{rule_id}")
@@ -242,6 +246,7 @@ class Review:
         in flight, and logged."""
 
         async def endpoint(request: Request) -> Response:
+            self.sources.remember(self.parts.policies.current)
             guard: Guard = request.app.state.guard
             reviewer = self.gate.identify(request)
             if reviewer is None:
@@ -324,7 +329,6 @@ class Review:
                 f"no decision {decision_id!r} in the audit log (it may have been pruned); "
                 "check the id",
             )
-        self.sources.remember(self.parts.policies.current)
         record = entry.record
         revision = str(record.get("policy_revision") or "")
         rules = [
