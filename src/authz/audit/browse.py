@@ -35,6 +35,8 @@ from authz.audit.schema import HEAD, LOG, PARTS, RULES, open_audit
 from authz.clock import rfc3339
 
 __all__ = [
+    "LOG",
+    "RULES",
     "AuditError",
     "AuditLogNotFound",
     "Cursor",
@@ -50,6 +52,7 @@ __all__ = [
     "export_records",
     "export_rows",
     "list_page",
+    "open_audit",
     "is_common_rule",
     "page_query",
     "shape_of",

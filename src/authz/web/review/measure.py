@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from authz.audit import browse
-from authz.audit.schema import LOG, RULES, audit_target, migrate_audit, open_audit
+from authz.audit import audit_target, browse, migrate_audit
+from authz.audit.browse import LOG, RULES, open_audit
 
 DENY_EVERY = 20
 CALLERS = 5
