@@ -21,6 +21,7 @@ import pytest
 
 from authz.audit import AuditLog, AuditRecordInvalid, AuditUnavailable, migrate_audit, verify
 from authz.audit.testing import execute_sql, fetch_all, hold_write_lock, make_record
+from authz.audit.log import open_audit_log
 from tests.pg import Backend, postgres, tables, use_backend
 
 Target = Path | str
@@ -416,7 +417,7 @@ def test_off_mode_records_nothing(target: Target, backend: Backend) -> None:
     path = target
 
     async def main() -> None:
-        async with AuditLog(path, mode="off") as log:
+        async with open_audit_log(path, mode="off") as log:
             await log.record(make_record())
             log.record_blocking(make_record())
             assert log.records_written == 0

@@ -27,7 +27,8 @@ Modes:
   OOM kill, power loss) loses what was still queued and the batch being committed: at most
   ``queue_max + max_batch`` records. They never got a seq, so they leave no gap that ``verify``
   could see.
-- ``off``: nothing is recorded (benchmarks only).
+- ``off``: nothing is built or recorded (benchmarks only): `open_audit_log` gives a
+  `NopAuditLog` instead, the same interface doing nothing.
 
 In both recording modes the number of records written equals the number of calls that returned
 without an exception, with one exception in the safe direction: a durable caller that is
@@ -54,6 +55,7 @@ from authz.audit.backend import AuditDb, Target, describe_target, normalise_targ
 from authz.audit.errors import AuditRecordInvalid, AuditUnavailable
 from authz.audit.record import (
     INDEX_COLUMNS,
+    DecisionRecord,
     PreparedPart,
     PreparedRecord,
     chain_hash,
@@ -68,6 +70,9 @@ log = logging.getLogger("authz.audit")
 
 Mode = Literal["durable", "async", "off"]
 MODES: tuple[Mode, ...] = ("durable", "async", "off")
+
+Record = Mapping[str, Any] | DecisionRecord
+"""What the log takes: a DecisionRecord (the decision path), or a dict of the same shape."""
 
 _INSERT_LOG = (
     f"INSERT INTO {LOG} (seq, {', '.join(INDEX_COLUMNS)}, record, prev_hash, hash) "
@@ -245,8 +250,9 @@ class AuditLog:
             (default 2 × commit_timeout + 1 s): a safety net should the writer hang.
         clock: stamps records that come without a "time".
         """
-        if mode not in MODES:
-            raise ValueError(f"audit mode {mode!r} must be one of {', '.join(MODES)}")
+        if mode not in ("durable", "async"):
+            hint = " (open_audit_log gives a NopAuditLog for off)" if mode == "off" else ""
+            raise ValueError(f"audit mode {mode!r} must be durable or async{hint}")
         if min(max_batch, queue_max, max_batch_bytes, caller_budget) < 1:
             raise ValueError(
                 "max_batch, max_batch_bytes, queue_max and caller_budget must be at least 1"
@@ -261,6 +267,9 @@ class AuditLog:
         """The target, safe to log (a URL's password replaced by ***)."""
         self.dialect: Dialect = "postgresql" if isinstance(self.target, str) else "sqlite"
         self.mode: Mode = mode
+        self.recording = True
+        """Whether decisions are recorded (NopAuditLog: False, and the decision path builds
+        no record)."""
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self.queue_max = queue_max
@@ -309,8 +318,6 @@ class AuditLog:
         if self._started:
             return self
         self._started = True
-        if self.mode == "off":
-            return self
         try:
             db = open_audit(
                 self.target,
@@ -437,17 +444,15 @@ class AuditLog:
 
     # -- recording -------------------------------------------------------------------------
 
-    async def record(self, rec: Mapping[str, Any]) -> None:
+    async def record(self, rec: Record) -> None:
         """Record one decision (see the module docstring for what returning means per mode).
 
         Raises AuditUnavailable (fail closed) or AuditRecordInvalid (a malformed record).
         """
-        if self.mode == "off":
-            return
         await self.record_many((rec,))
 
     async def record_many(
-        self, recs: Iterable[Mapping[str, Any]], shared: Mapping[str, Any] | None = None
+        self, recs: Iterable[Record], shared: Mapping[str, Any] | None = None
     ) -> None:
         """Record several decisions (a CheckBatch); they normally share one commit.
 
@@ -457,8 +462,6 @@ class AuditLog:
         In durable mode returns once all of them committed; if any failed, raises
         AuditUnavailable (the others may have been written).
         """
-        if self.mode == "off":
-            return
         prepared = prepare_many(recs, self._clock, shared)
         if not prepared:
             return
@@ -484,14 +487,12 @@ class AuditLog:
             if errors:
                 raise errors[0]
 
-    def record_blocking(self, rec: Mapping[str, Any]) -> None:
+    def record_blocking(self, rec: Record) -> None:
         """record() for code without an event loop (CLI tools, tests, worker threads).
 
         Do not call it from a coroutine: it blocks the thread until the commit (durable) or
         until there is room in the queue (async).
         """
-        if self.mode == "off":
-            return
         prepared = prepare(rec, self._clock)
         waiter: concurrent.futures.Future[None] | None = None
         if self.mode == "durable":
@@ -785,3 +786,77 @@ class AuditLog:
         )
         failure.__cause__ = error
         return failure
+
+
+class NopAuditLog:
+    """The audit sink of ``AUTHZ_AUDIT_MODE=off`` (benchmarks): the interface of `AuditLog`,
+    recording nothing. Its ``recording`` is False, so the decision path builds no record."""
+
+    mode: Mode = "off"
+    recording = False
+    records_written = 0
+    commits = 0
+    queue_depth = 0
+
+    def __init__(self, target: Target | None = None) -> None:
+        self.target: Path | str | None = None if target is None else normalise_target(target)
+        self.location = "off" if self.target is None else describe_target(self.target)
+
+    def start(self) -> Self:
+        return self
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def record(self, rec: Record) -> None:
+        pass
+
+    async def record_many(
+        self, recs: Iterable[Record], shared: Mapping[str, Any] | None = None
+    ) -> None:
+        pass
+
+    def record_blocking(self, rec: Record) -> None:
+        pass
+
+    def counters(self) -> dict[str, int]:
+        return dict.fromkeys(
+            (
+                "records_written",
+                "bytes_written",
+                "commits",
+                "largest_batch",
+                "failed_commits",
+                "records_failed",
+                "records_rejected",
+                "records_lost",
+                "queue_depth",
+                "queue_high_water",
+            ),
+            0,
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+def open_audit_log(
+    target: Target, *, mode: Mode = "durable", **options: Any
+) -> AuditLog | NopAuditLog:
+    """The audit log for a mode: an `AuditLog` (durable, async) or a `NopAuditLog` (off); not
+    started. ``options`` are AuditLog's (max_batch, commit_timeout, ...)."""
+    if mode == "off":
+        return NopAuditLog(target)
+    return AuditLog(target, mode=mode, **options)
