@@ -20,8 +20,8 @@ import psycopg
 import pytest
 
 from authz.audit import AuditLog, AuditRecordInvalid, AuditUnavailable, migrate_audit, verify
-from authz.audit.testing import execute_sql, fetch_all, hold_write_lock, make_record
 from authz.audit.log import open_audit_log
+from authz.audit.testing import execute_sql, fetch_all, hold_write_lock, make_record
 from tests.pg import Backend, postgres, tables, use_backend
 
 Target = Path | str

@@ -12,19 +12,23 @@ import collections
 import concurrent.futures
 import contextlib
 import json
+import os
 import re
 from collections.abc import AsyncGenerator, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from authz.audit.backend import AuditDb, Target
 from authz.audit.errors import AuditTampered
-from authz.audit.record import EFFECTS, assemble, part_refs
+from authz.audit.record import EFFECTS, DecisionRecord, assemble, part_refs
 from authz.audit.schema import LOG, PARTS, RULES, open_audit
 from authz.clock import Clock, system_clock
 from authz.store.base import Dialect
+
+if TYPE_CHECKING:
+    from authz.config import Settings
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
@@ -317,6 +321,23 @@ def _sized_records(
 def iter_query(target: Target, **filters: Any) -> Generator[dict[str, Any], None, None]:
     """The records `sized_query` finds (same filters), streamed."""
     return (record for record, _ in sized_query(target, **filters))
+
+
+def iter_records(target: Target, **filters: Any) -> Generator[DecisionRecord, None, None]:
+    """The records `sized_query` finds (same filters), streamed as DecisionRecords."""
+    return (DecisionRecord.from_dict(record) for record, _ in sized_query(target, **filters))
+
+
+def read_for_replay(
+    where: Settings | Target, since: TimeSpec | None = None, *, clock: Clock = system_clock
+) -> Generator[DecisionRecord, None, None]:
+    """Every decision record since `since` (None: all), oldest first, streamed, for replaying
+    against a candidate policy set. `where` is the service's Settings (its `audit_target`: the
+    SQLite file under AUTHZ_DATA_DIR, or the PostgreSQL database of DATABASE_URL), or a target.
+    A missing log raises AuditLogNotFound on the first `next()`; an unreachable PostgreSQL
+    server AuditUnavailable. Close the iterator (or exhaust it) to release the connection."""
+    target = where if isinstance(where, str | os.PathLike) else where.audit_target
+    return iter_records(target, since=since, limit=None, oldest_first=True, clock=clock)
 
 
 def query(target: Target, **filters: Any) -> list[dict[str, Any]]:
