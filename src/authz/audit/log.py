@@ -184,10 +184,19 @@ def _settle(pairs: list[tuple[asyncio.Future[None], BaseException | None]]) -> N
             future.set_exception(error)
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """Mark a failure as seen even if its caller stopped waiting (the writer logged it)."""
-    if not future.cancelled():
-        future.exception()
+def _abandon(futures: list[asyncio.Future[None]]) -> None:
+    """The caller stopped waiting (cancelled, or a failure before queueing): cancel what is
+    still pending (the writer skips it) and mark failures as seen (the writer logged them)."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
+
+
+def _expire_all(futures: list[asyncio.Future[None]], message: str) -> None:
+    for future in futures:
+        _expire(future, message)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -466,26 +475,32 @@ class AuditLog:
         if not prepared:
             return
         loop = asyncio.get_running_loop()
-        durable = self.mode == "durable"
+        if self.mode != "durable":
+            await self._put_async(
+                loop, [_Item(p, size) for p, size in zip(prepared, _sized(prepared), strict=True)]
+            )
+            return
         items = [
-            _Item(p, size, loop, loop.create_future()) if durable else _Item(p, size)
+            _Item(p, size, loop, loop.create_future())
             for p, size in zip(prepared, _sized(prepared), strict=True)
         ]
-        for item in items:
-            if item.future is not None:
-                item.future.add_done_callback(_retrieve)
-        await self._put_async(loop, items)
-        if durable:
-            message = f"audit record not committed within {self.wait_timeout:g} s"
-            errors: list[BaseException] = []
-            for item in items:
-                assert item.future is not None
+        futures = [item.future for item in items if item.future is not None]
+        # One timer for the whole batch: a safety net should the writer hang.
+        message = f"audit record not committed within {self.wait_timeout:g} s"
+        timer = loop.call_later(self.wait_timeout, _expire_all, futures, message)
+        errors: list[BaseException] = []
+        try:
+            await self._put_async(loop, items)
+            for future in futures:
                 try:
-                    await _await(loop, item.future, self.wait_timeout, message)
+                    await future
                 except AuditUnavailable as exc:  # keep waiting for the others, then report
                     errors.append(exc)
-            if errors:
-                raise errors[0]
+        finally:
+            timer.cancel()
+            _abandon(futures)
+        if errors:
+            raise errors[0]
 
     def record_blocking(self, rec: Record) -> None:
         """record() for code without an event loop (CLI tools, tests, worker threads).

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -520,8 +521,16 @@ def prepare_many(
     inline: dict[str, Any] = {}
     refs: dict[str, str] = {}
     parts: list[PreparedPart] = []
+    if not isinstance(records, list | tuple):
+        records = list(records)
+    single = len(records) == 1
     for path, value in (shared or {}).items():
         name = shared_name(path)
+        if single and _clearly_small(value):
+            # One record shares nothing within its batch: a small value goes inline without
+            # being encoded on its own first (the record's encoding checks it).
+            inline[name] = value
+            continue
         text = _encode(value, f"shared {path}")
         if len(text) < PART_MIN_BYTES:
             inline[name] = value
@@ -541,6 +550,16 @@ def prepare_many(
         else:
             out.append(prepare(_with_shared(record, inline, refs), clock, held))
     return out
+
+
+def _clearly_small(value: Any) -> bool:
+    """Whether a value's JSON is well under PART_MIN_BYTES, judged by its marshal form (one
+    pass in C; the JSON of plain values is rarely half as long again). A misjudged value
+    is only stored inline instead of as a part: readers get the same record either way."""
+    try:
+        return len(marshal.dumps(value)) * 3 < PART_MIN_BYTES * 2
+    except ValueError:  # a type marshal does not know: encode it to find out
+        return False
 
 
 def part_refs(record: Mapping[str, Any]) -> dict[str, str]:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from authz.audit import AuditLog, verify
+from authz.audit import open_audit_log, verify
 from authz.bench.engine import ShippedWorld
 from authz.decide import Item, Subject
 
@@ -66,7 +66,7 @@ def run_once(
     batch: int,
 ) -> dict[str, float]:
     """One run: µs of CPU per decision (process and writer thread) and decisions per second."""
-    sink: Any = None if mode == "off" else AuditLog(target, mode=mode).start()  # type: ignore[arg-type]
+    sink = open_audit_log(target, mode=mode).start()  # type: ignore[arg-type]
     world.decider.audit = sink
     items = [Item("dashboard.view", world.service.__class__("addon", world.addon.resource_id))]
     items = items * batch
@@ -83,8 +83,7 @@ def run_once(
     cpu0, writer0, wall0 = time.process_time(), _thread_cpu(writer), time.perf_counter()
     asyncio.run(_drive(check, decisions, concurrency, batch))
     writer1 = _thread_cpu(writer)  # before close(): the thread's clock goes when it ends
-    if sink is not None:
-        sink.close()  # async mode: the queue drains here, and that CPU counts too
+    sink.close()  # async mode: the queue drains here, and that CPU counts too
     cpu1, wall1 = time.process_time(), time.perf_counter()
     return {
         "cpu_us": (cpu1 - cpu0) * 1e6 / done,
