@@ -16,7 +16,8 @@
 A target is a SQLite path or a ``postgresql://`` URL; on PostgreSQL every replica's writer appends
 to one chain.
 
-The `authz audit …` commands live in authz.audit.commands.
+The `authz audit …` commands live in authz.cli.audit; `explain` (a record in words) in
+authz.audit.explain, JSON-lines and CSV export in authz.audit.export.
 """
 
 from authz.audit.backend import Target, describe_target, is_postgres_target
