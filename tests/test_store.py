@@ -328,7 +328,7 @@ def test_a_failing_migration_leaves_no_trace(db: Database) -> None:
         "broken",
         portable("CREATE TABLE half_done (x {FLOAT})", "CREATE TABLE oops (syntax error here"),
     )
-    with pytest.raises(StoreError, match=f"at version {broken.version}"):
+    with pytest.raises(StoreError, match=f"at state version {broken.version}"):
         migrate(db, (*MIGRATIONS, broken))
     assert applied_versions(db) == ALL_VERSIONS
     assert "half_done" not in tables(db)  # DDL is transactional on both backends
@@ -338,7 +338,7 @@ def test_a_failing_migration_leaves_no_trace(db: Database) -> None:
 
 
 def test_a_newer_schema_is_left_alone(db: Database, caplog: pytest.LogCaptureFixture) -> None:
-    db.execute("INSERT INTO schema_migrations VALUES (?, 'from the future', 0)", (999,))
+    db.execute("INSERT INTO schema_migrations VALUES ('state', ?, 'from the future', 0)", (999,))
     with caplog.at_level(logging.WARNING, logger="authz.store"):
         assert migrate(db) == []
     assert "[999]" in caplog.text
