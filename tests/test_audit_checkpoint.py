@@ -220,9 +220,7 @@ def test_a_legacy_anchor_is_taken_into_the_chain_when_the_log_is_migrated(
             "VALUES (4, ?, ?, ?, 4)",
             (four, NOW, NOW - DAY),
         ),
-        "PRAGMA user_version = 1"
-        if isinstance(target, Path)
-        else "DELETE FROM audit_schema_version WHERE version = 2",
+        "DELETE FROM schema_migrations WHERE migration_set = 'audit' AND version = 2",
     )
     report = verify(target)  # schema 1, not yet migrated
     assert (report.ok, report.problem) == (False, "anchor")

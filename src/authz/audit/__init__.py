@@ -20,7 +20,6 @@ The `authz audit …` commands live in authz.cli.audit; `explain` (a record in w
 authz.audit.explain, JSON-lines and CSV export in authz.audit.export.
 """
 
-from authz.audit.backend import Target, describe_target, is_postgres_target
 from authz.audit.chain import Checkpoint, VerifyReport, chain_hash, checkpoint, prune, verify
 from authz.audit.errors import (
     AuditError,
@@ -47,8 +46,11 @@ from authz.audit.record import DecisionRecord, MatchedRule, Stage, canonical_jso
 from authz.audit.schema import (
     AUDIT_DB_NAME,
     GENESIS_HASH,
+    Target,
     audit_db_path,
     audit_target,
+    describe_target,
+    is_postgres_target,
     migrate_audit,
 )
 

@@ -51,7 +51,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from authz.audit.backend import AuditDb, Target, describe_target, normalise_target
 from authz.audit.errors import AuditRecordInvalid, AuditUnavailable
 from authz.audit.record import (
     INDEX_COLUMNS,
@@ -62,9 +61,20 @@ from authz.audit.record import (
     prepare,
     prepare_many,
 )
-from authz.audit.schema import LOG, PART_USE, PARTS, RULES, lock_head, move_head, open_audit
+from authz.audit.schema import (
+    LOG,
+    PART_USE,
+    PARTS,
+    RULES,
+    Target,
+    describe_target,
+    lock_head,
+    move_head,
+    normalise_target,
+    open_audit,
+)
 from authz.clock import Clock, system_clock
-from authz.store.base import Dialect
+from authz.store import Database, Dialect
 
 log = logging.getLogger("authz.audit")
 
@@ -274,7 +284,7 @@ class AuditLog:
         """The same as target (the name it had when the log was SQLite only)."""
         self.location = describe_target(self.target)
         """The target, safe to log (a URL's password replaced by ***)."""
-        self.dialect: Dialect = "postgresql" if isinstance(self.target, str) else "sqlite"
+        self.dialect: Dialect = "sqlite" if isinstance(self.target, Path) else "postgresql"
         self.mode: Mode = mode
         self.recording = True
         """Whether decisions are recorded (NopAuditLog: False, and the decision path builds
@@ -298,7 +308,7 @@ class AuditLog:
         self._failing = False
         self._dead: BaseException | None = None
         self._last_error = ""  # a message only: the exception would keep the batch alive
-        self._db: AuditDb | None = None
+        self._db: Database | None = None
         self._thread: threading.Thread | None = None
 
         # Counters (read them any time; written only by the writer thread or under the lock).
@@ -328,11 +338,17 @@ class AuditLog:
             return self
         self._started = True
         try:
+            # Wait at most commit_timeout for the chain head (PostgreSQL's lock_timeout; SQLite's
+            # busy timeout), and commit only once durable.
             db = open_audit(
                 self.target,
                 create=True,
                 timeout=self.commit_timeout,
                 application_name="authz-audit-writer",
+                session={
+                    "lock_timeout": f"{max(1, round(self.commit_timeout * 1000))}ms",
+                    "synchronous_commit": "on",
+                },
             )
         except AuditUnavailable as exc:
             self._dead = exc
@@ -340,22 +356,6 @@ class AuditLog:
         except Exception as exc:  # sqlite3.Error, OSError
             self._dead = exc
             raise AuditUnavailable(f"cannot open the audit log at {self.location}: {exc}") from exc
-        if db.dialect == "postgresql":
-            from authz.audit.postgres import PostgresAuditDb
-
-            assert isinstance(db, PostgresAuditDb)
-            try:
-                # Wait at most commit_timeout for the chain head; commit only once durable.
-                db.configure(
-                    lock_timeout=f"{max(1, round(self.commit_timeout * 1000))}ms",
-                    synchronous_commit="on",
-                )
-            except Exception as exc:
-                db.close()
-                self._dead = exc
-                raise AuditUnavailable(
-                    f"cannot open the audit log at {self.location}: {exc}"
-                ) from exc
         self._db = db
         self._thread = threading.Thread(target=self._run, name="authz-audit-writer", daemon=True)
         self._thread.start()
@@ -430,7 +430,11 @@ class AuditLog:
     @property
     def _conn(self) -> Any:
         """The writer's sqlite3 or psycopg connection (for tests and diagnostics)."""
-        return None if self._db is None else self._db.raw
+        return (
+            None
+            if self._db is None
+            else getattr(self._db, "raw", None) or getattr(self._db, "conn", None)
+        )
 
     @property
     def queue_depth(self) -> int:
@@ -646,7 +650,7 @@ class AuditLog:
         db = self._db
         assert db is not None
         db.reconnect_if_broken()
-        with db.write():
+        with db.transaction():
             seq, head = lock_head(db)
             rows: list[tuple[Any, ...]] = []
             rule_rows: list[tuple[Any, ...]] = []
@@ -700,7 +704,7 @@ class AuditLog:
                     return
                 written = self._write(batch)
             except Exception as exc:
-                if db.is_duplicate_decision(exc):  # the caller's bug, not an outage
+                if db.sql.is_unique_violation(exc, "decision_id"):  # the caller's bug
                     if len(batch) == 1:
                         self._reject(batch[0])
                     else:  # commit the others, one by one
@@ -732,9 +736,8 @@ class AuditLog:
             delay = min(delay * 2, _RETRY_MAX)
 
     @staticmethod
-    def _connection_lost(db: AuditDb) -> bool:
-        raw = db.raw
-        return db.dialect == "postgresql" and bool(raw.closed or raw.broken)
+    def _connection_lost(db: Database) -> bool:
+        return db.is_broken()
 
     def _committed(self, batch: list[_Item], written: int) -> None:
         self.records_written += len(batch)
