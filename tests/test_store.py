@@ -16,6 +16,7 @@ from authz.store import (
     MIGRATIONS,
     Database,
     Migration,
+    MigrationSet,
     SqliteDatabase,
     StoreError,
     StoreUnavailable,
@@ -261,6 +262,41 @@ def test_migrate_applies_everything_once(backend: Backend) -> None:
     assert migrate(backend.open()) == []  # another process starting later
     names = [r[0] for r in db.execute("SELECT name FROM schema_migrations ORDER BY version")]
     assert names == [m.name for m in MIGRATIONS]
+
+
+def test_migration_sets_share_one_table(backend: Backend) -> None:
+    """Named sets, as sqlite-utils keeps them: each has its own versions, in one table."""
+    db = backend.open()
+    other = MigrationSet(
+        "other",
+        (
+            Migration(1, "one", portable("CREATE TABLE other_one (n {BIGINT}, at {FLOAT})")),
+            Migration(2, "two", portable("CREATE TABLE other_two (n {BIGINT})")),
+        ),
+    )
+    assert migrate(db, other) == [1, 2]
+    assert migrate(db) == ALL_VERSIONS  # the state set's version 1 is not the other's
+    assert migrate(db, other) == [] and migrate(db) == []
+    assert applied_versions(db, "other") == [1, 2] and applied_versions(db) == ALL_VERSIONS
+    rows = db.execute("SELECT migration_set, count(*) FROM schema_migrations GROUP BY 1 ORDER BY 1")
+    assert rows.fetchall() == [("other", 2), ("state", len(ALL_VERSIONS))]
+
+
+def test_a_set_versioned_another_way_is_adopted(backend: Backend) -> None:
+    db = backend.open()
+    db.execute("CREATE TABLE legacy_marker (version INTEGER)")
+    db.execute("INSERT INTO legacy_marker VALUES (1)")
+    made = MigrationSet(
+        "made",
+        (
+            Migration(1, "had", portable("CREATE TABLE made_had (n {BIGINT})")),
+            Migration(2, "new", portable("CREATE TABLE made_new (n {BIGINT})")),
+        ),
+        adopt=lambda tx: int(tx.execute("SELECT max(version) FROM legacy_marker").scalar()),
+    )
+    assert migrate(db, made) == [2]  # version 1 taken as there (its table never made here)
+    assert "made_had" not in tables(db) and "made_new" in tables(db)
+    assert applied_versions(db, "made") == [1, 2]
 
 
 def test_stores_migrate_a_fresh_database_themselves(backend: Backend) -> None:

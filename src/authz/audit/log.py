@@ -94,6 +94,8 @@ _USE_PART = (
     f"INSERT INTO {PART_USE} (hash, last_seq) VALUES (?, ?) "
     "ON CONFLICT (hash) DO UPDATE SET last_seq = excluded.last_seq"
 )
+ASYNC_LINGER = 0.002
+"""Seconds the async writer waits after the first queued record for more to commit with it."""
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 1.0
 
@@ -605,6 +607,14 @@ class AuditLog:
         with self._lock:
             while not self._items and not self._closing:
                 self._not_empty.wait()
+            linger = (
+                self.mode == "async" and not self._closing and len(self._items) < self.max_batch
+            )
+        if linger:
+            # Async records are acknowledged already: gather more of them for this commit
+            # (fewer, larger transactions cost less CPU per record) instead of waking for each.
+            time.sleep(ASYNC_LINGER)
+        with self._lock:
             if not self._items:
                 return None
             batch = self._items.take(self.max_batch, self.max_batch_bytes)
