@@ -237,6 +237,7 @@ class Decider:
             elapsed_ms = round((time.perf_counter() - started) * 1000 / max(1, len(items)), 3)
             stage: Stage = "refused" if subject.refusal else "evaluated"
             code = refusal_code_of(subject.refusal)
+            now_text = rfc3339(now)  # one request, one time
             records = [
                 self._record(
                     kind,
@@ -251,6 +252,7 @@ class Decider:
                     stage=stage,
                     refusal_code=code,
                     duration_ms=elapsed_ms,
+                    now_text=now_text,
                 )
                 for outcome, inputs, item_context in recorded
             ]
@@ -371,6 +373,7 @@ class Decider:
         stage: Stage = "evaluated",
         refusal_code: str = "",
         duration_ms: float | None = None,
+        now_text: str = "",
     ) -> DecisionRecord:
         """The decision's audit record, without what it shares with the rest of its request
         (the principal and the request's context: see `_shared_input`)."""
@@ -401,7 +404,7 @@ class Decider:
             reasons=tuple(decision.reasons),
             errors=tuple(decision.errors),
             policy_revision=decision.policy_revision,
-            input=_recorded_input(inputs, rfc3339(now), item_context),
+            input=_recorded_input(inputs, now_text or rfc3339(now), item_context),
             duration_ms=duration_ms,
         )
         return _without_session_tokens_in(record)

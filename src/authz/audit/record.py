@@ -92,6 +92,8 @@ PART_MIN_BYTES = 512
 copied into each record (a part costs a row, and a lookup for every reader)."""
 
 _SHARED_PATH = re.compile(r"input\.([A-Za-z_][A-Za-z0-9_]*)")
+_SHARED_NAMES = {"input.principal": "principal", "input.context": "context"}
+"""The paths the decision path shares, known without a regex match."""
 _PART_HASH = re.compile(r"[0-9a-f]{64}")
 
 
@@ -411,7 +413,7 @@ def _prepare_typed(
     """A DecisionRecord is valid by construction: its columns come from its fields, and only
     its JSON is encoded (once)."""
     rules = tuple((m.policy, m.rule_id, m.effect) for m in record.matched_rules)
-    rule_ids = "[" + ",".join(_ENCODER.encode(m.rule_id) for m in record.matched_rules) + "]"
+    rule_ids = _ENCODER.encode([m.rule_id for m in record.matched_rules]) if rules else "[]"
     principal, resource = record.principal, record.resource
     columns = (
         record.decision_id,
@@ -469,6 +471,9 @@ def prepare(
 
 def shared_name(path: str) -> str:
     """ "input.principal" → "principal"; AuditRecordInvalid for any other kind of path."""
+    name = _SHARED_NAMES.get(path) if isinstance(path, str) else None
+    if name is not None:
+        return name
     match = _SHARED_PATH.fullmatch(path) if isinstance(path, str) else None
     if match is None:
         raise AuditRecordInvalid(
