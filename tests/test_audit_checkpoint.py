@@ -7,7 +7,6 @@ as someone with write access to the database would do.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -24,8 +23,9 @@ from authz.audit import (
     query,
     verify,
 )
-from authz.audit.commands import add_audit_commands
 from authz.audit.testing import execute_sql, fetch_all, make_record
+from authz.cli.common import ExitCode
+from authz.cli.main import main
 from tests.pg import Backend
 
 NOW = 1_700_000_000.0
@@ -61,11 +61,7 @@ def cli(target: Target, *argv: str) -> int:
         if isinstance(target, Path)
         else ["--database-url", target]
     )
-    parser = argparse.ArgumentParser(prog="authz")
-    add_audit_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["audit", *argv, *where])
-    status: int = args.func(args)
-    return status
+    return main(["audit", *argv, *where])
 
 
 def test_checkpoint_prints_the_head_of_a_log_that_verifies(
@@ -106,7 +102,7 @@ def test_a_cut_tail_with_the_head_moved_back_is_found_with_a_checkpoint(
     report = verify(target, [kept])
     assert (report.ok, report.problem, report.seq) == (False, "truncated", 8)
     assert "cut off the end" in report.message and "seq 8-10" in report.message
-    assert cli(target, "verify", "--expect", str(kept)) == 1
+    assert cli(target, "verify", "--expect", str(kept)) == ExitCode.TAMPERED
     assert "TAMPERED" in capsys.readouterr().err
 
 
@@ -156,7 +152,7 @@ def test_a_prefix_removed_behind_a_forged_anchor_is_found(
     assert (report.ok, report.problem, report.seq) == (False, "anchor", 4), report.message
     assert "no prune entry in the chain accounts for it" in report.message
     assert not verify(target, [kept]).ok
-    assert cli(target, "verify") == 1
+    assert cli(target, "verify") == ExitCode.TAMPERED
     assert "forged anchor" in capsys.readouterr().err
     # And the next prune refuses to carry it on (its own entry would vouch for the cut).
     with pytest.raises(AuditTampered, match="forged anchor"):
@@ -224,9 +220,7 @@ def test_a_legacy_anchor_is_taken_into_the_chain_when_the_log_is_migrated(
             "VALUES (4, ?, ?, ?, 4)",
             (four, NOW, NOW - DAY),
         ),
-        "PRAGMA user_version = 1"
-        if isinstance(target, Path)
-        else "DELETE FROM audit_schema_version WHERE version >= 2",
+        "DELETE FROM schema_migrations WHERE migration_set = 'audit' AND version >= 2",
     )
     report = verify(target)  # schema 1, not yet migrated
     assert (report.ok, report.problem) == (False, "anchor")

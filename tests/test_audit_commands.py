@@ -1,16 +1,17 @@
-"""`authz audit …` handlers: table/JSON/CSV output, show explains, verify/prune/stats exit codes.
+"""`authz audit …`: table/JSON/CSV output, show explains, verify/prune/stats exit codes, and the
+log found through the same settings as `authz serve` (AUTHZ_DATA_DIR, DATABASE_URL).
 
 The tests taking `log` run on both backends: `--data-dir DIR` (SQLite) and `--database-url URL`
-(PostgreSQL).
+(PostgreSQL), or the environment alone.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import io
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,22 +21,35 @@ from typing import Any
 import pytest
 
 from authz.audit import AuditLog
-from authz.audit.commands import add_audit_commands, default_data_dir, default_database_url
 from authz.audit.testing import execute_sql, fetch_all, make_record
+from authz.cli.common import ExitCode
+from authz.cli.main import main
 from tests.pg import BACKENDS, use_backend
 
 DENY_SUSPENDED = ("base", "deny-suspended", "DENY", "the add-on is suspended")
 OWNER_READS = ("base", "owner-reads", "ALLOW", "owners may read")
 
 
+DATABASE_VARIABLES = ("AUTHZ_DATABASE_URL", "AUTHZ_DATABASE_URL_FILE", "DATABASE_URL")
+
+
 def run(argv: list[str], data_dir: Path | None = None, database_url: str | None = None) -> int:
-    """Run `authz audit …` with these defaults in place of AUTHZ_DATA_DIR / DATABASE_URL."""
-    parser = argparse.ArgumentParser(prog="authz")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_audit_commands(subparsers, lambda: data_dir or Path("/nonexistent"), lambda: database_url)
-    args = parser.parse_args(argv)
-    status: int = args.func(args)
-    return status
+    """`authz …` with AUTHZ_DATA_DIR (default a directory that does not exist) and DATABASE_URL
+    set as given, the way an operator's shell has them."""
+    saved = {name: os.environ.get(name) for name in ("AUTHZ_DATA_DIR", *DATABASE_VARIABLES)}
+    try:
+        for name in DATABASE_VARIABLES:
+            os.environ.pop(name, None)
+        os.environ["AUTHZ_DATA_DIR"] = str(data_dir or Path("/nonexistent"))
+        if database_url:
+            os.environ["DATABASE_URL"] = database_url
+        return main(argv)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass
@@ -151,14 +165,14 @@ def test_query_bad_input(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_missing_log_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["audit", "query", "--data-dir", str(tmp_path / "missing")]) == 1
+    assert run(["audit", "query", "--data-dir", str(tmp_path / "missing")]) == ExitCode.NOT_FOUND
     assert "no audit log at" in capsys.readouterr().err
     with use_backend("postgresql", tmp_path) as empty:
-        assert run(["audit", "verify", "--database-url", empty.target]) == 2
+        assert run(["audit", "verify", "--database-url", empty.target]) == ExitCode.NOT_FOUND
         err = capsys.readouterr().err
         assert "no audit log in postgresql://" in err and "no audit_log table" in err
     down = "postgresql://authz:s3cret@127.0.0.1:1/authz"
-    assert run(["audit", "stats", "--database-url", down]) == 1
+    assert run(["audit", "stats", "--database-url", down]) == ExitCode.ERROR
     err = capsys.readouterr().err
     assert "cannot open the audit log at postgresql://authz:***@127.0.0.1:1/authz" in err
     assert "s3cret" not in err
@@ -189,29 +203,44 @@ def test_database_url_flag_is_checked(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "must be a postgresql:// (or postgres://) URL" in capsys.readouterr().err
 
 
-def test_defaults_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AUTHZ_DATA_DIR", raising=False)
-    assert default_data_dir() == Path("data")
-    monkeypatch.setenv("AUTHZ_DATA_DIR", "/srv/authz")
-    assert default_data_dir() == Path("/srv/authz")
-    for name in ("AUTHZ_DATABASE_URL", "AUTHZ_DATABASE_URL_FILE", "DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    assert default_database_url() is None
-    monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db.example:5432/d1")
-    assert default_database_url() == "postgresql://u:p@db.example:5432/d1"
-    monkeypatch.setenv("AUTHZ_DATABASE_URL", "postgresql://u:p@db.example:5432/d2")
-    assert default_database_url() == "postgresql://u:p@db.example:5432/d2"
+def test_every_command_finds_the_log_where_serve_does(
+    log: Log, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No flag: Settings.from_env().audit_target, the log `authz serve` writes."""
+    env = {"data_dir": log.data_dir, "database_url": log.url}
+    assert run(["audit", "verify"], **env) == 0
+    assert "3 records verified" in capsys.readouterr().out
+    assert run(["audit", "checkpoint"], **env) == 0
+    assert capsys.readouterr().out.startswith("3:")
+    assert run(["audit", "stats", "--json", "--since", "3h"], **env) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 3
+    assert run(["audit", "show", ids(log)["bob"]], **env) == 0
+    assert "DENIED by 1 deny rule(s)" in capsys.readouterr().out
 
 
 def test_a_bad_database_url_in_the_environment_is_a_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("AUTHZ_DATABASE_URL", "sqlite:///x.db")
-    parser = argparse.ArgumentParser(prog="authz")
-    add_audit_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["audit", "verify"])
-    assert args.func(args) == 2
+    assert main(["audit", "verify"]) == ExitCode.USAGE
     assert "AUTHZ_DATABASE_URL must be a postgresql://" in capsys.readouterr().err
+
+
+def test_exports_are_complete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json and --csv write every matching record; only the table stops at 100 by default."""
+    with AuditLog(tmp_path / "audit.db") as audit:
+        for i in range(130):
+            audit.record_blocking(make_record(time=1_000_000.0 + i))
+    where = ["--data-dir", str(tmp_path)]
+    assert run(["audit", "query", "--json", *where]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 130
+    assert run(["audit", "query", "--csv", *where]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 131  # and the header
+    assert run(["audit", "query", "--csv", "--limit", "7", *where]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 8
+    assert run(["audit", "query", *where]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 102 and "showing the newest 100" in err
 
 
 def test_show_explains_a_deny_by_rule(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
@@ -246,7 +275,7 @@ def test_show_json_and_unknown_id(log: Log, capsys: pytest.CaptureFixture[str]) 
     decision_id = ids(log)["alice"]
     assert run(["audit", "show", decision_id, "--json", *log.where]) == 0
     assert json.loads(capsys.readouterr().out)["decision_id"] == decision_id
-    assert run(["audit", "show", "nope", *log.where]) == 1
+    assert run(["audit", "show", "nope", *log.where]) == ExitCode.NOT_FOUND
     assert "no decision nope" in capsys.readouterr().err
 
 
@@ -280,7 +309,7 @@ def test_verify_exit_codes(log: Log, capsys: pytest.CaptureFixture[str]) -> None
     execute_sql(
         log.target, "UPDATE audit_log SET record = replace(record, 'DENY', 'ALLOW') WHERE seq = 2"
     )
-    assert run(["audit", "verify", *log.where]) == 1
+    assert run(["audit", "verify", *log.where]) == ExitCode.TAMPERED
     err = capsys.readouterr().err
     assert "TAMPERED" in err and "seq 2" in err and bob in err
 

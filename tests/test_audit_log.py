@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from authz.audit import AuditLog, AuditRecordInvalid, AuditUnavailable, migrate_audit, verify
+from authz.audit.log import open_audit_log
 from authz.audit.testing import execute_sql, fetch_all, hold_write_lock, make_record
 from tests.pg import Backend, postgres, tables, use_backend
 
@@ -416,7 +417,7 @@ def test_off_mode_records_nothing(target: Target, backend: Backend) -> None:
     path = target
 
     async def main() -> None:
-        async with AuditLog(path, mode="off") as log:
+        async with open_audit_log(path, mode="off") as log:
             await log.record(make_record())
             log.record_blocking(make_record())
             assert log.records_written == 0
@@ -590,9 +591,10 @@ def test_schema_is_made_once_when_replicas_start_together(target: Target) -> Non
     for log in logs:
         log.close()
     assert not errors and len(logs) == 4
-    if isinstance(target, str):
-        versions = fetch_all(target, "SELECT version FROM audit_schema_version ORDER BY 1")
-        assert versions == [(1,), (2,), (3,)]
+    versions = fetch_all(
+        target, "SELECT version FROM schema_migrations WHERE migration_set = 'audit' ORDER BY 1"
+    )
+    assert versions == [(1,), (2,), (3,)]
     assert migrate_audit(target) == []  # up to date
     report = verify(target)
     assert report.ok and report.checked == 4

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from authz.audit import AuditLog, aiter_query, get_entry, iter_query, prune, query, verify
-from authz.audit.commands import main as audit_main
 from authz.audit.record import PART_MIN_BYTES
 from authz.audit.testing import execute_sql, fetch_all, hold_write_lock, make_record
+from authz.cli.main import main as authz_main
 from authz.config import Settings
 from authz.v1 import admin_pb2, admin_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
@@ -349,5 +349,5 @@ def test_reading_the_log_streams_with_bounded_memory(target: Target) -> None:
             contextlib.redirect_stdout(devnull),
             peak_memory() as printed,
         ):
-            assert audit_main(argv) == 0
+            assert authz_main(["audit", *argv]) == 0
         assert printed[0] * 2 < listed[0]

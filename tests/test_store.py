@@ -16,6 +16,7 @@ from authz.store import (
     MIGRATIONS,
     Database,
     Migration,
+    MigrationSet,
     SqliteDatabase,
     StoreError,
     StoreUnavailable,
@@ -263,6 +264,41 @@ def test_migrate_applies_everything_once(backend: Backend) -> None:
     assert names == [m.name for m in MIGRATIONS]
 
 
+def test_migration_sets_share_one_table(backend: Backend) -> None:
+    """Named sets, as sqlite-utils keeps them: each has its own versions, in one table."""
+    db = backend.open()
+    other = MigrationSet(
+        "other",
+        (
+            Migration(1, "one", portable("CREATE TABLE other_one (n {BIGINT}, at {FLOAT})")),
+            Migration(2, "two", portable("CREATE TABLE other_two (n {BIGINT})")),
+        ),
+    )
+    assert migrate(db, other) == [1, 2]
+    assert migrate(db) == ALL_VERSIONS  # the state set's version 1 is not the other's
+    assert migrate(db, other) == [] and migrate(db) == []
+    assert applied_versions(db, "other") == [1, 2] and applied_versions(db) == ALL_VERSIONS
+    rows = db.execute("SELECT migration_set, count(*) FROM schema_migrations GROUP BY 1 ORDER BY 1")
+    assert rows.fetchall() == [("other", 2), ("state", len(ALL_VERSIONS))]
+
+
+def test_a_set_versioned_another_way_is_adopted(backend: Backend) -> None:
+    db = backend.open()
+    db.execute("CREATE TABLE legacy_marker (version INTEGER)")
+    db.execute("INSERT INTO legacy_marker VALUES (1)")
+    made = MigrationSet(
+        "made",
+        (
+            Migration(1, "had", portable("CREATE TABLE made_had (n {BIGINT})")),
+            Migration(2, "new", portable("CREATE TABLE made_new (n {BIGINT})")),
+        ),
+        adopt=lambda tx: int(tx.execute("SELECT max(version) FROM legacy_marker").scalar()),
+    )
+    assert migrate(db, made) == [2]  # version 1 taken as there (its table never made here)
+    assert "made_had" not in tables(db) and "made_new" in tables(db)
+    assert applied_versions(db, "made") == [1, 2]
+
+
 def test_stores_migrate_a_fresh_database_themselves(backend: Backend) -> None:
     from authz.facts.replay import ReplayGuard
 
@@ -328,7 +364,7 @@ def test_a_failing_migration_leaves_no_trace(db: Database) -> None:
         "broken",
         portable("CREATE TABLE half_done (x {FLOAT})", "CREATE TABLE oops (syntax error here"),
     )
-    with pytest.raises(StoreError, match=f"at version {broken.version}"):
+    with pytest.raises(StoreError, match=f"at state version {broken.version}"):
         migrate(db, (*MIGRATIONS, broken))
     assert applied_versions(db) == ALL_VERSIONS
     assert "half_done" not in tables(db)  # DDL is transactional on both backends
@@ -338,7 +374,7 @@ def test_a_failing_migration_leaves_no_trace(db: Database) -> None:
 
 
 def test_a_newer_schema_is_left_alone(db: Database, caplog: pytest.LogCaptureFixture) -> None:
-    db.execute("INSERT INTO schema_migrations VALUES (?, 'from the future', 0)", (999,))
+    db.execute("INSERT INTO schema_migrations VALUES ('state', ?, 'from the future', 0)", (999,))
     with caplog.at_level(logging.WARNING, logger="authz.store"):
         assert migrate(db) == []
     assert "[999]" in caplog.text

@@ -11,11 +11,13 @@ import logging
 import marshal
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from authz.audit.log import NopAuditLog
+from authz.audit.record import DecisionRecord, MatchedRule, Stage, refusal_code_of
 from authz.clock import Clock, rfc3339, system_clock
 from authz.facts.access import access_fact
 from authz.facts.sessions import TOKEN_PREFIX
@@ -40,10 +42,13 @@ _PREFIX_BYTES = TOKEN_PREFIX.encode()
 
 
 class AuditSink(Protocol):
-    async def record(self, rec: dict[str, Any]) -> None: ...
+    """Where decisions are recorded (authz.audit.AuditLog, or NopAuditLog when audit is off)."""
+
+    recording: bool
+    """False when nothing is recorded: then no record is built at all."""
 
     async def record_many(
-        self, recs: list[dict[str, Any]], shared: Mapping[str, Any] | None = None
+        self, recs: Sequence[DecisionRecord], shared: Mapping[str, Any] | None = None
     ) -> None:
         """`shared`: what every record has in common, stored once ("input.principal": …)."""
 
@@ -159,7 +164,7 @@ class Decider:
     ) -> None:
         self.policies = policies
         self.facts = facts or Facts()
-        self.audit = audit
+        self.audit: AuditSink = audit if audit is not None else NopAuditLog()
         self.clock = clock
 
     # -- subjects -------------------------------------------------------------------------------
@@ -207,7 +212,8 @@ class Decider:
         no_access = access_fact(None, subject.principal.get("id", ""), now, NO_APP)
         caller_fact = {"id": caller}
         outcomes: list[Outcome] = []
-        records: list[dict[str, Any]] = []
+        recording = self.audit.recording
+        recorded: list[tuple[Outcome, dict[str, Any], Mapping[str, Any]]] = []
         for item, resource in zip(items, resources, strict=True):
             item_context = {**base_context, **item.context} if item.context else base_context
             inputs = {
@@ -225,24 +231,31 @@ class Decider:
                 decision = evaluate(policy_set, inputs)
             outcome = Outcome(new_decision_id(), decision)
             outcomes.append(outcome)
-            if self.audit is not None:
-                records.append(
-                    self._record(
-                        kind,
-                        outcome,
-                        subject,
-                        inputs,
-                        now,
-                        request_id,
-                        caller,
-                        item.context,
-                        interface,
-                    )
+            if recording:
+                recorded.append((outcome, inputs, item.context))
+        if recording:
+            elapsed_ms = round((time.perf_counter() - started) * 1000 / max(1, len(items)), 3)
+            stage: Stage = "refused" if subject.refusal else "evaluated"
+            code = refusal_code_of(subject.refusal)
+            now_text = rfc3339(now)  # one request, one time
+            records = [
+                self._record(
+                    kind,
+                    outcome,
+                    subject,
+                    inputs,
+                    now,
+                    request_id,
+                    caller,
+                    item_context,
+                    interface,
+                    stage=stage,
+                    refusal_code=code,
+                    duration_ms=elapsed_ms,
+                    now_text=now_text,
                 )
-        elapsed_ms = (time.perf_counter() - started) * 1000 / max(1, len(items))
-        for rec in records:
-            rec["duration_ms"] = round(elapsed_ms, 3)
-        if self.audit is not None:
+                for outcome, inputs, item_context in recorded
+            ]
             await self.audit.record_many(records, _shared_input(subject, base_context))
         return outcomes
 
@@ -268,9 +281,19 @@ class Decider:
             "context": {},
             "caller": {"id": caller},
         }
-        rec = self._record(kind, outcome, subject, inputs, now, request_id, caller)
-        rec["duration_ms"] = 0.0
-        if self.audit is not None:
+        if self.audit.recording:
+            rec = self._record(
+                kind,
+                outcome,
+                subject,
+                inputs,
+                now,
+                request_id,
+                caller,
+                stage="refused",
+                refusal_code=refusal_code_of(reason),
+                duration_ms=0.0,
+            )
             await self.audit.record_many([rec], _shared_input(subject, {}))
         return outcome.decision_id
 
@@ -346,42 +369,45 @@ class Decider:
         caller: str,
         item_context: Mapping[str, Any] | None = None,
         interface: str = "grpc",
-    ) -> dict[str, Any]:
+        *,
+        stage: Stage = "evaluated",
+        refusal_code: str = "",
+        duration_ms: float | None = None,
+        now_text: str = "",
+    ) -> DecisionRecord:
         """The decision's audit record, without what it shares with the rest of its request
         (the principal and the request's context: see `_shared_input`)."""
         decision = outcome.decision
         resource = inputs["resource"]
-        record = {
-            "decision_id": outcome.decision_id,
-            "time": now,
-            "kind": kind,
-            "interface": interface,
-            "caller": caller,
-            "request_id": request_id,
-            "principal": {
-                "type": subject.principal.get("type", ""),
-                "id": subject.principal.get("id", ""),
+        principal = subject.principal
+        record = DecisionRecord(
+            decision_id=outcome.decision_id,
+            time=now,
+            kind=kind,
+            effect=decision.effect.value,
+            stage=stage,
+            refusal_code=refusal_code,
+            interface=interface,
+            caller=caller,
+            request_id=request_id,
+            principal={
+                "type": principal.get("type", ""),
+                "id": principal.get("id", ""),
                 "display": subject.display,
             },
-            "action": inputs["action"],
-            "resource": {"type": resource.get("type", ""), "id": resource.get("id", "")},
-            "app_id": resource.get("addon", {}).get("app_id", ""),
-            "effect": decision.effect.value,
-            "matched_rules": [
-                {
-                    "policy": m.policy,
-                    "rule_id": m.rule_id,
-                    "effect": m.effect.value,
-                    "reason": m.reason,
-                }
-                for m in decision.matched
-            ],
-            "reasons": list(decision.reasons),
-            "errors": list(decision.errors),
-            "policy_revision": decision.policy_revision,
-            "input": _recorded_input(inputs, rfc3339(now), item_context),
-        }
-        return redact_session_tokens(record)
+            action=inputs["action"],
+            resource={"type": resource.get("type", ""), "id": resource.get("id", "")},
+            app_id=resource.get("addon", {}).get("app_id", ""),
+            matched_rules=tuple(
+                MatchedRule(m.policy, m.rule_id, m.effect.value, m.reason) for m in decision.matched
+            ),
+            reasons=tuple(decision.reasons),
+            errors=tuple(decision.errors),
+            policy_revision=decision.policy_revision,
+            input=_recorded_input(inputs, now_text or rfc3339(now), item_context),
+            duration_ms=duration_ms,
+        )
+        return _without_session_tokens_in(record)
 
 
 _SHARED_INPUTS = ("principal", "context")
@@ -417,6 +443,28 @@ def _recorded_input(
     if item_context:
         recorded["context"] = redact(item_context)
     return recorded
+
+
+def _without_session_tokens_in(record: DecisionRecord) -> DecisionRecord:
+    """`redact_session_tokens` for a typed record: the fields a caller's text can reach."""
+    try:
+        found = _PREFIX_BYTES in marshal.dumps(
+            (
+                record.caller,
+                record.request_id,
+                record.principal,
+                record.action,
+                record.resource,
+                record.app_id,
+                record.reasons,
+                record.input,
+            )
+        )
+    except ValueError:
+        found = True
+    if not found:
+        return record
+    return DecisionRecord.from_dict(_without_session_tokens(record.to_dict()))
 
 
 def redact_session_tokens(record: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.audit.chain import verify
-from authz.audit.commands import explain
+from authz.audit.explain import explain
 from authz.audit.query import get_entry, query
 from authz.client import AsyncAuthzClient, AuthzCallError, Resource, format_decision
 from authz.config import CallerToken

@@ -11,14 +11,15 @@
     prune(target, 90 * 86400) # drop old records, keep the chain verifiable (a prune entry)
     query(target, since="1h", effect="DENY", principal="user:alice")  # iter_query streams
     get(target, decision_id); stats(target, since="24h")
+    for rec in read_for_replay(Settings.from_env(), since=...): ...  # DecisionRecords, oldest first
 
 A target is a SQLite path or a ``postgresql://`` URL; on PostgreSQL every replica's writer appends
 to one chain.
 
-The `authz audit …` commands live in authz.audit.commands.
+The `authz audit …` commands live in authz.cli.audit; `explain` (a record in words) in
+authz.audit.explain, JSON-lines and CSV export in authz.audit.export.
 """
 
-from authz.audit.backend import Target, describe_target, is_postgres_target
 from authz.audit.chain import Checkpoint, VerifyReport, chain_hash, checkpoint, prune, verify
 from authz.audit.errors import (
     AuditError,
@@ -27,24 +28,29 @@ from authz.audit.errors import (
     AuditTampered,
     AuditUnavailable,
 )
-from authz.audit.log import MODES, AuditLog, Mode
+from authz.audit.log import MODES, AuditLog, Mode, NopAuditLog, open_audit_log
 from authz.audit.query import (
     AuditEntry,
     aiter_query,
     get,
     get_entry,
     iter_query,
+    iter_records,
     parse_duration,
     parse_time,
     query,
+    read_for_replay,
     stats,
 )
-from authz.audit.record import canonical_json
+from authz.audit.record import DecisionRecord, MatchedRule, Stage, canonical_json
 from authz.audit.schema import (
     AUDIT_DB_NAME,
     GENESIS_HASH,
+    Target,
     audit_db_path,
     audit_target,
+    describe_target,
+    is_postgres_target,
     migrate_audit,
 )
 
@@ -60,7 +66,11 @@ __all__ = [
     "AuditTampered",
     "AuditUnavailable",
     "Checkpoint",
+    "DecisionRecord",
+    "MatchedRule",
     "Mode",
+    "NopAuditLog",
+    "Stage",
     "Target",
     "VerifyReport",
     "aiter_query",
@@ -74,11 +84,14 @@ __all__ = [
     "get_entry",
     "is_postgres_target",
     "iter_query",
+    "iter_records",
     "migrate_audit",
     "parse_duration",
     "parse_time",
     "prune",
+    "open_audit_log",
     "query",
+    "read_for_replay",
     "stats",
     "verify",
 ]

@@ -26,13 +26,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from authz.audit.backend import AuditDb, Target
 from authz.audit.chain import VerifyReport, verify
 from authz.audit.errors import AuditError, AuditLogNotFound, AuditTampered
-from authz.audit.query import glob_to_regex, parse_time
+from authz.audit.query import parse_time
 from authz.audit.record import EFFECTS, assemble, canonical_json, part_refs
-from authz.audit.schema import HEAD, LOG, PARTS, RULES, open_audit
+from authz.audit.schema import HEAD, LOG, PARTS, RULES, Target, open_audit
 from authz.clock import rfc3339
+from authz.store import Database
+from authz.store.dialect import glob_to_regex
 
 __all__ = [
     "LOG",
@@ -380,7 +381,7 @@ def _row(values: Sequence[Any]) -> Row:
     )
 
 
-def _with_rules(db: AuditDb, rows: list[Row]) -> list[Row]:
+def _with_rules(db: Database, rows: list[Row]) -> list[Row]:
     if not rows:
         return rows
     marks = ", ".join("?" for _ in rows)
@@ -479,7 +480,7 @@ COMMON_RULE = 5_000
 """A rule that matched at least this many decisions is "common" (see Filters.where)."""
 
 
-def shape_of(db: AuditDb, filters: Filters) -> Shape:
+def shape_of(db: Database, filters: Filters) -> Shape:
     """The shape of query that reads least for `filters` on this log."""
     no_whole_ids = frozenset(
         prefix
@@ -491,7 +492,7 @@ def shape_of(db: AuditDb, filters: Filters) -> Shape:
     return Shape(bool(filters.rule) and is_common_rule(db, filters), no_whole_ids)
 
 
-def is_common_rule(db: AuditDb, filters: Filters) -> bool:
+def is_common_rule(db: Database, filters: Filters) -> bool:
     """Whether the rule filter matches at least COMMON_RULE decisions (an index range count,
     stopped there)."""
     rules, params = filters.rule_condition()
@@ -555,7 +556,7 @@ def explain(target: Target, decision_id: str) -> Explained | None:
 class _PartReader:
     """Shared parts by hash, the last few kept decoded (a batch's records name the same)."""
 
-    def __init__(self, db: AuditDb) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
         self._decoded: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
@@ -737,7 +738,7 @@ def verify_chain(target: Target) -> VerifyReport:
 
 
 @contextlib.contextmanager
-def _opened(target: Target) -> Iterator[AuditDb]:
+def _opened(target: Target) -> Iterator[Database]:
     db = open_audit(target, application_name="authz-audit-review")
     try:
         yield db

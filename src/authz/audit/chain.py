@@ -29,7 +29,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from authz.audit.backend import AuditDb, Target
 from authz.audit.errors import AuditRecordInvalid, AuditTampered
 from authz.audit.record import (
     INDEX_COLUMNS,
@@ -50,11 +49,12 @@ from authz.audit.schema import (
     PART_USE,
     PARTS,
     RULES,
+    Target,
     append_event,
     open_audit,
 )
 from authz.clock import Clock, rfc3339, system_clock
-from authz.store.base import Dialect
+from authz.store import Database
 
 __all__ = ["Checkpoint", "VerifyReport", "chain_hash", "checkpoint", "prune", "verify"]
 
@@ -152,22 +152,28 @@ _EVENT_SQL = (
     f"SELECT seq, kind, time, record, prev_hash, hash FROM {EVENTS} "
     "WHERE seq > ? AND seq <= ? ORDER BY seq"
 )
-_RULES_SQL: dict[Dialect, str] = {
-    "sqlite": (
-        f"SELECT seq, json_group_array(json_array(policy, rule_id, effect)) FROM "
-        f"(SELECT seq, policy, rule_id, effect FROM {RULES} WHERE seq > ? AND seq <= ? "
-        "ORDER BY seq, rowid) GROUP BY seq ORDER BY seq"
-    ),
-    "postgresql": (
-        "SELECT seq, json_agg(json_build_array(policy, rule_id, effect) ORDER BY id)::text "
-        f"FROM {RULES} WHERE seq > ? AND seq <= ? GROUP BY seq ORDER BY seq"
-    ),
-}
+
+
+def _rules_sql(db: Database) -> str:
+    """Each seq's matched rules in (lower, upto], as a JSON array of [policy, rule_id, effect]
+    in the order they were written."""
+    sql = db.sql
+    order = sql.insertion_order
+    rules = sql.json_group_array(sql.json_array("policy", "rule_id", "effect"), "o")
+    return (
+        f"SELECT seq, {rules} FROM "
+        f"(SELECT seq, policy, rule_id, effect, {order} AS o FROM {RULES} "
+        "WHERE seq > ? AND seq <= ? ORDER BY seq, o) AS r GROUP BY seq ORDER BY seq"
+    )
+
+
 _ALL = 2**62
 
 
-def _rule_groups(db: AuditDb, lower: int, upto: int) -> Iterator[tuple[int, list[tuple[str, ...]]]]:
-    with contextlib.closing(db.iterate(_RULES_SQL[db.dialect], (lower, upto))) as groups:
+def _rule_groups(
+    db: Database, lower: int, upto: int
+) -> Iterator[tuple[int, list[tuple[str, ...]]]]:
+    with contextlib.closing(db.iterate(_rules_sql(db), (lower, upto))) as groups:
         for seq, text in groups:
             yield (
                 int(seq),
@@ -175,14 +181,14 @@ def _rule_groups(db: AuditDb, lower: int, upto: int) -> Iterator[tuple[int, list
             )
 
 
-def _events(db: AuditDb, lower: int, upto: int) -> list[tuple[Any, ...]]:
+def _events(db: Database, lower: int, upto: int) -> list[tuple[Any, ...]]:
     """The non-decision entries in (lower, upto]: a handful (one per prune still in the log)."""
     if not db.table_exists(EVENTS):  # a log of schema 1, not yet migrated
         return []
     return [tuple(row) for row in db.execute(_EVENT_SQL, (lower, upto))]
 
 
-def _predecessor_present(db: AuditDb, prev_hash: str, start: tuple[int, str]) -> bool:
+def _predecessor_present(db: Database, prev_hash: str, start: tuple[int, str]) -> bool:
     """Whether the entry a row links to (by its prev_hash) is still in the log (or the start)."""
     if prev_hash in (GENESIS_HASH, start[1]):
         return True
@@ -195,7 +201,7 @@ def _predecessor_present(db: AuditDb, prev_hash: str, start: tuple[int, str]) ->
 
 
 def _written_as(
-    db: AuditDb, seq: int, record_json: str, prev_hash: str, stored_hash: str
+    db: Database, seq: int, record_json: str, prev_hash: str, stored_hash: str
 ) -> int | None:
     """The seq this entry's hash was made for, if not `seq` (searching outward; failure path)."""
     (top,) = db.execute(f"SELECT seq FROM {HEAD} WHERE id = 1").fetchone() or (0,)
@@ -210,7 +216,7 @@ def _written_as(
 
 
 def _check_link(
-    db: AuditDb,
+    db: Database,
     seq: int,
     where: str,
     decision_id: str | None,
@@ -265,7 +271,7 @@ class _PartCheck:
 
     _REMEMBER = 1024
 
-    def __init__(self, db: AuditDb) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
         self._present = db.table_exists(PARTS)
         self._known: collections.OrderedDict[str, int | str] = collections.OrderedDict()
@@ -303,7 +309,7 @@ class _PartCheck:
 
 
 def _check_record(
-    db: AuditDb,
+    db: Database,
     row: tuple[object, ...],
     prev: str,
     start: tuple[int, str],
@@ -327,7 +333,7 @@ def _check_record(
     except (ValueError, AuditRecordInvalid) as exc:
         return _Finding("edited", seq, decision_id, f"record seq {seq} is unreadable: {exc}")
     for name, have, want in zip(INDEX_COLUMNS, columns, expected, strict=True):
-        if have != db.stored(want):
+        if have != db.sql.text(want):
             return _Finding(
                 "edited",
                 seq,
@@ -387,13 +393,13 @@ class _Walk:
     """The hash of each entry whose seq was asked for (checkpoints)."""
 
 
-def _anchor(db: AuditDb) -> tuple[int, str] | None:
+def _anchor(db: Database) -> tuple[int, str] | None:
     row = db.execute(f"SELECT seq, hash FROM {ANCHORS} ORDER BY seq DESC LIMIT 1").fetchone()
     return None if row is None else (int(row[0]), str(row[1]))
 
 
 def _walk(
-    db: AuditDb,
+    db: Database,
     upto: int,
     *,
     start: tuple[int, str] | None = None,
@@ -423,7 +429,7 @@ def _walk(
 
 
 def _walk_rows(
-    db: AuditDb,
+    db: Database,
     walk: _Walk,
     start: tuple[int, str],
     rules: Iterator[tuple[int, list[tuple[str, ...]]]],
@@ -474,7 +480,7 @@ def _walk_rows(
             if pending is not None and pending[0] == seq:
                 have = pending[1]
                 pending = next(rules, None)
-            if have != [tuple(db.stored(v) for v in rule) for rule in checked]:
+            if have != [tuple(db.sql.text(v) for v in rule) for rule in checked]:
                 walk.finding = _Finding(
                     "edited",
                     seq,
@@ -495,7 +501,7 @@ def _walk_rows(
 
 
 def _check_event(
-    db: AuditDb,
+    db: Database,
     walk: _Walk,
     row: tuple[Any, ...],
     prev: str,
@@ -704,12 +710,12 @@ PRUNE_LOCK = "authz:audit-prune"
 """PostgreSQL: serialises prunes (SQLite's BEGIN IMMEDIATE already does)."""
 
 
-def _anchor_seq(db: AuditDb) -> int:
+def _anchor_seq(db: Database) -> int:
     (seq,) = db.execute(f"SELECT max(seq) FROM {ANCHORS}").fetchone()
     return int(seq or 0)
 
 
-def _anchor_hash(db: AuditDb, end: int) -> str | None:
+def _anchor_hash(db: Database, end: int) -> str | None:
     """The hash the chain continues from after seq `end`: that entry's hash or, if it is gone
     (force), the prev_hash of the next entry or the head."""
     for table in (LOG, EVENTS):
@@ -726,7 +732,7 @@ def _anchor_hash(db: AuditDb, end: int) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _latest_prune(db: AuditDb) -> _Prune | None:
+def _latest_prune(db: Database) -> _Prune | None:
     """The newest prune entry, its own hash checked (AuditTampered when it does not hold)."""
     row = db.execute(
         f"SELECT seq, kind, time, record, prev_hash, hash FROM {EVENTS} ORDER BY seq DESC LIMIT 1"
@@ -803,7 +809,7 @@ def prune(
 
 
 def _prune_through(
-    db: AuditDb,
+    db: Database,
     boundary: int,
     now: float,
     cutoff: float,
@@ -838,7 +844,7 @@ def _prune_through(
             raise _refuse(finding)
         position = (walk.last, walk.last_hash)
     # 2. The prune entry, if nothing moved in between.
-    with db.write(lock=PRUNE_LOCK):
+    with db.transaction(lock=PRUNE_LOCK):
         if _anchor(db) != anchor or _latest_prune(db) != latest:
             raise _Restart
         through_hash = _anchor_hash(db, boundary)
@@ -858,12 +864,12 @@ def _prune_through(
     deleted[0] += _delete_through(db, boundary, now, cutoff, chunk)
 
 
-def _delete_through(db: AuditDb, through: int, now: float, cutoff: float, chunk: int) -> int:
+def _delete_through(db: Database, through: int, now: float, cutoff: float, chunk: int) -> int:
     """Delete the entries up to `through` (a prune entry allows it), a chunk per transaction."""
     total = 0
     run_anchor: int | None = None  # the audit_anchor row this run moves forward
     while True:
-        with db.write(lock=PRUNE_LOCK):
+        with db.transaction(lock=PRUNE_LOCK):
             start = _anchor_seq(db)
             if start >= through:
                 return total

@@ -27,7 +27,8 @@ Modes:
   OOM kill, power loss) loses what was still queued and the batch being committed: at most
   ``queue_max + max_batch`` records. They never got a seq, so they leave no gap that ``verify``
   could see.
-- ``off``: nothing is recorded (benchmarks only).
+- ``off``: nothing is built or recorded (benchmarks only): `open_audit_log` gives a
+  `NopAuditLog` instead, the same interface doing nothing.
 
 In both recording modes the number of records written equals the number of calls that returned
 without an exception, with one exception in the safe direction: a durable caller that is
@@ -50,24 +51,38 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from authz.audit.backend import AuditDb, Target, describe_target, normalise_target
 from authz.audit.errors import AuditRecordInvalid, AuditUnavailable
 from authz.audit.record import (
     INDEX_COLUMNS,
+    DecisionRecord,
     PreparedPart,
     PreparedRecord,
     chain_hash,
     prepare,
     prepare_many,
 )
-from authz.audit.schema import LOG, PART_USE, PARTS, RULES, lock_head, move_head, open_audit
+from authz.audit.schema import (
+    LOG,
+    PART_USE,
+    PARTS,
+    RULES,
+    Target,
+    describe_target,
+    lock_head,
+    move_head,
+    normalise_target,
+    open_audit,
+)
 from authz.clock import Clock, system_clock
-from authz.store.base import Dialect
+from authz.store import Database, Dialect
 
 log = logging.getLogger("authz.audit")
 
 Mode = Literal["durable", "async", "off"]
 MODES: tuple[Mode, ...] = ("durable", "async", "off")
+
+Record = Mapping[str, Any] | DecisionRecord
+"""What the log takes: a DecisionRecord (the decision path), or a dict of the same shape."""
 
 _INSERT_LOG = (
     f"INSERT INTO {LOG} (seq, {', '.join(INDEX_COLUMNS)}, record, prev_hash, hash) "
@@ -79,6 +94,8 @@ _USE_PART = (
     f"INSERT INTO {PART_USE} (hash, last_seq) VALUES (?, ?) "
     "ON CONFLICT (hash) DO UPDATE SET last_seq = excluded.last_seq"
 )
+ASYNC_LINGER = 0.002
+"""Seconds the async writer waits after the first queued record for more to commit with it."""
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 1.0
 
@@ -179,10 +196,19 @@ def _settle(pairs: list[tuple[asyncio.Future[None], BaseException | None]]) -> N
             future.set_exception(error)
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """Mark a failure as seen even if its caller stopped waiting (the writer logged it)."""
-    if not future.cancelled():
-        future.exception()
+def _abandon(futures: list[asyncio.Future[None]]) -> None:
+    """The caller stopped waiting (cancelled, or a failure before queueing): cancel what is
+    still pending (the writer skips it) and mark failures as seen (the writer logged them)."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
+
+
+def _expire_all(futures: list[asyncio.Future[None]], message: str) -> None:
+    for future in futures:
+        _expire(future, message)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -245,8 +271,9 @@ class AuditLog:
             (default 2 × commit_timeout + 1 s): a safety net should the writer hang.
         clock: stamps records that come without a "time".
         """
-        if mode not in MODES:
-            raise ValueError(f"audit mode {mode!r} must be one of {', '.join(MODES)}")
+        if mode not in ("durable", "async"):
+            hint = " (open_audit_log gives a NopAuditLog for off)" if mode == "off" else ""
+            raise ValueError(f"audit mode {mode!r} must be durable or async{hint}")
         if min(max_batch, queue_max, max_batch_bytes, caller_budget) < 1:
             raise ValueError(
                 "max_batch, max_batch_bytes, queue_max and caller_budget must be at least 1"
@@ -259,8 +286,11 @@ class AuditLog:
         """The same as target (the name it had when the log was SQLite only)."""
         self.location = describe_target(self.target)
         """The target, safe to log (a URL's password replaced by ***)."""
-        self.dialect: Dialect = "postgresql" if isinstance(self.target, str) else "sqlite"
+        self.dialect: Dialect = "sqlite" if isinstance(self.target, Path) else "postgresql"
         self.mode: Mode = mode
+        self.recording = True
+        """Whether decisions are recorded (NopAuditLog: False, and the decision path builds
+        no record)."""
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self.queue_max = queue_max
@@ -280,7 +310,7 @@ class AuditLog:
         self._failing = False
         self._dead: BaseException | None = None
         self._last_error = ""  # a message only: the exception would keep the batch alive
-        self._db: AuditDb | None = None
+        self._db: Database | None = None
         self._thread: threading.Thread | None = None
 
         # Counters (read them any time; written only by the writer thread or under the lock).
@@ -309,14 +339,18 @@ class AuditLog:
         if self._started:
             return self
         self._started = True
-        if self.mode == "off":
-            return self
         try:
+            # Wait at most commit_timeout for the chain head (PostgreSQL's lock_timeout; SQLite's
+            # busy timeout), and commit only once durable.
             db = open_audit(
                 self.target,
                 create=True,
                 timeout=self.commit_timeout,
                 application_name="authz-audit-writer",
+                session={
+                    "lock_timeout": f"{max(1, round(self.commit_timeout * 1000))}ms",
+                    "synchronous_commit": "on",
+                },
             )
         except AuditUnavailable as exc:
             self._dead = exc
@@ -324,22 +358,6 @@ class AuditLog:
         except Exception as exc:  # sqlite3.Error, OSError
             self._dead = exc
             raise AuditUnavailable(f"cannot open the audit log at {self.location}: {exc}") from exc
-        if db.dialect == "postgresql":
-            from authz.audit.postgres import PostgresAuditDb
-
-            assert isinstance(db, PostgresAuditDb)
-            try:
-                # Wait at most commit_timeout for the chain head; commit only once durable.
-                db.configure(
-                    lock_timeout=f"{max(1, round(self.commit_timeout * 1000))}ms",
-                    synchronous_commit="on",
-                )
-            except Exception as exc:
-                db.close()
-                self._dead = exc
-                raise AuditUnavailable(
-                    f"cannot open the audit log at {self.location}: {exc}"
-                ) from exc
         self._db = db
         self._thread = threading.Thread(target=self._run, name="authz-audit-writer", daemon=True)
         self._thread.start()
@@ -414,7 +432,11 @@ class AuditLog:
     @property
     def _conn(self) -> Any:
         """The writer's sqlite3 or psycopg connection (for tests and diagnostics)."""
-        return None if self._db is None else self._db.raw
+        return (
+            None
+            if self._db is None
+            else getattr(self._db, "raw", None) or getattr(self._db, "conn", None)
+        )
 
     @property
     def queue_depth(self) -> int:
@@ -437,17 +459,15 @@ class AuditLog:
 
     # -- recording -------------------------------------------------------------------------
 
-    async def record(self, rec: Mapping[str, Any]) -> None:
+    async def record(self, rec: Record) -> None:
         """Record one decision (see the module docstring for what returning means per mode).
 
         Raises AuditUnavailable (fail closed) or AuditRecordInvalid (a malformed record).
         """
-        if self.mode == "off":
-            return
         await self.record_many((rec,))
 
     async def record_many(
-        self, recs: Iterable[Mapping[str, Any]], shared: Mapping[str, Any] | None = None
+        self, recs: Iterable[Record], shared: Mapping[str, Any] | None = None
     ) -> None:
         """Record several decisions (a CheckBatch); they normally share one commit.
 
@@ -457,41 +477,43 @@ class AuditLog:
         In durable mode returns once all of them committed; if any failed, raises
         AuditUnavailable (the others may have been written).
         """
-        if self.mode == "off":
-            return
         prepared = prepare_many(recs, self._clock, shared)
         if not prepared:
             return
         loop = asyncio.get_running_loop()
-        durable = self.mode == "durable"
+        if self.mode != "durable":
+            await self._put_async(
+                loop, [_Item(p, size) for p, size in zip(prepared, _sized(prepared), strict=True)]
+            )
+            return
         items = [
-            _Item(p, size, loop, loop.create_future()) if durable else _Item(p, size)
+            _Item(p, size, loop, loop.create_future())
             for p, size in zip(prepared, _sized(prepared), strict=True)
         ]
-        for item in items:
-            if item.future is not None:
-                item.future.add_done_callback(_retrieve)
-        await self._put_async(loop, items)
-        if durable:
-            message = f"audit record not committed within {self.wait_timeout:g} s"
-            errors: list[BaseException] = []
-            for item in items:
-                assert item.future is not None
+        futures = [item.future for item in items if item.future is not None]
+        # One timer for the whole batch: a safety net should the writer hang.
+        message = f"audit record not committed within {self.wait_timeout:g} s"
+        timer = loop.call_later(self.wait_timeout, _expire_all, futures, message)
+        errors: list[BaseException] = []
+        try:
+            await self._put_async(loop, items)
+            for future in futures:
                 try:
-                    await _await(loop, item.future, self.wait_timeout, message)
+                    await future
                 except AuditUnavailable as exc:  # keep waiting for the others, then report
                     errors.append(exc)
-            if errors:
-                raise errors[0]
+        finally:
+            timer.cancel()
+            _abandon(futures)
+        if errors:
+            raise errors[0]
 
-    def record_blocking(self, rec: Mapping[str, Any]) -> None:
+    def record_blocking(self, rec: Record) -> None:
         """record() for code without an event loop (CLI tools, tests, worker threads).
 
         Do not call it from a coroutine: it blocks the thread until the commit (durable) or
         until there is room in the queue (async).
         """
-        if self.mode == "off":
-            return
         prepared = prepare(rec, self._clock)
         waiter: concurrent.futures.Future[None] | None = None
         if self.mode == "durable":
@@ -585,6 +607,14 @@ class AuditLog:
         with self._lock:
             while not self._items and not self._closing:
                 self._not_empty.wait()
+            linger = (
+                self.mode == "async" and not self._closing and len(self._items) < self.max_batch
+            )
+        if linger:
+            # Async records are acknowledged already: gather more of them for this commit
+            # (fewer, larger transactions cost less CPU per record) instead of waking for each.
+            time.sleep(ASYNC_LINGER)
+        with self._lock:
             if not self._items:
                 return None
             batch = self._items.take(self.max_batch, self.max_batch_bytes)
@@ -630,7 +660,7 @@ class AuditLog:
         db = self._db
         assert db is not None
         db.reconnect_if_broken()
-        with db.write():
+        with db.transaction():
             seq, head = lock_head(db)
             rows: list[tuple[Any, ...]] = []
             rule_rows: list[tuple[Any, ...]] = []
@@ -684,7 +714,7 @@ class AuditLog:
                     return
                 written = self._write(batch)
             except Exception as exc:
-                if db.is_duplicate_decision(exc):  # the caller's bug, not an outage
+                if db.sql.is_unique_violation(exc, "decision_id"):  # the caller's bug
                     if len(batch) == 1:
                         self._reject(batch[0])
                     else:  # commit the others, one by one
@@ -716,9 +746,8 @@ class AuditLog:
             delay = min(delay * 2, _RETRY_MAX)
 
     @staticmethod
-    def _connection_lost(db: AuditDb) -> bool:
-        raw = db.raw
-        return db.dialect == "postgresql" and bool(raw.closed or raw.broken)
+    def _connection_lost(db: Database) -> bool:
+        return db.is_broken()
 
     def _committed(self, batch: list[_Item], written: int) -> None:
         self.records_written += len(batch)
@@ -785,3 +814,77 @@ class AuditLog:
         )
         failure.__cause__ = error
         return failure
+
+
+class NopAuditLog:
+    """The audit sink of ``AUTHZ_AUDIT_MODE=off`` (benchmarks): the interface of `AuditLog`,
+    recording nothing. Its ``recording`` is False, so the decision path builds no record."""
+
+    mode: Mode = "off"
+    recording = False
+    records_written = 0
+    commits = 0
+    queue_depth = 0
+
+    def __init__(self, target: Target | None = None) -> None:
+        self.target: Path | str | None = None if target is None else normalise_target(target)
+        self.location = "off" if self.target is None else describe_target(self.target)
+
+    def start(self) -> Self:
+        return self
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def record(self, rec: Record) -> None:
+        pass
+
+    async def record_many(
+        self, recs: Iterable[Record], shared: Mapping[str, Any] | None = None
+    ) -> None:
+        pass
+
+    def record_blocking(self, rec: Record) -> None:
+        pass
+
+    def counters(self) -> dict[str, int]:
+        return dict.fromkeys(
+            (
+                "records_written",
+                "bytes_written",
+                "commits",
+                "largest_batch",
+                "failed_commits",
+                "records_failed",
+                "records_rejected",
+                "records_lost",
+                "queue_depth",
+                "queue_high_water",
+            ),
+            0,
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+def open_audit_log(
+    target: Target, *, mode: Mode = "durable", **options: Any
+) -> AuditLog | NopAuditLog:
+    """The audit log for a mode: an `AuditLog` (durable, async) or a `NopAuditLog` (off); not
+    started. ``options`` are AuditLog's (max_batch, commit_timeout, ...)."""
+    if mode == "off":
+        return NopAuditLog(target)
+    return AuditLog(target, mode=mode, **options)

@@ -12,19 +12,23 @@ import collections
 import concurrent.futures
 import contextlib
 import json
+import os
 import re
 from collections.abc import AsyncGenerator, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from authz.audit.backend import AuditDb, Target
 from authz.audit.errors import AuditTampered
-from authz.audit.record import EFFECTS, assemble, part_refs
-from authz.audit.schema import LOG, PARTS, RULES, open_audit
+from authz.audit.record import EFFECTS, DecisionRecord, assemble, part_refs
+from authz.audit.schema import LOG, PARTS, RULES, Target, open_audit
 from authz.clock import Clock, system_clock
-from authz.store.base import Dialect
+from authz.store import Database
+from authz.store.dialect import SQLITE, SqlDialect
+
+if TYPE_CHECKING:
+    from authz.config import Settings
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
@@ -82,47 +86,12 @@ def parse_time(text: TimeSpec, *, now: float | None = None, clock: Clock = syste
 
 
 @contextmanager
-def _opened(target: Target) -> Iterator[AuditDb]:
+def _opened(target: Target) -> Iterator[Database]:
     db = open_audit(target)
     try:
         yield db
     finally:
         db.close()
-
-
-_GLOB_SPECIAL = set("\\.^$+(){}|*?[]")
-
-
-def glob_to_regex(pattern: str) -> str:
-    """A SQLite GLOB pattern (``*``, ``?``, ``[a-z]``, ``[^x]``) as an anchored PostgreSQL
-    regular expression that matches the same strings (case-sensitive, like GLOB)."""
-    out = ["^"]
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "*":
-            out.append(".*")
-        elif char == "?":
-            out.append(".")
-        elif char == "[":
-            # A set: "]" right after "[" or "[^" belongs to the set. Without a closing "]"
-            # the pattern matches nothing (as GLOB does).
-            j = i + 1
-            if j < len(pattern) and pattern[j] == "^":
-                j += 1
-            if j < len(pattern) and pattern[j] == "]":
-                j += 1
-            close = pattern.find("]", j)
-            if close < 0:
-                return "(?!)"
-            inner = pattern[i + 1 : close].replace("\\", "\\\\")
-            out.append("[" + inner + "]")
-            i = close
-        else:
-            out.append("\\" + char if char in _GLOB_SPECIAL else char)
-        i += 1
-    out.append("$")
-    return "".join(out)
 
 
 def _split_ref(value: str) -> tuple[str | None, str]:
@@ -155,7 +124,7 @@ def _where(
     kind: str | None,
     now: float | None,
     clock: Clock,
-    dialect: Dialect = "sqlite",
+    sql: SqlDialect = SQLITE,
 ) -> tuple[str, list[Any]]:
     where: list[str] = []
     params: list[Any] = []
@@ -177,12 +146,10 @@ def _where(
         if not any(c in action for c in "*?["):
             where.append("action = ?")
             params.append(action)
-        elif dialect == "sqlite":
-            where.append("action GLOB ?")
-            params.append(action)
         else:
-            where.append("action ~ ?")
-            params.append(glob_to_regex(action))
+            condition, pattern = sql.glob("action", action)
+            where.append(condition)
+            params.append(pattern)
     if effect:
         wanted = effect.upper()
         if wanted not in EFFECTS:
@@ -213,7 +180,7 @@ class _Parts:
 
     _KEEP = 4
 
-    def __init__(self, db: AuditDb) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
         self._present: bool | None = None
         self._decoded: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -301,7 +268,7 @@ def _sized_records(
     """The records, each with the bytes of JSON it was put back together from."""
     order = "ASC" if oldest_first else "DESC"
     with _opened(target) as db, db.snapshot():
-        clause, params = _where(**filters, dialect=db.dialect)
+        clause, params = _where(**filters, sql=db.sql)
         sql = f"SELECT record FROM {LOG}{clause} ORDER BY time {order}, seq {order}"
         if limit is not None:
             sql += " LIMIT ?"
@@ -317,6 +284,23 @@ def _sized_records(
 def iter_query(target: Target, **filters: Any) -> Generator[dict[str, Any], None, None]:
     """The records `sized_query` finds (same filters), streamed."""
     return (record for record, _ in sized_query(target, **filters))
+
+
+def iter_records(target: Target, **filters: Any) -> Generator[DecisionRecord, None, None]:
+    """The records `sized_query` finds (same filters), streamed as DecisionRecords."""
+    return (DecisionRecord.from_dict(record) for record, _ in sized_query(target, **filters))
+
+
+def read_for_replay(
+    where: Settings | Target, since: TimeSpec | None = None, *, clock: Clock = system_clock
+) -> Generator[DecisionRecord, None, None]:
+    """Every decision record since `since` (None: all), oldest first, streamed, for replaying
+    against a candidate policy set. `where` is the service's Settings (its `audit_target`: the
+    SQLite file under AUTHZ_DATA_DIR, or the PostgreSQL database of DATABASE_URL), or a target.
+    A missing log raises AuditLogNotFound on the first `next()`; an unreachable PostgreSQL
+    server AuditUnavailable. Close the iterator (or exhaust it) to release the connection."""
+    target = where if isinstance(where, str | os.PathLike) else where.audit_target
+    return iter_records(target, since=since, limit=None, oldest_first=True, clock=clock)
 
 
 def query(target: Target, **filters: Any) -> list[dict[str, Any]]:
@@ -391,16 +375,6 @@ def get(target: Target, decision_id: str) -> dict[str, Any] | None:
     return None if entry is None else entry.record
 
 
-_EMAIL: dict[Dialect, str] = {
-    "sqlite": "json_extract(record, '$.principal.display.email')",
-    # PostgreSQL's json cannot de-escape \u0000: such a (rare) record simply shows no e-mail.
-    "postgresql": (
-        "(CASE WHEN strpos(record, '\\u0000') = 0 "
-        "THEN record::json #>> '{principal,display,email}' END)"
-    ),
-}
-
-
 def stats(
     target: Target,
     since: TimeSpec | None = None,
@@ -428,7 +402,7 @@ def stats(
         clock=clock,
     )
 
-    def counts(db: AuditDb, column: str) -> dict[str, int]:
+    def counts(db: Database, column: str) -> dict[str, int]:
         sql = (
             f"SELECT coalesce({column}, ''), count(*) AS n FROM {LOG}{clause} "
             f"GROUP BY 1 ORDER BY n DESC, 1"
@@ -453,7 +427,7 @@ def stats(
         denied_where = f"{clause} AND effect = 'DENY'" if clause else " WHERE effect = 'DENY'"
         denied_sql = (
             "SELECT principal_type, principal_id, count(*) AS n, "
-            f"max({_EMAIL[db.dialect]}) "
+            f"max({db.sql.json_text('record', 'principal', 'display', 'email')}) "
             f"FROM {LOG}{denied_where} GROUP BY principal_type, principal_id "
             "ORDER BY n DESC, principal_type, principal_id LIMIT ?"
         )

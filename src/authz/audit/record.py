@@ -1,4 +1,11 @@
-"""A decision record: validation, canonical JSON, the columns indexed for review, shared parts.
+"""A decision record: its type, validation, canonical JSON, the columns indexed for review,
+shared parts.
+
+`DecisionRecord` is what the decision path builds (once, in authz.decide) and what readers get
+back (`DecisionRecord.from_dict` of a stored record). Its ``stage`` says whether the policies
+were consulted (``"evaluated"``) or the request was refused before them (``"refused"``, with
+the ``refusal_code`` such as ``SSO_REPLAYED`` or ``SESSION_UNKNOWN``); records written before
+the field existed get it inferred once, here, from their reasons.
 
 The record itself is stored verbatim as canonical JSON; the indexed columns are derived from it
 (and `verify` checks that they still agree with it), so the JSON is the single source of truth.
@@ -15,11 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from authz.audit.errors import AuditRecordInvalid
 from authz.clock import Clock
@@ -84,7 +92,213 @@ PART_MIN_BYTES = 512
 copied into each record (a part costs a row, and a lookup for every reader)."""
 
 _SHARED_PATH = re.compile(r"input\.([A-Za-z_][A-Za-z0-9_]*)")
+_SHARED_NAMES = {"input.principal": "principal", "input.context": "context"}
+"""The paths the decision path shares, known without a regex match."""
 _PART_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+Stage = Literal["evaluated", "refused"]
+STAGES: tuple[Stage, ...] = ("evaluated", "refused")
+
+_RECORD_KEYS = frozenset(
+    (
+        "decision_id",
+        "time",
+        "kind",
+        "stage",
+        "refusal_code",
+        "interface",
+        "caller",
+        "request_id",
+        "principal",
+        "action",
+        "resource",
+        "app_id",
+        "effect",
+        "matched_rules",
+        "reasons",
+        "errors",
+        "policy_revision",
+        "input",
+        "duration_ms",
+    )
+)
+_LEGACY_REFUSAL = re.compile(r"([A-Z][A-Z0-9]*_[A-Z0-9_]+):")
+_DEFAULT_DENY_REASON = "no allow rule matched action"
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedRule:
+    """A rule whose condition held for the decision."""
+
+    policy: str
+    rule_id: str
+    effect: str
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "policy": self.policy,
+            "rule_id": self.rule_id,
+            "effect": self.effect,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One decision as the audit log keeps it.
+
+    ``principal`` and ``resource`` are the references shown in reviews (``type``, ``id``, and the
+    principal's ``display``); ``input`` is everything the policies saw (with ``now`` as RFC 3339
+    text), redacted. ``extra`` holds keys of a stored record this release does not know (a newer
+    release wrote it), so that reading and writing back loses nothing.
+    """
+
+    decision_id: str
+    time: float
+    kind: str
+    effect: str
+    stage: Stage = "evaluated"
+    refusal_code: str = ""
+    interface: str = "grpc"
+    caller: str = ""
+    request_id: str = ""
+    principal: Mapping[str, Any] = field(default_factory=dict)
+    action: str = ""
+    resource: Mapping[str, Any] = field(default_factory=dict)
+    app_id: str = ""
+    matched_rules: tuple[MatchedRule, ...] = ()
+    reasons: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    policy_revision: str = ""
+    input: Mapping[str, Any] = field(default_factory=dict)
+    duration_ms: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def principal_ref(self) -> str:
+        return f"{self.principal.get('type', '')}:{self.principal.get('id', '')}"
+
+    @property
+    def resource_ref(self) -> str:
+        return f"{self.resource.get('type', '')}:{self.resource.get('id', '')}"
+
+    @property
+    def refused(self) -> bool:
+        """Whether the request was refused before any policy was consulted."""
+        return self.stage == "refused"
+
+    @property
+    def deciding_rules(self) -> tuple[MatchedRule, ...]:
+        """The matched rules of the winning effect (none: a default deny or a refusal)."""
+        return tuple(m for m in self.matched_rules if m.effect.upper() == self.effect)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as stored (and hashed): plain JSON values."""
+        out: dict[str, Any] = {
+            **self.extra,
+            "decision_id": self.decision_id,
+            "time": self.time,
+            "kind": self.kind,
+            "stage": self.stage,
+            "interface": self.interface,
+            "caller": self.caller,
+            "request_id": self.request_id,
+            "principal": self.principal,
+            "action": self.action,
+            "resource": self.resource,
+            "app_id": self.app_id,
+            "effect": self.effect,
+            "matched_rules": [m.to_dict() for m in self.matched_rules],
+            "reasons": list(self.reasons),
+            "errors": list(self.errors),
+            "policy_revision": self.policy_revision,
+            "input": self.input,
+        }
+        if self.refusal_code:
+            out["refusal_code"] = self.refusal_code
+        if self.duration_ms is not None:
+            out["duration_ms"] = self.duration_ms
+        return out
+
+    def to_json(self) -> str:
+        """The canonical JSON that is stored and hashed."""
+        return _encode(self.to_dict(), f"audit record {self.decision_id}")
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> DecisionRecord:
+        """A stored (or hand-built) record as a DecisionRecord; AuditRecordInvalid when it
+        lacks what every record has (see `index_columns`). Fields of other types are read as
+        text where review tools show them, so an odd record is still readable."""
+        columns = index_columns(record)
+        raw_rules = record.get("matched_rules") or ()
+        rules = tuple(
+            MatchedRule(
+                str(r.get("policy") or ""),
+                str(r.get("rule_id") or ""),
+                str(r.get("effect") or ""),
+                str(r.get("reason") or ""),
+            )
+            for r in raw_rules
+            if isinstance(r, Mapping)
+        )
+        stage, code = _stage_of(record)
+        duration = record.get("duration_ms")
+        return cls(
+            decision_id=columns[0],
+            time=columns[1],
+            kind=columns[2],
+            effect=columns[11],
+            stage=stage,
+            refusal_code=code,
+            interface=str(record.get("interface") or ""),
+            caller=columns[3] or "",
+            request_id=columns[4] or "",
+            principal=_mapping(record.get("principal"), "principal"),
+            action=columns[7] or "",
+            resource=_mapping(record.get("resource"), "resource"),
+            app_id=columns[10] or "",
+            matched_rules=rules,
+            reasons=tuple(str(r) for r in record.get("reasons") or ()),
+            errors=tuple(str(e) for e in record.get("errors") or ()),
+            policy_revision=columns[12] or "",
+            input=_mapping(record.get("input"), "input"),
+            duration_ms=(
+                float(duration)
+                if isinstance(duration, _NUMBER) and not isinstance(duration, bool)
+                else None
+            ),
+            extra={k: v for k, v in record.items() if k not in _RECORD_KEYS},
+        )
+
+
+def refusal_code_of(reason: str) -> str:
+    """``"SSO_REPLAYED: this form was used before"`` → ``"SSO_REPLAYED"`` ("" for other text)."""
+    match = _LEGACY_REFUSAL.match(reason)
+    return match.group(1) if match else ""
+
+
+def _stage_of(record: Mapping[str, Any]) -> tuple[Stage, str]:
+    """The stage and refusal code a record states, or, for a record written before they were
+    recorded, what its reasons show: no rule matched and the reason is a refusal code rather
+    than the engine's default deny (or the input has no access fact: it never reached them)."""
+    stage = record.get("stage")
+    if stage in STAGES:
+        return stage, str(record.get("refusal_code") or "")
+    if record.get("matched_rules"):
+        return "evaluated", ""
+    reasons = [str(r) for r in record.get("reasons") or ()]
+    for reason in reasons:
+        code = refusal_code_of(reason)
+        if code:
+            return "refused", code
+    if reasons and not any(r.startswith(_DEFAULT_DENY_REASON) for r in reasons):
+        return "refused", ""
+    data = record.get("input")
+    if isinstance(data, Mapping) and data and not isinstance(data.get("access"), Mapping):
+        return "refused", ""
+    return "evaluated", ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,14 +407,58 @@ def _encode(value: Any, what: str) -> str:
         raise AuditRecordInvalid(f"{what} is not plain JSON: {exc}") from None
 
 
+def _prepare_typed(
+    record: DecisionRecord, stored: dict[str, Any], parts: tuple[PreparedPart, ...]
+) -> PreparedRecord:
+    """A DecisionRecord is valid by construction: its columns come from its fields, and only
+    its JSON is encoded (once)."""
+    rules = tuple((m.policy, m.rule_id, m.effect) for m in record.matched_rules)
+    rule_ids = _ENCODER.encode([m.rule_id for m in record.matched_rules]) if rules else "[]"
+    principal, resource = record.principal, record.resource
+    columns = (
+        record.decision_id,
+        float(record.time),
+        record.kind,
+        record.caller,
+        record.request_id,
+        principal.get("type"),
+        principal.get("id"),
+        record.action,
+        resource.get("type"),
+        resource.get("id"),
+        record.app_id,
+        record.effect,
+        record.policy_revision,
+        rule_ids,
+    )
+    text = _encode(stored, f"audit record {record.decision_id}")
+    return PreparedRecord(record.decision_id, columns, rules, text, parts)
+
+
+def _check_typed(record: DecisionRecord) -> None:
+    if not record.decision_id:
+        raise AuditRecordInvalid("audit record needs a decision_id (a non-empty string)")
+    if record.effect not in EFFECTS:
+        raise AuditRecordInvalid(f"audit record {record.decision_id}: effect must be ALLOW or DENY")
+    if record.stage not in STAGES:
+        raise AuditRecordInvalid(
+            f"audit record {record.decision_id}: stage must be one of {STAGES}"
+        )
+
+
 def prepare(
-    record: Mapping[str, Any], clock: Clock, parts: tuple[PreparedPart, ...] = ()
+    record: Mapping[str, Any] | DecisionRecord,
+    clock: Clock,
+    parts: tuple[PreparedPart, ...] = (),
 ) -> PreparedRecord:
     """Check and encode a record in the caller, so a bad record never poisons a shared commit.
 
     A record without "time" is stamped with `clock()`; the caller's dict is never modified.
     `parts` are the shared parts its "parts" key names (see `prepare_many`).
     """
+    if isinstance(record, DecisionRecord):
+        _check_typed(record)
+        return _prepare_typed(record, record.to_dict(), parts)
     if not isinstance(record, dict | Mapping):
         raise AuditRecordInvalid(f"an audit record is a dict, not {type(record).__name__}")
     if "time" not in record:
@@ -213,6 +471,9 @@ def prepare(
 
 def shared_name(path: str) -> str:
     """ "input.principal" → "principal"; AuditRecordInvalid for any other kind of path."""
+    name = _SHARED_NAMES.get(path) if isinstance(path, str) else None
+    if name is not None:
+        return name
     match = _SHARED_PATH.fullmatch(path) if isinstance(path, str) else None
     if match is None:
         raise AuditRecordInvalid(
@@ -250,7 +511,7 @@ def _with_shared(
 
 
 def prepare_many(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[Mapping[str, Any] | DecisionRecord],
     clock: Clock,
     shared: Mapping[str, Any] | None = None,
 ) -> list[PreparedRecord]:
@@ -265,8 +526,16 @@ def prepare_many(
     inline: dict[str, Any] = {}
     refs: dict[str, str] = {}
     parts: list[PreparedPart] = []
+    if not isinstance(records, list | tuple):
+        records = list(records)
+    single = len(records) == 1
     for path, value in (shared or {}).items():
         name = shared_name(path)
+        if single and _clearly_small(value):
+            # One record shares nothing within its batch: a small value goes inline without
+            # being encoded on its own first (the record's encoding checks it).
+            inline[name] = value
+            continue
         text = _encode(value, f"shared {path}")
         if len(text) < PART_MIN_BYTES:
             inline[name] = value
@@ -277,7 +546,25 @@ def prepare_many(
     if not inline and not refs:
         return [prepare(record, clock) for record in records]
     held = tuple(parts)
-    return [prepare(_with_shared(record, inline, refs), clock, held) for record in records]
+    out: list[PreparedRecord] = []
+    for record in records:
+        if isinstance(record, DecisionRecord):
+            _check_typed(record)
+            stored = _with_shared(record.to_dict(), inline, refs)
+            out.append(_prepare_typed(record, stored, held))
+        else:
+            out.append(prepare(_with_shared(record, inline, refs), clock, held))
+    return out
+
+
+def _clearly_small(value: Any) -> bool:
+    """Whether a value's JSON is well under PART_MIN_BYTES, judged by its marshal form (one
+    pass in C; the JSON of plain values is rarely half as long again). A misjudged value
+    is only stored inline instead of as a part: readers get the same record either way."""
+    try:
+        return len(marshal.dumps(value)) * 3 < PART_MIN_BYTES * 2
+    except ValueError:  # a type marshal does not know: encode it to find out
+        return False
 
 
 def part_refs(record: Mapping[str, Any]) -> dict[str, str]:

@@ -9,8 +9,7 @@ import time as _time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from authz.audit.backend import Target
-from authz.audit.schema import HEAD, open_audit
+from authz.audit.schema import Target, lock_head, open_audit
 from authz.clock import rfc3339
 from authz.ids import new_decision_id
 
@@ -105,14 +104,6 @@ def fetch_all(target: Target, sql: str, params: Sequence[Any] = ()) -> list[tupl
 def hold_write_lock(target: Target) -> Iterator[None]:
     """Hold what every writer of the log must take before it appends (SQLite: the file's write
     lock; PostgreSQL: the chain head row), as a stuck writer or a long transaction would."""
-    with open_audit(target) as db:
-        raw = db.raw
-        if db.dialect == "sqlite":
-            raw.execute("BEGIN IMMEDIATE")
-        else:
-            raw.execute("BEGIN")
-            raw.execute(f"SELECT seq FROM {HEAD} WHERE id = 1 FOR UPDATE")
-        try:
-            yield
-        finally:
-            raw.execute("ROLLBACK")
+    with open_audit(target) as db, db.transaction():
+        lock_head(db)
+        yield

@@ -33,7 +33,9 @@ class ExitCode(IntEnum):
     FLIPS = 4
     """`policy replay`: recorded decisions would flip under the candidate set."""
     NOT_FOUND = 5
-    """What the command names does not exist (an add-on)."""
+    """What the command names does not exist (an add-on, an audit log, a decision)."""
+    TAMPERED = 6
+    """`audit verify`, `checkpoint`, `prune`: the audit log's hash chain does not verify."""
     INTERRUPTED = 130
     """Stopped by Ctrl-C (the shell's 128 + SIGINT); `dev up` and `serve` exit 0 instead."""
 

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="authz: the authorization service of a Heroku add-on partner.",
         epilog="example:\n  authz dev up        # a local world to try everything on\n\n"
         "exit codes: 0 ok/ALLOW, 1 error, 2 usage, 3 DENY or refused, 4 replay flips, "
-        "5 not found, 130 interrupted (README: Exit codes)",
+        "5 not found, 6 audit log tampered, 130 interrupted (README: Exit codes)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"authz {_version()}")

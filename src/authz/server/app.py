@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz.audit.log import AuditLog
+from authz.audit.log import AuditLog, NopAuditLog, open_audit_log
 from authz.clock import Clock, system_clock
 from authz.config import SHA1_LEGACY_ADDONS, Settings, resolve_public_url
 from authz.decide import Decider, Facts
@@ -94,7 +94,7 @@ class Service:
     policies: PolicyHolder
     decider: Decider
     health: health.aio.HealthServicer
-    audit: AuditLog
+    audit: AuditLog | NopAuditLog
     facts: Facts
     provisioning: Provisioning
     state: Database
@@ -205,7 +205,7 @@ async def _assemble(
     applied = migrate(state)
     if applied:
         log.info("store %s migrated to schema versions %s", state.location, applied)
-    audit = AuditLog(settings.audit_target, mode=settings.audit_mode).start()
+    audit = open_audit_log(settings.audit_target, mode=settings.audit_mode).start()
     resources.push_async_callback(audit.aclose)
     facts = Facts(
         sessions=SessionStore(state, clock, settings.session_ttl),
@@ -221,9 +221,9 @@ async def _assemble(
     invalidations = AccessInvalidations(facts.access, settings.database_url)
     await invalidations.start()
     resources.push_async_callback(invalidations.aclose)
-    # With audit off no record is built at all (the benchmark baseline); otherwise every
-    # decision is recorded before it is answered.
-    sink = observability.audit_sink(audit) if settings.audit_mode != "off" else None
+    # Every decision is recorded before it is answered; with audit off (a NopAuditLog, the
+    # benchmark baseline) no record is built at all.
+    sink = observability.audit_sink(audit)
     decider = Decider(policies, facts=facts, audit=sink, clock=clock)
     replay = ReplayGuard(state, clock)
     logins = SsoLogins(
@@ -258,7 +258,9 @@ async def _assemble(
         SessionServicer(observability.logins(logins)), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(policies=policies, provisioning=provisioning, audit_path=audit.path),
+        AdminServicer(
+            policies=policies, provisioning=provisioning, audit_path=settings.audit_target
+        ),
         server,
     )
     health_servicer = health.aio.HealthServicer()

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from authz.audit.record import DecisionRecord
 from authz.config import Settings
 from authz.decide import AuditSink
 from authz.login import LoginRefused, LoginResult, SsoLogins
@@ -79,19 +80,17 @@ class DecisionLine:
     latency_ms: float
 
     @classmethod
-    def of(cls, record: Mapping[str, Any]) -> DecisionLine:
-        principal = record.get("principal") or {}
-        resource = record.get("resource") or {}
+    def of(cls, record: DecisionRecord) -> DecisionLine:
         return cls(
-            decision_id=str(record.get("decision_id", "")),
-            effect=str(record.get("effect", "")),
-            action=str(record.get("action", "")),
-            principal=f"{principal.get('type', '')}:{principal.get('id', '')}",
-            resource=f"{resource.get('type', '')}:{resource.get('id', '')}",
-            caller=str(record.get("caller", "")),
-            kind=str(record.get("kind", "")),
-            request_id=str(record.get("request_id", "")),
-            latency_ms=float(record.get("duration_ms", 0.0)),
+            decision_id=record.decision_id,
+            effect=record.effect,
+            action=record.action,
+            principal=record.principal_ref,
+            resource=record.resource_ref,
+            caller=record.caller,
+            kind=record.kind,
+            request_id=record.request_id,
+            latency_ms=record.duration_ms or 0.0,
         )
 
 
@@ -101,12 +100,10 @@ class ObservedAudit:
     def __init__(self, audit: AuditSink, observability: Observability) -> None:
         self.audit = audit
         self.observability = observability
-
-    async def record(self, rec: dict[str, Any]) -> None:
-        await self.record_many([rec])
+        self.recording = audit.recording
 
     async def record_many(
-        self, recs: list[dict[str, Any]], shared: Mapping[str, Any] | None = None
+        self, recs: Sequence[DecisionRecord], shared: Mapping[str, Any] | None = None
     ) -> None:
         started = time.perf_counter()
         await self.audit.record_many(recs, shared)

@@ -4,7 +4,8 @@
 from authz.store import database_url_from_env, migrate, open_store
 
 db = open_store(database_url_from_env() or data_dir / "state.db")
-migrate(db)                       # → versions applied now ([] when up to date)
+migrate(db)                       # the state set → versions applied now ([] when up to date)
+migrate(db, AUDIT)                # another named set (authz.audit.migrations), same table
 db.execute("SELECT COUNT(*) FROM sessions").scalar()
 with db.transaction(lock="addon:" + resource_id):
     ...                           # read-then-write, serialised across replicas
@@ -25,7 +26,9 @@ from authz.store.connect import (
 )
 from authz.store.migrations import (
     MIGRATIONS,
+    STATE,
     Migration,
+    MigrationSet,
     applied_versions,
     ensure_schema,
     latest_version,
@@ -35,9 +38,11 @@ from authz.store.sqlite import SqliteDatabase, StoreLike, as_database, open_data
 
 __all__ = [
     "MIGRATIONS",
+    "STATE",
     "Database",
     "Dialect",
     "Migration",
+    "MigrationSet",
     "Result",
     "SqliteDatabase",
     "StoreError",

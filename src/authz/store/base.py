@@ -24,11 +24,11 @@ import abc
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
+
+from authz.store.dialect import Dialect, SqlDialect
 
 __all__ = ["Database", "Dialect", "Result", "StoreError", "StoreUnavailable"]
-
-Dialect = Literal["sqlite", "postgresql"]
 
 
 class StoreError(RuntimeError):
@@ -65,6 +65,8 @@ class Database(abc.ABC):
     """A SQLite file or a PostgreSQL database, used through the same few methods."""
 
     dialect: Dialect
+    sql: SqlDialect
+    """What this backend spells differently (authz.store.dialect)."""
     location: str
     """Where the data lives, safe to log (a PostgreSQL URL has its password replaced by ***)."""
 
@@ -87,6 +89,34 @@ class Database(abc.ABC):
         transactions naming the same lock never overlap, on either backend. Nested inside a
         transaction of the same thread it is a savepoint. Yields this database.
         """
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for every row (PostgreSQL: pipelined, one round trip)."""
+        for row in rows:
+            self.execute(sql, row)
+
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """The rows of a query, streamed when the backend can (inside `snapshot` or
+        `transaction`: PostgreSQL reads through a server-side cursor), so a walk over millions
+        of rows never holds them all. Close the iterator (or exhaust it) before the block ends."""
+        yield from self.execute(sql, params).rows
+
+    @abc.abstractmethod
+    def snapshot(self) -> AbstractContextManager[Database]:
+        """A read-only transaction that sees one consistent state of the database while
+        writers keep committing (SQLite: a read transaction in WAL mode; PostgreSQL: REPEATABLE
+        READ READ ONLY). Inside a transaction of the same thread it is that transaction."""
+
+    def table_exists(self, name: str) -> bool:
+        return self.execute(self.sql.table_exists, (name,)).fetchone() is not None
+
+    def is_broken(self) -> bool:
+        """Whether the connection was lost (a dedicated PostgreSQL connection), so that the
+        outcome of the last commit is unknown."""
+        return False
+
+    def reconnect_if_broken(self) -> None:  # noqa: B027 (nothing to do unless overridden)
+        """Reopen a dedicated connection the server dropped; pools and SQLite need nothing."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-from authz.store.base import Database, StoreError
+from authz.store.base import Database, StoreError, StoreUnavailable
 from authz.store.sqlite import open_sqlite
+from authz.store.urls import is_postgres_url, normalise_postgres_url, redact_url
 
 __all__ = [
     "database_url_from_env",
@@ -17,41 +17,6 @@ __all__ = [
     "open_store",
     "redact_url",
 ]
-
-_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_postgres_url(target: object) -> bool:
-    """Whether ``target`` is a ``postgresql://`` or ``postgres://`` URL (any letter case)."""
-    return isinstance(target, str) and target.lower().startswith(_SCHEMES)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password (in the user part or a ``password=`` parameter) replaced by
-    ``***``, for logs and messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable database URL>"
-    if parts.password is not None:
-        host = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    if parts.query:
-        query = [
-            "password=***" if item.lower().startswith("password=") else item
-            for item in parts.query.split("&")
-        ]
-        parts = parts._replace(query="&".join(query))
-    return urlunsplit(parts)
-
-
-def normalise_postgres_url(url: str) -> str:
-    """``postgres://`` (Heroku's spelling) → ``postgresql://``; other URLs are returned as is."""
-    if url.lower().startswith("postgres://"):
-        return "postgresql://" + url[len("postgres://") :]
-    if url.lower().startswith("postgresql://"):
-        return "postgresql://" + url[len("postgresql://") :]
-    return url
 
 
 def database_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
@@ -94,31 +59,60 @@ def _read(env: Mapping[str, str], name: str) -> str:
 def open_store(
     target: str | os.PathLike[str],
     *,
+    pooled: bool = True,
     min_connections: int = 1,
     max_connections: int = 8,
     timeout: float = 10.0,
+    application_name: str = "authz",
+    session: Mapping[str, str] | None = None,
+    busy_timeout: float = 5.0,
 ) -> Database:
-    """Open the state database: PostgreSQL for a ``postgresql://``/``postgres://`` URL (through
-    a connection pool of ``min_connections``..``max_connections``), else the SQLite file at that
-    path (created if needed, WAL). Does not migrate: call :func:`authz.store.migrate` next.
+    """Open a database: PostgreSQL for a ``postgresql://``/``postgres://`` URL, else the SQLite
+    file at that path (created if needed, WAL). Does not migrate: call
+    :func:`authz.store.migrate` next.
 
-    Raises :class:`authz.store.StoreUnavailable` when PostgreSQL cannot be reached within
-    ``timeout`` seconds (the message names the server, never the password).
+    PostgreSQL is reached through a connection pool of ``min_connections``..``max_connections``,
+    or with ``pooled=False`` one dedicated connection (a writer that must hold its own, or a
+    short-lived tool), which applies the ``session`` settings on every (re)connection. SQLite
+    waits up to ``busy_timeout`` seconds for another connection's lock. Raises
+    :class:`authz.store.StoreUnavailable` when PostgreSQL cannot be reached within ``timeout``
+    seconds (the message names the server, never the password).
     """
     if is_postgres_url(target):
+        url = normalise_postgres_url(str(target))
+        if not pooled:
+            return _dedicated(url, timeout, application_name, session)
         from authz.store.postgres import PostgresDatabase
 
-        url = normalise_postgres_url(str(target))
         return PostgresDatabase(
             url,
             min_size=min_connections,
             max_size=max_connections,
             timeout=timeout,
             connect_timeout=max(1, int(timeout)),
+            application_name=application_name,
         )
     text = os.fspath(target)
     if "://" in text:
         raise StoreError(
             f"unsupported database URL {redact_url(text)}: use postgresql://... or a file path"
         )
-    return open_sqlite(text)
+    return open_sqlite(text, busy_timeout_ms=int(busy_timeout * 1000))
+
+
+def _dedicated(
+    url: str, timeout: float, application_name: str, session: Mapping[str, str] | None
+) -> Database:
+    import psycopg
+
+    from authz.store.postgres import PostgresConnection
+
+    try:
+        return PostgresConnection(
+            url, connect_timeout=timeout, application_name=application_name, session=session
+        )
+    except psycopg.Error as exc:
+        reason = (str(exc).strip() or type(exc).__name__).replace("\n", " ")
+        raise StoreUnavailable(
+            f"cannot connect to PostgreSQL at {redact_url(url)}: {reason}"
+        ) from None

@@ -1,30 +1,38 @@
-"""Versioned schema migrations, the same list for SQLite and PostgreSQL.
+"""Versioned schema migrations in named sets, the same list for SQLite and PostgreSQL.
 
-``schema_migrations`` records every applied version. :func:`migrate` applies the missing ones, in
-order, in one write transaction that first takes the migration lock (PostgreSQL: an advisory lock
-taken before anything else, SQLite: ``BEGIN IMMEDIATE``), so replicas starting at the same moment
-apply each version exactly once and the others wait and find nothing left to do. DDL is
+A set is one part of the schema with versions of its own: ``state`` (the fact stores, below) and
+``audit`` (authz.audit.migrations). ``schema_migrations`` records every applied version with its
+set's name, as sqlite-utils keeps its migration sets in one table; on PostgreSQL both sets share
+it, on SQLite each file has the sets migrated into it. :func:`migrate` applies the missing
+versions of a set, in order, in one write transaction that first takes the migration lock
+(PostgreSQL: an advisory lock taken before anything else, SQLite: ``BEGIN IMMEDIATE``), so
+replicas starting at the same moment apply each version exactly once and the others wait and
+find nothing left to do. DDL is
 transactional on both backends: a failing migration leaves no trace.
 
 Adding one: append a :class:`Migration` with the next version; never edit an applied one. Write
-each statement once with ``{FLOAT}`` / ``{BYTES}`` where the column types differ, or give a text
-per dialect. Version 1-4 use ``IF NOT EXISTS`` so that a ``state.db`` made before migrations
-existed is adopted as it is.
+each statement once with ``{FLOAT}`` / ``{BYTES}`` / ``{BIGINT}`` where the column types differ
+(authz.store.dialect), or give a text per dialect. Version 1-4 use ``IF NOT EXISTS`` so that a
+``state.db`` made before migrations existed is adopted as it is; a set that an older release
+versioned some other way names how to read that (``MigrationSet.adopt``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from authz.store.base import Database, Dialect, StoreError
+from authz.store.dialect import POSTGRESQL, SQLITE
 from authz.store.sqlite import StoreLike, as_database
 
 __all__ = [
     "MIGRATIONS",
+    "STATE",
     "Migration",
+    "MigrationSet",
     "applied_versions",
     "ensure_schema",
     "latest_version",
@@ -36,22 +44,11 @@ log = logging.getLogger("authz.store")
 
 LOCK = "authz:schema-migrations"
 
-_TYPES: Mapping[Dialect, Mapping[str, str]] = {
-    "sqlite": {"{FLOAT}": "REAL", "{BYTES}": "BLOB"},
-    "postgresql": {"{FLOAT}": "DOUBLE PRECISION", "{BYTES}": "BYTEA"},
-}
-
 
 def portable(*statements: str) -> dict[Dialect, tuple[str, ...]]:
-    """The same statements for both dialects, with ``{FLOAT}`` and ``{BYTES}`` filled in
-    (SQLite's REAL is 8 bytes; PostgreSQL's REAL would be 4, too few for Unix timestamps)."""
-
-    def render(dialect: Dialect, sql: str) -> str:
-        for placeholder, type_name in _TYPES[dialect].items():
-            sql = sql.replace(placeholder, type_name)
-        return sql
-
-    return {d: tuple(render(d, s) for s in statements) for d in ("sqlite", "postgresql")}
+    """The same statements for both dialects, with ``{FLOAT}``, ``{BYTES}`` and ``{BIGINT}``
+    filled in (authz.store.dialect)."""
+    return {d.name: tuple(d.render(s) for s in statements) for d in (SQLITE, POSTGRESQL)}
 
 
 @dataclass(frozen=True)
@@ -60,6 +57,17 @@ class Migration:
     name: str
     sql: Mapping[Dialect, tuple[str, ...]]
     """The statements, one text per dialect (see :func:`portable`)."""
+    after: Callable[[Database], object] | None = None
+    """A step in Python run after the statements, in the same transaction (e.g. moving data)."""
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    name: str
+    migrations: tuple[Migration, ...]
+    adopt: Callable[[Database], int] | None = None
+    """For a database that has none of this set's versions recorded: the newest version an
+    older release applied by some other means (0: none), recorded as applied without running."""
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -176,66 +184,129 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+STATE = MigrationSet("state", MIGRATIONS)
+"""The fact stores' schema (state.db, or the shared PostgreSQL database)."""
+
 _BOOKKEEPING = portable(
+    # migration_set defaults to 'state' for an older release still running during an upgrade,
+    # which records its versions without naming a set.
     """
     CREATE TABLE IF NOT EXISTS schema_migrations (
-        version INTEGER PRIMARY KEY,
+        migration_set TEXT NOT NULL DEFAULT 'state',
+        version INTEGER NOT NULL,
         name TEXT NOT NULL,
-        applied_at {FLOAT} NOT NULL
+        applied_at {FLOAT} NOT NULL,
+        PRIMARY KEY (migration_set, version)
     )
     """
 )
+_SETLESS = "schema_migrations_before_sets"
+_COLUMNS: Mapping[Dialect, str] = {
+    "sqlite": "SELECT name FROM pragma_table_info(?)",
+    "postgresql": "SELECT column_name FROM information_schema.columns "
+    "WHERE table_schema = current_schema() AND table_name = ?",
+}
 
 
-def latest_version(migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
-    return max(m.version for m in migrations)
+def _bookkeeping(tx: Database) -> None:
+    """Create schema_migrations, or give the one of a release before migration sets (version,
+    name, applied_at: all the state set's) its migration_set column."""
+    columns = {row[0] for row in tx.execute(_COLUMNS[tx.dialect], ("schema_migrations",))}
+    if columns and "migration_set" not in columns:
+        tx.execute(f"ALTER TABLE schema_migrations RENAME TO {_SETLESS}")
+        for statement in _BOOKKEEPING[tx.dialect]:
+            tx.execute(statement)
+        tx.execute(
+            "INSERT INTO schema_migrations (migration_set, version, name, applied_at) "
+            f"SELECT 'state', version, name, applied_at FROM {_SETLESS}"
+        )
+        tx.execute(f"DROP TABLE {_SETLESS}")
+        return
+    for statement in _BOOKKEEPING[tx.dialect]:
+        tx.execute(statement)
 
 
-def migrate(db: StoreLike, migrations: tuple[Migration, ...] | None = None) -> list[int]:
-    """Apply every migration the database lacks; returns the versions this call applied.
+def _as_set(migrations: MigrationSet | tuple[Migration, ...] | None) -> MigrationSet:
+    if migrations is None:
+        return STATE
+    if isinstance(migrations, MigrationSet):
+        return migrations
+    return MigrationSet(STATE.name, migrations)
+
+
+def latest_version(migrations: MigrationSet | tuple[Migration, ...] = MIGRATIONS) -> int:
+    return max(m.version for m in _as_set(migrations).migrations)
+
+
+def migrate(
+    db: StoreLike, migrations: MigrationSet | tuple[Migration, ...] | None = None
+) -> list[int]:
+    """Apply every migration of a set (default: the state set) the database lacks; returns the
+    versions this call applied. A tuple of migrations is taken for the state set.
 
     Safe to run from several processes at once (each version is applied exactly once) and
     again at every start (then it returns ``[]``). A database that already has versions this
     code does not know (a newer release migrated it) is left alone and logged.
     """
     database = as_database(db)
-    migrations = MIGRATIONS if migrations is None else migrations
-    _check(migrations)
+    mset = _as_set(migrations)
+    _check(mset.migrations)
     applied: list[int] = []
     current = 0
     try:
         with database.transaction(lock=LOCK) as tx:
-            for statement in _BOOKKEEPING[database.dialect]:
-                tx.execute(statement)
-            done = {row[0] for row in tx.execute("SELECT version FROM schema_migrations")}
-            for migration in sorted(migrations, key=lambda m: m.version):
+            _bookkeeping(tx)
+            done = {
+                row[0]
+                for row in tx.execute(
+                    "SELECT version FROM schema_migrations WHERE migration_set = ?", (mset.name,)
+                )
+            }
+            if not done and mset.adopt is not None:
+                adopted = mset.adopt(tx)
+                for migration in mset.migrations:
+                    if migration.version <= adopted:
+                        _record(tx, mset, migration, " (adopted)")
+                        done.add(migration.version)
+            for migration in sorted(mset.migrations, key=lambda m: m.version):
                 if migration.version in done:
                     continue
                 current = migration.version
                 for statement in migration.sql[database.dialect]:
                     tx.execute(statement)
-                tx.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, time.time()),
-                )
+                if migration.after is not None:
+                    migration.after(tx)
+                _record(tx, mset, migration)
                 applied.append(migration.version)
     except StoreError:
         raise
     except Exception as exc:
-        where = f"at version {current}" if current else "before any migration"
+        where = f"at {mset.name} version {current}" if current else "before any migration"
         raise StoreError(f"migrating {database.location} failed {where}: {exc}") from exc
-    newer = sorted(v for v in done if v > latest_version(migrations))
+    newer = sorted(v for v in done if v > latest_version(mset))
     if newer:
         log.warning(
-            "%s has schema versions %s that this release does not know (a newer release "
+            "%s has %s schema versions %s that this release does not know (a newer release "
             "migrated it); continuing with the schema as it is",
             database.location,
+            mset.name,
             newer,
         )
     if applied:
-        log.info("migrated %s: applied schema versions %s", database.location, applied)
-    database._schema_checked = True
+        log.info(
+            "migrated %s: applied %s schema versions %s", database.location, mset.name, applied
+        )
+    if mset.name == STATE.name:
+        database._schema_checked = True
     return applied
+
+
+def _record(tx: Database, mset: MigrationSet, migration: Migration, note: str = "") -> None:
+    tx.execute(
+        "INSERT INTO schema_migrations (migration_set, version, name, applied_at) "
+        "VALUES (?, ?, ?, ?)",
+        (mset.name, migration.version, migration.name + note, time.time()),
+    )
 
 
 def ensure_schema(db: StoreLike) -> Database:
@@ -249,19 +320,24 @@ def ensure_schema(db: StoreLike) -> Database:
     return database
 
 
-def applied_versions(db: StoreLike) -> list[int]:
-    """The versions recorded in ``schema_migrations`` (empty before the first migration)."""
+def applied_versions(db: StoreLike, migration_set: str = STATE.name) -> list[int]:
+    """The versions of a set recorded in ``schema_migrations`` (empty before the first)."""
     database = as_database(db)
-    exists = (
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-        if database.dialect == "sqlite"
-        else "SELECT COUNT(*) FROM (SELECT to_regclass('schema_migrations') AS t) AS r "
-        "WHERE t IS NOT NULL"
-    )
     try:
-        if not database.execute(exists).scalar():
+        if not database.table_exists("schema_migrations"):
             return []
-        rows = database.execute("SELECT version FROM schema_migrations ORDER BY version")
+        columns = {
+            r[0] for r in database.execute(_COLUMNS[database.dialect], ("schema_migrations",))
+        }
+        if "migration_set" not in columns:  # a release before migration sets: the state set's
+            if migration_set != STATE.name:
+                return []
+            rows = database.execute("SELECT version FROM schema_migrations ORDER BY version")
+        else:
+            rows = database.execute(
+                "SELECT version FROM schema_migrations WHERE migration_set = ? ORDER BY version",
+                (migration_set,),
+            )
     except Exception as exc:
         raise StoreError(f"cannot read the schema version of {database.location}: {exc}") from exc
     return [row[0] for row in rows]

@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 import sqlite_utils
 
 from authz.store.base import Database, Result
+from authz.store.dialect import SQLITE
 
 __all__ = ["SqliteDatabase", "StoreLike", "as_database", "open_database", "open_sqlite"]
 
@@ -51,6 +52,7 @@ class SqliteDatabase(Database):
     """
 
     dialect = "sqlite"
+    sql = SQLITE
 
     def __init__(self, conn: sqlite3.Connection, *, location: str = "", owned: bool = False):
         self._conn = conn
@@ -75,6 +77,32 @@ class SqliteDatabase(Database):
                 conn.commit()  # the implicit transaction of a legacy-mode connection
             return result
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._lock:
+            conn = self._conn
+            outer = conn.in_transaction
+            conn.executemany(sql, rows)
+            if not outer and conn.in_transaction:
+                conn.commit()
+
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        with self._lock:
+            yield from self._conn.execute(sql, tuple(params))
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Database]:
+        with self._lock:
+            conn = self._conn
+            if conn.in_transaction:
+                yield self
+                return
+            conn.execute("BEGIN")  # WAL: the first read fixes the snapshot
+            try:
+                yield self
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[Database]:
         # ``lock`` needs nothing here: BEGIN IMMEDIATE already serialises every write transaction.
@@ -98,10 +126,14 @@ class SqliteDatabase(Database):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self
+                    conn.execute("COMMIT")  # a failed commit (disk full) rolls back too
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    try:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the original error says more
                     raise
-                conn.execute("COMMIT")
 
     def close(self) -> None:
         # After the statement or transaction of another thread (an offloaded call that outlived
