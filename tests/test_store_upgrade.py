@@ -50,12 +50,13 @@ def test_the_previous_release_s_databases_upgrade_in_place(
         assert db.execute("SELECT app_name FROM addons").scalar() == "demo"
     before = verify(audit)
     assert before.ok and before.checked == 6 and before.prunes == 1, before.message
-    assert migrate_audit(audit) == []  # versions 1 and 2 adopted, not run again
+    assert migrate_audit(audit) == [3]  # versions 1 and 2 adopted, not run again; 3 is new
     sets = fetch_all(
         audit, "SELECT migration_set, version, name FROM schema_migrations ORDER BY 1, 2"
     )
-    assert [(s, v) for s, v, _ in sets if s == "audit"] == [("audit", 1), ("audit", 2)]
-    assert all(name.endswith("(adopted)") for s, _, name in sets if s == "audit")
+    audit_sets = [(v, name) for s, v, name in sets if s == "audit"]
+    assert [v for v, _ in audit_sets] == [1, 2, 3]
+    assert [name.endswith("(adopted)") for _, name in audit_sets] == [True, True, False]
 
     # The log goes on: new records chain onto the old head, and every reader reads both.
     async def record() -> None:
@@ -80,6 +81,6 @@ def test_db_migrate_on_a_data_directory_of_the_previous_release(
     monkeypatch.setenv("AUTHZ_DATA_DIR", str(tmp_path))
     assert main(["db", "migrate"]) == 0
     out = capsys.readouterr().out
-    assert "state.db: up to date" in out and "audit log: up to date" in out
+    assert "state.db: up to date" in out and "audit log: applied schema versions [3]" in out
     assert main(["audit", "verify"]) == 0
     assert "6 records verified" in capsys.readouterr().out
