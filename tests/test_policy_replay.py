@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from authz.audit import AuditLog
-from authz.decide import Decider, Entity, Facts, Item, Subject, direct_subject, sso_subject
+from authz.decide import Decider, Entity, FactSources, Item, Subject, direct_subject, sso_subject
 from authz.facts.heroku import AccessList, AppMember
-from authz.policies_runtime import PolicyHolder
 from authz.policy.commands import add_policy_commands
+from authz.policy.holder import PolicyHolder
 from authz.policy.replay import format_report, replay, skip_reason
 from tests.conftest import SHIPPED_POLICIES
 
@@ -74,7 +74,7 @@ def audit_db(tmp_path: Path) -> Path:
     log = AuditLog(path).start()
     decider = Decider(
         PolicyHolder.load(SHIPPED_POLICIES),
-        facts=Facts(addons=Registry(), access=Access(clock)),
+        facts=FactSources(addons=Registry(), access=Access(clock)),
         audit=log,
         clock=lambda: clock[0],
     )
@@ -254,7 +254,7 @@ def test_replay_reads_records_whose_principal_and_context_are_stored_once(
     log = AuditLog(path).start()
     decider = Decider(
         PolicyHolder.load(SHIPPED_POLICIES),
-        facts=Facts(addons=Registry()),
+        facts=FactSources(addons=Registry()),
         audit=log,
         clock=lambda: T0,
     )

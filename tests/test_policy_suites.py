@@ -13,7 +13,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from authz.policy.commands import add_policy_commands
-from authz.policy.testing import format_report, junit_xml, run_suites
+from authz.policy.suites import format_report, junit_xml, run_suites
 from tests.conftest import SHIPPED_POLICIES
 
 PolicyDir = Callable[[dict[str, str]], Path]
@@ -340,7 +340,7 @@ def test_test_command(
 
 def test_role_order_matches_the_access_facts() -> None:
     from authz.facts.heroku import ROLE_ORDER as FACTS_ROLE_ORDER
-    from authz.policy.testing import ROLE_ORDER
+    from authz.policy.suites import ROLE_ORDER
 
     assert ROLE_ORDER == FACTS_ROLE_ORDER
 

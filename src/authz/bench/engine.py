@@ -40,14 +40,14 @@ from authz.bench.common import (
 )
 from authz.bench.common import time_async_calls as time_async
 from authz.clock import rfc3339
-from authz.decide import Decider, Entity, Facts, Item, Subject, direct_subject
-from authz.facts.access import AccessCache, access_fact
+from authz.decide import Decider, Entity, FactSources, Item, Subject, access_fact, direct_subject
+from authz.facts.access import AccessCache
 from authz.facts.addons import AddonRegistry
 from authz.facts.heroku import AccessList, AppMember
 from authz.facts.sessions import SessionStore
-from authz.policies_runtime import PolicyHolder
 from authz.policy.compile import CompiledPolicySet, load_and_compile
 from authz.policy.engine import evaluate
+from authz.policy.holder import PolicyHolder
 from authz.policy.inputs import build_input
 from authz.policy.model import Effect
 from authz.store import open_database
@@ -127,7 +127,7 @@ class ShippedWorld:
         self.cache = AccessCache(fetch, ttl=300.0)
         self.decider = Decider(
             self.holder,
-            facts=Facts(sessions=self.sessions, addons=self.addons, access=self.cache),
+            facts=FactSources(sessions=self.sessions, addons=self.addons, access=self.cache),
         )
         self.service = Entity("service", "billing-worker", {"team": "payments"})
 

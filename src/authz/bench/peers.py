@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.bench.common import Table, ratio
-from authz.facts.access import access_fact
+from authz.decide import access_fact
 from authz.facts.heroku import AccessList, AppMember
 from authz.policy.compile import CompiledPolicySet, load_and_compile
 from authz.policy.engine import evaluate

@@ -113,7 +113,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from authz.policy.testing import dumps_json, format_report, junit_xml, run_suites
+    from authz.policy.suites import dumps_json, format_report, junit_xml, run_suites
 
     directory = _policy_dir(getattr(args, "directory", None))
     report = run_suites(directory, getattr(args, "filter", None))

@@ -732,7 +732,7 @@ def run_suites(
             Problem(
                 Source(str(policy_dir / SUITE_DIR), 0),
                 f"no test suites ({SUITE_GLOB}) found",
-                hint="write one; see the format in authz.policy.testing",
+                hint="write one; see the format in authz.policy.suites",
             )
         )
     for path in files:
