@@ -340,7 +340,7 @@ def test_test_command(
 
 def test_role_order_matches_the_access_facts() -> None:
     from authz.facts.heroku import ROLE_ORDER as FACTS_ROLE_ORDER
-    from authz.policy.suites import ROLE_ORDER
+    from authz.policy.inputs import ROLE_ORDER
 
     assert ROLE_ORDER == FACTS_ROLE_ORDER
 

@@ -140,7 +140,7 @@ async def start_service(
     transport = plan_transport(settings)
     if ephemeral := settings.check_storage():
         log.warning(ephemeral)
-    policies = policies or PolicyHolder.load(settings.policy_dir)
+    policies = policies or PolicyHolder.load(settings.policy_dir, strict=settings.policy_strict)
     resources = contextlib.AsyncExitStack()
     try:
         observability = Observability.start(settings, policies)
