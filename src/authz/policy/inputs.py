@@ -188,12 +188,13 @@ def field_suggestion(message: str, name: str) -> str:
 
 
 def variable_suggestion(name: str) -> str:
-    return _did_you_mean(name, VARIABLE_NAMES)
+    """For CEL's "undeclared reference to 'principl.type'": the variable is the first part."""
+    return _did_you_mean(name.split(".")[0], VARIABLE_NAMES)
 
 
 def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else ""
+    close = difflib.get_close_matches(name, candidates, n=2, cutoff=0.6)
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def message_of(variable: str) -> str:
