@@ -84,6 +84,12 @@ def audit_db(tmp_path: Path) -> Path:
     """An audit log holding the decisions below, all decided under the shipped policies."""
     path = tmp_path / "data" / "audit.db"
     path.parent.mkdir()
+    return record_decisions(path)
+
+
+def record_decisions(path: Any) -> Any:
+    """Record the decisions below into the audit log at `path` (a SQLite file or a PostgreSQL
+    URL), all decided under the shipped policies."""
     clock = [T0 - 10 * DAY]
     log = AuditLog(path).start()
     decider = Decider(
@@ -248,13 +254,10 @@ def test_replay_command_exit_codes(
     missing = ["replay", "--candidate", str(candidate), "--data-dir", str(tmp_path / "nope")]
     assert run(missing) == 1
     broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "p.yaml").write_text("name: p\nrules: [\n")
     refused = ["replay", "--candidate", str(broken), "--data-dir", data_dir]
     assert run(refused) == ExitCode.POLICY_REFUSED
-    (broken / "p.yaml").write_text("name: p\nrules: [\n")
-    assert (
-        run(["replay", "--candidate", str(broken), "--data-dir", data_dir])
-        == ExitCode.POLICY_REFUSED
-    )
     assert run([*argv[:-2], "--since", "yesterday-ish"]) == ExitCode.USAGE
 
 
@@ -319,3 +322,52 @@ def test_replay_decides_with_the_candidates_data(audit_db: Path, tmp_path: Path)
         ("heroku_user:user-owner", "dashboard.view", "ALLOW->DENY")
     }
     assert report.flips[0].after_rules == ("blocked/blocked-users",)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    from tests.pg import use_backend
+
+    with use_backend(request.param, tmp_path) as chosen:
+        yield chosen
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_replay_reads_the_audit_log_where_settings_put_it(
+    backend: Any,
+    candidate: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The replicas' shared PostgreSQL log, through the same settings as `serve`
+    (DATABASE_URL), or --database-url; SQLite through AUTHZ_DATA_DIR."""
+    if backend.name == "sqlite":
+        (tmp_path / "data").mkdir()
+        record_decisions(tmp_path / "data" / "audit.db")
+        monkeypatch.setenv("AUTHZ_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+        monkeypatch.delenv("AUTHZ_DATABASE_URL", raising=False)
+    else:
+        record_decisions(backend.target)
+        monkeypatch.setenv("AUTHZ_DATABASE_URL", backend.target)
+        monkeypatch.setenv("AUTHZ_DATA_DIR", str(tmp_path / "nothing-here"))
+    monkeypatch.chdir(tmp_path)  # no ./data/audit.db to fall back on
+    argv = ["replay", "--candidate", str(candidate), "--json"]
+    assert run(argv) == ExitCode.FLIPS
+    data = json.loads(capsys.readouterr().out)
+    # every record, Tess's of ten days ago too
+    assert (data["flips"], data["allow_to_deny"], data["deny_to_allow"]) == (5, 4, 1)
+    if backend.name == "postgresql":
+        assert data["audit_db"].startswith("postgresql://")
+        monkeypatch.delenv("AUTHZ_DATABASE_URL")
+        assert run([*argv, "--database-url", backend.target]) == ExitCode.FLIPS
+        assert json.loads(capsys.readouterr().out)["flips"] == 5
+    # explain reads the same log: the rule that allowed Tess's dashboard decided these.
+    explain = ["explain", "app-members-use-addon", str(SHIPPED_POLICIES), "--days", "100000"]
+    if backend.name == "postgresql":
+        explain += ["--database-url", backend.target]
+    assert run([*explain, "--json"]) == ExitCode.OK
+    report = json.loads(capsys.readouterr().out)
+    assert (report["decided"], report["records_read"]) == (5, 11), report
+    assert report["tests"], "the shipped suites match this rule"
