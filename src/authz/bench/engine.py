@@ -48,8 +48,9 @@ from authz.facts.sessions import SessionStore
 from authz.policy.compile import CompiledPolicySet, load_and_compile
 from authz.policy.engine import evaluate
 from authz.policy.holder import PolicyHolder
-from authz.policy.inputs import build_input
+from authz.policy.inputs import HEROKU_USER, NO_APP, build_input, caller_input, evaluation_input
 from authz.policy.model import Effect
+from authz.policy.plan import project
 from authz.store import open_database
 
 ADDON_ID = "0f8e2a8c-6d3b-4c1e-9a57-3b2d1c0e9f41"
@@ -140,36 +141,24 @@ class ShippedWorld:
         return resolve_now(self.decider.subject_from_session(self.tokens[who]))
 
     def resource_input(self) -> dict[str, Any]:
-        """The resource as decide.py builds it: caller's view plus the registry's facts."""
-        addon = self.addon
-        return {
-            "type": "addon",
-            "id": addon.resource_id,
-            "attributes": {},
-            "addon": {
-                "state": addon.state,
-                "app_id": addon.app_id,
-                "app_name": addon.app_name,
-                "plan": addon.plan,
-                "region": addon.region,
-            },
-        }
+        """The resource as the server builds it: the Decider's own step (registry facts)."""
+        return self.decider._resource_input(Entity("addon", ADDON_ID))
 
     def server_input(self, subject: Subject, action: str) -> dict[str, Any]:
-        """One evaluation input built from facts at hand, the way decide.py builds it."""
+        """One evaluation input built from facts at hand, through the input builders the
+        server uses (authz.policy.inputs, authz.decide.access_fact)."""
         now = time.time()
-        user_id = subject.principal.get("id", "")
-        if subject.principal.get("type") == "heroku_user":
+        user_id = subject.principal["id"]
+        if subject.principal["type"] == HEROKU_USER:
             access = access_fact(self.access_list, user_id, now)
         else:
-            access = access_fact(None, user_id, now, "no Heroku app applies to this request")
-        return build_input(
+            access = access_fact(None, user_id, now, NO_APP)
+        return evaluation_input(
             action=action,
             principal=subject.principal,
             resource=self.resource_input(),
-            context={},
             access=access,
-            caller={"id": "bench"},
+            caller=caller_input("bench"),
             now=datetime.fromtimestamp(now, tz=UTC),
         )
 
@@ -247,6 +236,59 @@ def shipped_engine(
         "(SQLite), warm access cache, evaluate, decision id, audit record built (no writer)."
     )
     return table, results
+
+
+def typed_vs_maps(policy_dir: Path, *, min_time: float = 0.2, repeats: int = 5) -> dict[str, float]:
+    """µs per evaluation of the shipped allow path's fused program, with the input as protobuf
+    messages of the typed contract (built per request) and as the plain maps the engine uses
+    (only the fields the plan reads): the evidence for evaluating maps (README, Policy input)."""
+    from google.protobuf import message_factory
+
+    from authz.policy import inputs
+
+    with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp:
+        world = ShippedWorld(policy_dir, Path(tmp))
+        try:
+            prebuilt = world.server_input(world.subject("member"), "dashboard.view")
+        finally:
+            world.close()
+    policy_set = world.holder.current
+    plan = policy_set.plan("dashboard.view", "addon")
+    [chunk] = plan.chunks
+    typed_env = inputs.checking_env()
+    fused = " + ".join(
+        f"((\n{r.rule.when}\n) ? {1 << bit} : 0)"
+        for bit, r in enumerate(plan.rules[i] for i in chunk.positions)
+    )
+    typed_program = typed_env.compile(fused)
+    pool = inputs._pool()
+    classes = {
+        name: message_factory.GetMessageClass(
+            pool.FindMessageTypeByName(f"{inputs.PACKAGE}.{name}")
+        )
+        for name in ("Principal", "Resource", "Access")
+    }
+    principal, resource, access = prebuilt["principal"], prebuilt["resource"], prebuilt["access"]
+
+    def typed() -> Any:
+        messages = {
+            "principal": classes["Principal"](
+                type=principal["type"], id=principal["id"], auth=principal["auth"]
+            ),
+            "resource": classes["Resource"](
+                type=resource["type"], id=resource["id"], addon=resource["addon"]
+            ),
+            "access": classes["Access"](**access),
+        }
+        return typed_program.eval(typed_env.Activation(messages))
+
+    def maps() -> Any:
+        projected = prebuilt if plan.projection is None else project(prebuilt, plan.projection)
+        return chunk.program.eval(policy_set.env.Activation(projected))  # type: ignore[union-attr]
+
+    assert typed().value() == maps().value()
+    timings = time_interleaved({"typed": typed, "maps": maps}, min_time=min_time, repeats=repeats)
+    return {name: t.best_us for name, t in timings.items()}
 
 
 def _item(action: str) -> Item:
@@ -592,10 +634,18 @@ def generated_engine(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Worker: load one generated set in this fresh process; print its load cost as JSON."""
+    """Worker: load one generated set in this fresh process; print its load cost as JSON.
+    `--shipped DIR`: only the shipped-policy engine figures, and typed messages vs maps."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rules", type=int, required=True)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--rules", type=int)
+    group.add_argument("--shipped", type=Path, metavar="POLICY_DIR")
     args = parser.parse_args(argv)
+    if args.shipped:
+        _, results = shipped_engine(args.shipped)
+        results["typed_vs_maps_us"] = typed_vs_maps(args.shipped)
+        print(json.dumps(results, indent=2))
+        return
     _, loaded = load_rule_set(args.rules)
     print(json.dumps(loaded))
 

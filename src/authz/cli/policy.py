@@ -260,8 +260,8 @@ def _records(args: argparse.Namespace, since: str | None) -> Any:
     def guarded() -> Any:
         try:
             yield from records
-        except AuditLogNotFound:
-            return
+        except AuditLogNotFound as exc:
+            print(f"note: {exc}; no recorded decisions to count", file=sys.stderr)
 
     return guarded()
 
