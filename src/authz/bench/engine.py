@@ -48,7 +48,15 @@ from authz.facts.sessions import SessionStore
 from authz.policy.compile import CompiledPolicySet, load_and_compile
 from authz.policy.engine import evaluate
 from authz.policy.holder import PolicyHolder
-from authz.policy.inputs import HEROKU_USER, NO_APP, build_input, caller_input, evaluation_input
+from authz.policy.inputs import (
+    HEROKU_USER,
+    NO_APP,
+    addon_input,
+    build_input,
+    caller_input,
+    evaluation_input,
+    resource_input,
+)
 from authz.policy.model import Effect
 from authz.policy.plan import project
 from authz.store import open_database
@@ -141,8 +149,14 @@ class ShippedWorld:
         return resolve_now(self.decider.subject_from_session(self.tokens[who]))
 
     def resource_input(self) -> dict[str, Any]:
-        """The resource as the server builds it: the Decider's own step (registry facts)."""
-        return self.decider._resource_input(Entity("addon", ADDON_ID))
+        """The resource through the input builders, from the registry's facts at hand."""
+        addon = self.addon
+        return resource_input(
+            "addon",
+            addon.resource_id,
+            None,
+            addon_input(addon.state, addon.app_id, addon.app_name, addon.plan, addon.region),
+        )
 
     def server_input(self, subject: Subject, action: str) -> dict[str, Any]:
         """One evaluation input built from facts at hand, through the input builders the
