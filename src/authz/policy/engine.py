@@ -10,7 +10,7 @@ from cel_expr_python import cel
 
 from authz.policy.compile import CompiledPolicySet
 from authz.policy.model import Decision, Effect
-from authz.policy.plan import CompiledRule, project
+from authz.policy.plan import CompiledRule
 
 _ERROR = cel.Type.ERROR
 _BOOL = cel.Type.BOOL
@@ -42,7 +42,7 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
             # The set's one prebuilt mapping; only plans that read it pay for the copy.
             inputs = {**inputs, "data": policy_set.data}
         # Only what the conditions read is converted to CEL values.
-        projected = inputs if plan.projection is None else project(inputs, plan.projection)
+        projected = inputs if plan.project is None else plan.project(inputs)
         activation = policy_set.env.Activation(projected)
         for chunk in plan.chunks:
             result = chunk.program.eval(activation) if chunk.program is not None else None
