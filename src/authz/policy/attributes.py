@@ -105,11 +105,7 @@ def _position(rule: Rule, offset: int) -> tuple[Source, int]:
         return source, 0
     before = rule.when[:offset]
     line = before.count("\n")
-    column = offset - (before.rfind("\n") + 1) + 1
-    if line == 0:
-        column += source.column_offset
-    else:
-        column += source.column_offset
+    column = offset - (before.rfind("\n") + 1) + 1 + source.column_offset
     return Source(source.file, source.line + line), column
 
 
