@@ -43,15 +43,24 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
             inputs = {**inputs, "data": policy_set.data}
         # Only what the conditions read is converted to CEL values.
         projected = inputs if plan.project is None else plan.project(inputs)
-        activation = policy_set.env.Activation(projected)
+        activation = None
         for chunk in plan.chunks:
-            result = chunk.program.eval(activation) if chunk.program is not None else None
+            # One chunk (the usual case): eval(data=...) converts the input itself, which is
+            # cheaper than an Activation; several share one Activation.
+            if chunk.program is None:
+                result = None
+            elif len(plan.chunks) == 1:
+                result = chunk.program.eval(data=projected)
+            else:
+                activation = activation or policy_set.env.Activation(projected)
+                result = chunk.program.eval(activation)
             if result is not None and result.type() == _INT:
                 mask = result.value()
                 for bit, position in enumerate(chunk.positions):
                     held[position] = bool(mask >> bit & 1)
                 continue
             # Something in this chunk errored (or it could not be fused): rule by rule.
+            activation = activation or policy_set.env.Activation(projected)
             for position in chunk.positions:
                 held[position] = _holds(plan.rules[position], activation, errors)
     matched = tuple(m for m, h in zip(plan.matched, held, strict=True) if h)
