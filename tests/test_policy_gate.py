@@ -427,3 +427,24 @@ def test_the_readme_schema_reference_is_the_contract() -> None:
         "the README's policy input reference is out of date; paste authz.policy.inputs."
         "schema_reference() between its markers"
     )
+
+
+def test_declared_attributes_compared_with_the_wrong_kind_are_refused(tmp_path: Path) -> None:
+    directory = write_set(
+        tmp_path / "p",
+        with_when(
+            'resource.attributes.owner == principal.id && principal.attributes.clearance >= "3"'
+        ),
+    )
+    with pytest.raises(PolicyError) as raised:
+        load_and_compile(directory)
+    [problem] = raised.value.problems
+    assert str(problem).startswith("docs.yaml:7:"), problem
+    assert (
+        "principal.attributes.clearance is declared an integer but is compared with a string"
+        in str(problem)
+    )
+    good = with_when(
+        "resource.attributes.owner == principal.id && principal.attributes.clearance >= 3"
+    )
+    assert load_and_compile(write_set(tmp_path / "q", good)).rule_count == 1

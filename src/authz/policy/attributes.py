@@ -41,17 +41,9 @@ def attribute_problems(
     root = cel_ast.parse(program)
     if root is None:
         return []
-    problems = []
+    problems = _comparison_problems(rule, root, principal_types, resource_types)
     for variable, name, offset in _attribute_reads(root):
-        if variable == "principal":
-            visible: Iterable[EntityType] = principal_types.values()
-        else:
-            visible = (
-                [resource_types[t] for t in rule.resource_types if t in resource_types]
-                if rule.resource_types
-                else resource_types.values()
-            )
-        visible = list(visible)
+        visible = _visible(rule, variable, principal_types, resource_types)
         # Only where every type the rule can see declares a schema is a name provably wrong.
         if not visible or any(t.attributes is None for t in visible):
             continue
@@ -75,27 +67,94 @@ def attribute_problems(
     return problems
 
 
+_COMPARISONS = {"_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_"}
+
+
+def _visible(
+    rule: Rule,
+    variable: str,
+    principal_types: Mapping[str, EntityType],
+    resource_types: Mapping[str, EntityType],
+) -> list[EntityType]:
+    if variable == "principal":
+        return list(principal_types.values())
+    if rule.resource_types:
+        return [resource_types[t] for t in rule.resource_types if t in resource_types]
+    return list(resource_types.values())
+
+
+def _comparison_problems(
+    rule: Rule,
+    root: cel_ast.Node,
+    principal_types: Mapping[str, EntityType],
+    resource_types: Mapping[str, EntityType],
+) -> list[Problem]:
+    """A declared attribute compared with a constant of another kind (`seats == "3"`), when every
+    type the rule can see that declares the attribute gives it the same type."""
+    problems = []
+    for node in root.walk():
+        if node.kind != "call" or node.name not in _COMPARISONS or len(node.args) != 2:
+            continue
+        for read, other in (node.args, tuple(reversed(node.args))):
+            found = _attribute_read(read)
+            if found is None or other.kind != "const":
+                continue
+            variable, name = found
+            specs = {
+                spec.type
+                for t in _visible(rule, variable, principal_types, resource_types)
+                if (spec := t.attribute(name)) is not None
+            }
+            if len(specs) != 1:
+                continue
+            [declared] = specs
+            if declared in ("array", "object") or _is(declared, other.value):
+                continue
+            if other.value is None or isinstance(other.value, bytes):
+                continue
+            source, column = _position(rule, node.offset)
+            problems.append(
+                Problem(
+                    source,
+                    f"{variable}.attributes.{name} is declared {_article(declared)} but is "
+                    f"compared with {_kind(other.value)}",
+                    rule_id=rule.id,
+                    column=column,
+                    hint=f"compare it with {_article(declared)} (see its type's 'attributes:')",
+                )
+            )
+    return problems
+
+
+def _attribute_read(node: cel_ast.Node) -> tuple[str, str] | None:
+    """(variable, name) when `node` is VAR.attributes.NAME or VAR.attributes["NAME"]."""
+    target, name = None, ""
+    if node.kind == "select" and node.operand is not None:
+        target, name = node.operand, node.name
+    elif node.kind == "call" and node.name == "_[_]" and len(node.args) == 2:
+        key = node.args[1]
+        if key.kind == "const" and isinstance(key.value, str):
+            target, name = node.args[0], key.value
+    if (
+        target is not None
+        and target.kind == "select"
+        and target.name == "attributes"
+        and target.operand is not None
+        and target.operand.kind == "ident"
+        and target.operand.name in ("principal", "resource")
+    ):
+        return target.operand.name, name
+    return None
+
+
 def _attribute_reads(root: cel_ast.Node) -> list[tuple[str, str, int]]:
     """(variable, attribute name, offset) for each `VAR.attributes.NAME` or
     `VAR.attributes["NAME"]` in the condition."""
     found = []
     for node in root.walk():
-        target, name = None, ""
-        if node.kind == "select" and node.operand is not None:
-            target, name = node.operand, node.name
-        elif node.kind == "call" and node.name == "_[_]" and len(node.args) == 2:
-            key = node.args[1]
-            if key.kind == "const" and isinstance(key.value, str):
-                target, name = node.args[0], key.value
-        if (
-            target is not None
-            and target.kind == "select"
-            and target.name == "attributes"
-            and target.operand is not None
-            and target.operand.kind == "ident"
-            and target.operand.name in ("principal", "resource")
-        ):
-            found.append((target.operand.name, name, node.offset))
+        read = _attribute_read(node)
+        if read is not None:
+            found.append((*read, node.offset))
     return found
 
 
