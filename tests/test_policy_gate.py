@@ -448,3 +448,20 @@ def test_declared_attributes_compared_with_the_wrong_kind_are_refused(tmp_path: 
         "resource.attributes.owner == principal.id && principal.attributes.clearance >= 3"
     )
     assert load_and_compile(write_set(tmp_path / "q", good)).rule_count == 1
+
+
+def test_explain_names_a_missing_rule_and_a_missing_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("AUTHZ_DATABASE_URL", raising=False)
+    policies = str(SHIPPED_POLICIES)
+    assert main(["policy", "explain", "app-members-use-adon", policies]) == ExitCode.NOT_FOUND
+    assert "did you mean 'app-members-use-addon'?" in capsys.readouterr().err
+    empty = ["--data-dir", str(tmp_path / "no-data")]
+    assert main(["policy", "explain", "addon-not-provisioned", policies, *empty]) == ExitCode.OK
+    captured = capsys.readouterr()
+    assert "decisions it decided in the last 7 days: 0 of 0 read" in captured.out
+    assert "no audit log" in captured.err
+    assert "policies/app_ownership.yaml" not in captured.out  # files are named within the set
+    assert "addon-not-provisioned: deny at app_ownership.yaml:" in captured.out

@@ -135,6 +135,13 @@ def cmd_test(args: argparse.Namespace) -> int:
 # -- eval ----------------------------------------------------------------------------------------
 
 
+def _type_id(text: str, flag: str) -> tuple[str, str]:
+    kind, sep, ident = text.partition(":")
+    if not sep or not kind or not ident:
+        raise UsageError(f"{flag} takes TYPE:ID, e.g. addon:0f8e2a8c, got {text!r}")
+    return kind, ident
+
+
 def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if args.file:
@@ -151,7 +158,7 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.action:
         spec["action"] = args.action
     if args.principal:
-        kind, _, ident = args.principal.partition(":")
+        kind, ident = _type_id(args.principal, "--principal")
         spec["principal"] = {"type": kind, "id": ident, **spec.get("principal", {})}
     if args.sso_user:
         spec["sso_user"] = {"id": args.sso_user}
@@ -162,7 +169,7 @@ def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
             **key_values(args.principal_attr, "--principal-attr"),
         }
     if args.resource:
-        kind, _, ident = args.resource.partition(":")
+        kind, ident = _type_id(args.resource, "--resource")
         spec["resource"] = {**spec.get("resource", {}), "type": kind, "id": ident}
     if args.resource_attr:
         resource = spec.setdefault("resource", {})
