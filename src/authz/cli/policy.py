@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,22 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _policy_dir(args: argparse.Namespace) -> Path:
+    """DIR, else AUTHZ_POLICY_DIR as the server reads it (without requiring the rest of the
+    server's settings, which offline commands do not need)."""
+    from authz.config import Settings
+
     if getattr(args, "directory", None):
         return Path(args.directory)
-    return _settings(args).policy_dir
+    return Path(os.environ.get("AUTHZ_POLICY_DIR") or Settings.policy_dir)
 
 
 def _strict(args: argparse.Namespace) -> bool:
     """--strict, or AUTHZ_POLICY_STRICT=on (the server's setting): one gate for all."""
-    return bool(getattr(args, "strict", False)) or _settings(args).policy_strict
+    from authz.config import POLICY_STRICT_MODES, choice
+
+    if getattr(args, "strict", False):
+        return True
+    return choice(os.environ, "AUTHZ_POLICY_STRICT", POLICY_STRICT_MODES, "off") == "on"
 
 
 def _print_refusal(verdict: Verdict) -> None:
