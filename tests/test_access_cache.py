@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from authz.decide import access_fact
 from authz.devtools.heroku_sim import HerokuSimulator, load_fixture
-from authz.facts.access import AccessCache, AccessUnavailable, PlatformAccessFetcher, access_fact
+from authz.facts.access import AccessCache, AccessUnavailable, PlatformAccessFetcher
 from authz.facts.heroku import AccessList, AppMember, PlatformClient
 from authz.facts.oauth_tokens import OAuthTokenStore, TokenManager
 from authz.store import open_database

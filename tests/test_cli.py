@@ -98,7 +98,7 @@ def test_validate_rejects_a_broken_policy_with_file_and_line(
         }
     )
     result = run("policy", "validate", str(directory))
-    assert result.returncode == 1
+    assert result.returncode == ExitCode.POLICY_REFUSED
     assert f"{directory}/broken.yaml:6:" in result.stdout
     assert "[bad-cel]" in result.stdout
 

@@ -12,7 +12,7 @@ from authz.policy import Effect, PolicyError, evaluate
 from authz.policy.compile import load_and_compile
 from authz.policy.data import MAX_DATA_BYTES, MAX_DATA_FILE_BYTES, MAX_DATA_VALUES
 from authz.policy.inputs import build_input
-from authz.policy.testing import run_suites
+from authz.policy.suites import run_suites
 
 PolicyDir = Callable[[dict[str, str]], Path]
 

@@ -6,7 +6,7 @@ import pytest
 
 from authz.cli import main
 from authz.policy.compile import load_and_compile
-from authz.policy.testing import run_suites
+from authz.policy.suites import run_suites
 from tests.conftest import ROOT
 
 AUTHZEN_TODO = ROOT / "examples" / "authzen-todo"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Callable
@@ -11,7 +10,8 @@ from textwrap import dedent
 
 import pytest
 
-from authz.policy.commands import add_policy_commands, add_validate_arguments, cmd_validate
+from authz.cli.common import ExitCode
+from authz.cli.main import main
 from authz.policy.lint import lint, lint_report
 from authz.policy.load import Problem
 from tests.conftest import SHIPPED_POLICIES
@@ -417,15 +417,8 @@ def test_no_when_at_all_is_not_an_empty_when(policy_dir: PolicyDir) -> None:
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="authz")
-    group = parser.add_subparsers(dest="command", required=True)
-    policy = group.add_parser("policy").add_subparsers(dest="policy_command", required=True)
-    add_validate_arguments(policy.add_parser("validate"))
-    add_policy_commands(policy)
-    args = parser.parse_args(argv)
-    if args.policy_command == "validate":
-        args.func = cmd_validate
-    return int(args.func(args))
+    """`authz policy ARGV...` in process (argv starts after `policy`, or with it)."""
+    return main(argv if argv[:1] == ["policy"] else ["policy", *argv])
 
 
 WARNS = """
@@ -448,8 +441,8 @@ def test_lint_command_prints_dir_file_line_and_exit_codes(
         "can never match (hint: fix the condition, or remove the rule)"
     ) in out
     assert "ok: 2 policies, 2 rules, 4 catalogued actions" in out
-    assert run(["policy", "lint", "--strict", str(directory)]) == 1
-    assert run(["policy", "validate", "--strict", str(directory)]) == 1
+    assert run(["policy", "lint", "--strict", str(directory)]) == ExitCode.POLICY_REFUSED
+    assert run(["policy", "validate", "--strict", str(directory)]) == ExitCode.POLICY_REFUSED
     capsys.readouterr()
     assert run(["policy", "lint", "--json", str(directory)]) == 0
     [finding] = json.loads(capsys.readouterr().out)
@@ -469,7 +462,7 @@ def test_validate_fails_on_errors_and_names_them(
     policy_dir: PolicyDir, capsys: pytest.CaptureFixture[str]
 ) -> None:
     directory = policy_dir(rules(WARNS.replace("account.login_password", "account.login")))
-    assert run(["policy", "validate", str(directory)]) == 1
+    assert run(["policy", "validate", str(directory)]) == ExitCode.POLICY_REFUSED
     captured = capsys.readouterr()
     assert f"{directory}/p.yaml:5:22: error [readers]: action 'account.login'" in captured.out
     assert "1 error(s), 1 warning(s); policy set refused" in captured.err
@@ -489,6 +482,6 @@ def test_fail_open_warnings_fail_validate_under_strict(
     """
     directory = policy_dir(rules(text))
     assert run(["policy", "validate", str(directory)]) == 0
-    assert run(["policy", "validate", "--strict", str(directory)]) == 1
+    assert run(["policy", "validate", "--strict", str(directory)]) == ExitCode.POLICY_REFUSED
     out = capsys.readouterr().out
     assert f"{directory}/p.yaml:6:9: warning [hazard]: 'resource.attributes.locked == true'" in out

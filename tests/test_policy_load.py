@@ -226,7 +226,7 @@ def test_validate_prints_the_problem_not_a_traceback(policy_dir: PolicyDir) -> N
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 6, result.stderr  # ExitCode.POLICY_REFUSED
     assert "Traceback" not in result.stdout + result.stderr
     assert f"{directory}/bad.yaml:6: error [odd]: 'when': the text holds a lone" in result.stdout
     assert f"{directory}/gone.yaml: error: cannot read: the file is a broken symbolic link" in (

@@ -6,10 +6,10 @@ sources) into the real AuditLog, so the records have exactly the server's format
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
@@ -18,14 +18,28 @@ from typing import Any
 import pytest
 
 from authz.audit import AuditLog
-from authz.decide import Decider, Entity, Facts, Item, Subject, direct_subject, sso_subject
+from authz.audit.query import iter_query
+from authz.cli.common import ExitCode
+from authz.cli.main import main
+from authz.decide import Decider, Entity, FactSources, Item, Subject, direct_subject, sso_subject
 from authz.facts.heroku import AccessList, AppMember
-from authz.policies_runtime import PolicyHolder
-from authz.policy.commands import add_policy_commands
+from authz.policy.gate import load_gated
+from authz.policy.holder import PolicyHolder
 from authz.policy.replay import format_report, replay, skip_reason
 from tests.conftest import SHIPPED_POLICIES
 
 T0 = 1_750_000_000.0
+
+
+def read_records(target: Path | str, since: float | None) -> Iterator[dict[str, Any]]:
+    """The records as the CLI hands them to replay: oldest first, from the audit package."""
+    return iter_query(target, since=since, limit=None, oldest_first=True)
+
+
+def replay_log(target: Path | str, candidate: Path | str, since: float | None = None) -> Any:
+    return replay(read_records(target, since), load_gated(candidate), since=since)
+
+
 DAY = 86400.0
 ADDON_ID = "01234567-89ab-cdef-0123-456789ab0001"
 APP_ID = "app-shop"
@@ -70,11 +84,17 @@ def audit_db(tmp_path: Path) -> Path:
     """An audit log holding the decisions below, all decided under the shipped policies."""
     path = tmp_path / "data" / "audit.db"
     path.parent.mkdir()
+    return record_decisions(path)
+
+
+def record_decisions(path: Any) -> Any:
+    """Record the decisions below into the audit log at `path` (a SQLite file or a PostgreSQL
+    URL), all decided under the shipped policies."""
     clock = [T0 - 10 * DAY]
     log = AuditLog(path).start()
     decider = Decider(
         PolicyHolder.load(SHIPPED_POLICIES),
-        facts=Facts(addons=Registry(), access=Access(clock)),
+        facts=FactSources(addons=Registry(), access=Access(clock)),
         audit=log,
         clock=lambda: clock[0],
     )
@@ -138,7 +158,7 @@ def groups(items: list[Any]) -> dict[tuple[str, str], int]:
 
 
 def test_replay_finds_exactly_the_flips_of_a_policy_change(audit_db: Path, candidate: Path) -> None:
-    report = replay(audit_db, candidate, since=T0 - DAY)
+    report = replay_log(audit_db, candidate, since=T0 - DAY)
     assert report.read == 10
     assert report.skipped == {
         "refused before policy evaluation": 2,
@@ -177,13 +197,13 @@ def test_replay_finds_exactly_the_flips_of_a_policy_change(audit_db: Path, candi
 
 
 def test_since_none_replays_everything(audit_db: Path, candidate: Path) -> None:
-    report = replay(audit_db, candidate, since=None)
+    report = replay_log(audit_db, candidate, since=None)
     assert report.read == 11
     assert len(report.allow_to_deny) == 4 and len(report.deny_to_allow) == 1
 
 
 def test_the_same_policies_flip_nothing(audit_db: Path) -> None:
-    report = replay(audit_db, SHIPPED_POLICIES)
+    report = replay_log(audit_db, SHIPPED_POLICIES)
     assert report.flips == []
     assert report.unchanged == report.replayed == 8
     assert report.with_errors == 0
@@ -213,11 +233,8 @@ def test_skip_reasons() -> None:
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="authz")
-    policy = parser.add_subparsers(dest="policy_command", required=True)
-    add_policy_commands(policy)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """`authz policy ARGV...` in process (argv starts after `policy`, or with it)."""
+    return main(argv if argv[:1] == ["policy"] else ["policy", *argv])
 
 
 def test_replay_command_exit_codes(
@@ -239,8 +256,9 @@ def test_replay_command_exit_codes(
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "p.yaml").write_text("name: p\nrules: [\n")
-    assert run(["replay", "--candidate", str(broken), "--data-dir", data_dir]) == 1
-    assert run([*argv[:-2], "--since", "yesterday-ish"]) == 1
+    refused = ["replay", "--candidate", str(broken), "--data-dir", data_dir]
+    assert run(refused) == ExitCode.POLICY_REFUSED
+    assert run([*argv[:-2], "--since", "yesterday-ish"]) == ExitCode.USAGE
 
 
 def test_replay_reads_records_whose_principal_and_context_are_stored_once(
@@ -254,7 +272,7 @@ def test_replay_reads_records_whose_principal_and_context_are_stored_once(
     log = AuditLog(path).start()
     decider = Decider(
         PolicyHolder.load(SHIPPED_POLICIES),
-        facts=Facts(addons=Registry()),
+        facts=FactSources(addons=Registry()),
         audit=log,
         clock=lambda: T0,
     )
@@ -281,7 +299,7 @@ def test_replay_reads_records_whose_principal_and_context_are_stored_once(
         '    when: principal.attributes.tier == "gold" && context.channel == "api"\n'
         "    reason: Gold services may read over the API\n"
     )
-    report = replay(path, candidate)
+    report = replay_log(path, candidate)
     assert (report.read, report.replayed, len(report.deny_to_allow)) == (3, 3, 3)
     assert {f.decision_id for f in report.flips} == {o.decision_id for o in outcomes}
 
@@ -289,8 +307,6 @@ def test_replay_reads_records_whose_principal_and_context_are_stored_once(
 def test_replay_decides_with_the_candidates_data(audit_db: Path, tmp_path: Path) -> None:
     """Records never carry the reference data (the revision names it); a candidate is replayed
     with its own data/ files."""
-    from authz.policy.replay import read_records
-
     assert all("data" not in record.get("input", {}) for record in read_records(audit_db, None))
     directory = tmp_path / "with-data"
     shutil.copytree(SHIPPED_POLICIES, directory)
@@ -301,8 +317,57 @@ def test_replay_decides_with_the_candidates_data(audit_db: Path, tmp_path: Path)
         '    actions: ["*"]\n    when: principal.id in data.blocked.users\n'
         "    reason: blocked\n"
     )
-    report = replay(audit_db, directory, since=T0 - DAY)
+    report = replay_log(audit_db, directory, since=T0 - DAY)
     assert {(f.principal, f.action, f.direction) for f in report.flips} == {
         ("heroku_user:user-owner", "dashboard.view", "ALLOW->DENY")
     }
     assert report.flips[0].after_rules == ("blocked/blocked-users",)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    from tests.pg import use_backend
+
+    with use_backend(request.param, tmp_path) as chosen:
+        yield chosen
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_replay_reads_the_audit_log_where_settings_put_it(
+    backend: Any,
+    candidate: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The replicas' shared PostgreSQL log, through the same settings as `serve`
+    (DATABASE_URL), or --database-url; SQLite through AUTHZ_DATA_DIR."""
+    if backend.name == "sqlite":
+        (tmp_path / "data").mkdir()
+        record_decisions(tmp_path / "data" / "audit.db")
+        monkeypatch.setenv("AUTHZ_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+        monkeypatch.delenv("AUTHZ_DATABASE_URL", raising=False)
+    else:
+        record_decisions(backend.target)
+        monkeypatch.setenv("AUTHZ_DATABASE_URL", backend.target)
+        monkeypatch.setenv("AUTHZ_DATA_DIR", str(tmp_path / "nothing-here"))
+    monkeypatch.chdir(tmp_path)  # no ./data/audit.db to fall back on
+    argv = ["replay", "--candidate", str(candidate), "--json"]
+    assert run(argv) == ExitCode.FLIPS
+    data = json.loads(capsys.readouterr().out)
+    # every record, Tess's of ten days ago too
+    assert (data["flips"], data["allow_to_deny"], data["deny_to_allow"]) == (5, 4, 1)
+    if backend.name == "postgresql":
+        assert data["audit_db"].startswith("postgresql://")
+        monkeypatch.delenv("AUTHZ_DATABASE_URL")
+        assert run([*argv, "--database-url", backend.target]) == ExitCode.FLIPS
+        assert json.loads(capsys.readouterr().out)["flips"] == 5
+    # explain reads the same log: the rule that allowed Tess's dashboard decided these.
+    explain = ["explain", "app-members-use-addon", str(SHIPPED_POLICIES), "--days", "100000"]
+    if backend.name == "postgresql":
+        explain += ["--database-url", backend.target]
+    assert run([*explain, "--json"]) == ExitCode.OK
+    report = json.loads(capsys.readouterr().out)
+    assert (report["decided"], report["records_read"]) == (5, 11), report
+    assert report["tests"], "the shipped suites match this rule"

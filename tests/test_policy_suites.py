@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Callable
@@ -12,8 +11,9 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from authz.policy.commands import add_policy_commands
-from authz.policy.testing import format_report, junit_xml, run_suites
+from authz.cli.common import ExitCode
+from authz.cli.main import main
+from authz.policy.suites import format_report, junit_xml, run_suites
 from tests.conftest import SHIPPED_POLICIES
 
 PolicyDir = Callable[[dict[str, str]], Path]
@@ -309,11 +309,8 @@ def test_junit_xml(policy_dir: PolicyDir) -> None:
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="authz")
-    policy = parser.add_subparsers(dest="policy_command", required=True)
-    add_policy_commands(policy)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """`authz policy ARGV...` in process (argv starts after `policy`, or with it)."""
+    return main(argv if argv[:1] == ["policy"] else ["policy", *argv])
 
 
 def test_test_command(
@@ -327,7 +324,7 @@ def test_test_command(
     assert ET.parse(junit).getroot().get("failures") == "0"
     directory = suite_dir(policy_dir, {"docs_test.yaml": SUITE})
     assert run(["test", str(directory)]) == 0
-    assert run(["test", str(directory), "--min-coverage", "75"]) == 1
+    assert run(["test", str(directory), "--min-coverage", "75"]) == ExitCode.COVERAGE_LOW
     capsys.readouterr()
     assert run(["test", str(directory), "--json", "--min-coverage", "50"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -335,12 +332,12 @@ def test_test_command(
     assert data["coverage"]["rule_percent"] == 50.0
     assert [r["action"] for r in data["results"]] == ["doc.read", "doc.delete"]
     failing = suite_dir(policy_dir, {"docs_test.yaml": SUITE.replace("allow", "deny")})
-    assert run(["test", str(failing)]) == 1
+    assert run(["test", str(failing)]) == ExitCode.TESTS_FAILED
 
 
 def test_role_order_matches_the_access_facts() -> None:
     from authz.facts.heroku import ROLE_ORDER as FACTS_ROLE_ORDER
-    from authz.policy.testing import ROLE_ORDER
+    from authz.policy.inputs import ROLE_ORDER
 
     assert ROLE_ORDER == FACTS_ROLE_ORDER
 

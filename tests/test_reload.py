@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from authz.config import Settings
-from authz.policies_runtime import PolicyHolder
+from authz.policy.holder import PolicyHolder
 from authz.v1 import admin_pb2, admin_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc

@@ -138,6 +138,9 @@ def load_caller_tokens(path: Path | str) -> tuple[CallerToken, ...]:
     return parse_caller_tokens(text, str(path))
 
 
+POLICY_STRICT_MODES = ("off", "on")
+
+
 def choice(env: Mapping[str, str], name: str, accepted: Sequence[str], default: str) -> str:
     """An enumerated (or boolean) setting: unset or empty means ``default``; anything else must
     be one of ``accepted`` exactly (no case folding, no trimming), so a typo, a synonym or a
@@ -367,6 +370,9 @@ class Settings:
     # SO_REUSEPORT on the HTTP socket, so that several worker processes can share one port.
     http_reuse_port: bool = False
     policy_dir: Path = Path("policies")
+    # AUTHZ_POLICY_STRICT=on: policy warnings refuse a set at load and reload, as --strict does
+    # for `authz policy validate` / `test`.
+    policy_strict: bool = False
     data_dir: Path = Path("data")
     # SSO: several salts may be active at once so a salt can be rotated.
     sso_salts: tuple[str, ...] = field(default=(), repr=False)
@@ -522,6 +528,7 @@ class Settings:
             listen=env.get("AUTHZ_LISTEN") or cls.listen,
             http_listen=_http_listen(env),
             policy_dir=Path(env.get("AUTHZ_POLICY_DIR") or cls.policy_dir),
+            policy_strict=choice(env, "AUTHZ_POLICY_STRICT", POLICY_STRICT_MODES, "off") == "on",
             data_dir=Path(env.get("AUTHZ_DATA_DIR") or cls.data_dir),
             sso_salts=salts,
             sso_allow_sha1=choice(env, "AUTHZ_SSO_ALLOW_SHA1", SSO_SHA1_MODES, SHA1_NEVER),

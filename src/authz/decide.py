@@ -19,20 +19,21 @@ from typing import Any, Protocol, TypeVar
 from authz.audit.log import NopAuditLog
 from authz.audit.record import DecisionRecord, MatchedRule, Stage, refusal_code_of
 from authz.clock import Clock, rfc3339, system_clock
-from authz.facts.access import access_fact
-from authz.facts.sessions import TOKEN_PREFIX
+from authz.facts.access import AccessCache, app_permissions
+from authz.facts.addons import AddonRegistry
+from authz.facts.heroku import AccessList
+from authz.facts.sessions import TOKEN_PREFIX, SessionStore
 from authz.ids import new_decision_id
 from authz.offload import offload
-from authz.policies_runtime import PolicyHolder
+from authz.policy import inputs as policy_inputs
 from authz.policy.engine import evaluate
+from authz.policy.holder import PolicyHolder
+from authz.policy.inputs import ADDON, HEROKU_USER, NO_APP
 from authz.policy.model import Decision, Effect
 
 log = logging.getLogger("authz.decide")
 T = TypeVar("T")
 
-HEROKU_USER = "heroku_user"
-NO_APP = "no Heroku app applies to this request"
-ADDON = "addon"
 _SECRET_KEY = re.compile(r"token|secret|password|passwd|salt|authorization|cookie", re.I)
 REDACTED = "[redacted]"
 # A session token (authz.facts.sessions: the prefix and token_urlsafe(32), 43 characters); any
@@ -94,12 +95,12 @@ class Subject:
 
 
 @dataclass
-class Facts:
+class FactSources:
     """The fact sources a decision may use; any may be absent (then its facts say unavailable)."""
 
-    sessions: Any = None  # facts.sessions.SessionStore
-    addons: Any = None  # facts.addons.AddonRegistry
-    access: Any = None  # facts.access.AccessCache
+    sessions: SessionStore | None = None
+    addons: AddonRegistry | None = None
+    access: AccessCache | None = None
     deadline: float = 2.0
     # True when the stores are a network away (PostgreSQL): their calls then run in a worker
     # thread so the event loop keeps serving. SQLite calls are microseconds and stay inline.
@@ -114,13 +115,26 @@ class Facts:
 def direct_subject(principal: Entity) -> Subject:
     """A principal named directly by the caller: attributes are data, and never an SSO login."""
     return Subject(
-        {
-            "type": principal.type,
-            "id": principal.id,
-            "attributes": dict(principal.attributes),
-            "auth": {"method": "none"},
-        },
-        {},
+        policy_inputs.principal_input(principal.type, principal.id, principal.attributes), {}
+    )
+
+
+def access_fact(
+    access: AccessList | None, user_id: str, now: float, error: str = "", *, app_id: str = ""
+) -> dict[str, Any]:
+    """The access fact policies see, for Heroku's access list of an app (None: unavailable,
+    with `error`). The shape is authz.policy.inputs'; this maps the list onto it."""
+    if access is None:
+        return policy_inputs.access_unavailable(error, app_id=app_id, user_id=user_id)
+    member = access.members.get(user_id) if user_id else None
+    return policy_inputs.access_input(
+        app_id=access.app_id,
+        user_id=user_id,
+        roles=[str(r) for r in member.roles] if member is not None else [],
+        permissions=app_permissions(access, member),
+        team_role=(member.team_role or "") if member is not None else "",
+        fetched_at=rfc3339(access.fetched_at),
+        age_seconds=now - access.fetched_at,
     )
 
 
@@ -136,19 +150,15 @@ def sso_subject(
     """A Heroku user after a verified SSO login. ``token_kind`` is the token that verified it
     (``sha256``; ``sha1`` in the legacy mode; ``unknown`` for older sessions): policies see it as
     ``principal.auth.token_kind``, and the audit log records it with the input."""
+    auth = policy_inputs.auth_input(
+        policy_inputs.HEROKU_SSO,
+        session_id=session_id,
+        resource_id=resource_id,
+        issued_at=rfc3339(issued_at),
+        token_kind=token_kind,
+    )
     return Subject(
-        {
-            "type": HEROKU_USER,
-            "id": user_id,
-            "attributes": {},
-            "auth": {
-                "method": "heroku_sso",
-                "session_id": session_id,
-                "resource_id": resource_id,
-                "issued_at": rfc3339(issued_at),
-                "token_kind": token_kind,
-            },
-        },
+        policy_inputs.principal_input(HEROKU_USER, user_id, None, auth),
         {"email": email} if email else {},
     )
 
@@ -158,12 +168,12 @@ class Decider:
         self,
         policies: PolicyHolder,
         *,
-        facts: Facts | None = None,
+        facts: FactSources | None = None,
         audit: AuditSink | None = None,
         clock: Clock = system_clock,
     ) -> None:
         self.policies = policies
-        self.facts = facts or Facts()
+        self.facts = facts or FactSources()
         self.audit: AuditSink = audit if audit is not None else NopAuditLog()
         self.clock = clock
 
@@ -174,7 +184,7 @@ class Decider:
         session = await self.facts.call(sessions.resolve, token) if sessions is not None else None
         if session is None:
             return Subject(
-                {"type": HEROKU_USER, "id": "", "attributes": {}, "auth": {"method": "none"}},
+                policy_inputs.principal_input(HEROKU_USER, ""),
                 {},
                 refusal="SESSION_UNKNOWN: the session token is unknown, expired or revoked",
             )
@@ -210,21 +220,21 @@ class Decider:
         resources = await self.facts.call(self._resource_inputs, [i.resource for i in items])
         access = await self._access_facts(subject, resources, now)
         no_access = access_fact(None, subject.principal.get("id", ""), now, NO_APP)
-        caller_fact = {"id": caller}
+        caller_fact = policy_inputs.caller_input(caller)
         outcomes: list[Outcome] = []
         recording = self.audit.recording
         recorded: list[tuple[Outcome, dict[str, Any], Mapping[str, Any]]] = []
         for item, resource in zip(items, resources, strict=True):
             item_context = {**base_context, **item.context} if item.context else base_context
-            inputs = {
-                "principal": subject.principal,
-                "resource": resource,
-                "action": item.action,
-                "context": item_context,
-                "now": now_dt,
-                "access": access.get(resource.get("addon", {}).get("app_id", ""), no_access),
-                "caller": caller_fact,
-            }
+            inputs = policy_inputs.evaluation_input(
+                action=item.action,
+                principal=subject.principal,
+                resource=resource,
+                access=access.get(resource["addon"]["app_id"], no_access),
+                caller=caller_fact,
+                now=now_dt,
+                context=item_context,
+            )
             if subject.refusal:
                 decision = Decision(Effect.DENY, (), (subject.refusal,), (), policy_set.revision)
             else:
@@ -279,7 +289,7 @@ class Decider:
             "resource": (await self.facts.call(self._resource_inputs, [resource]))[0],
             "action": action,
             "context": {},
-            "caller": {"id": caller},
+            "caller": policy_inputs.caller_input(caller),
         }
         if self.audit.recording:
             rec = self._record(
@@ -303,25 +313,19 @@ class Decider:
         return [self._resource_input(resource) for resource in resources]
 
     def _resource_input(self, resource: Entity) -> dict[str, Any]:
-        value: dict[str, Any] = {
-            "type": resource.type,
-            "id": resource.id,
-            "attributes": dict(resource.attributes),
-        }
+        addon_facts = None
         if resource.type == ADDON:
             addon = self.facts.addons.get(resource.id) if self.facts.addons else None
-            value["addon"] = (
-                {
-                    "state": addon.state,
-                    "app_id": addon.app_id,
-                    "app_name": addon.app_name,
-                    "plan": addon.plan,
-                    "region": addon.region,
-                }
+            addon_facts = (
+                policy_inputs.addon_input(
+                    addon.state, addon.app_id, addon.app_name, addon.plan, addon.region
+                )
                 if addon is not None
-                else {"state": "unknown", "app_id": "", "app_name": "", "plan": "", "region": ""}
+                else policy_inputs.UNKNOWN_ADDON_INPUT
             )
-        return value
+        return policy_inputs.resource_input(
+            resource.type, resource.id, resource.attributes, addon_facts
+        )
 
     async def _access_facts(
         self, subject: Subject, resources: list[dict[str, Any]], now: float

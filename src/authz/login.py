@@ -21,12 +21,13 @@ from typing import Any
 
 from authz.clock import Clock, system_clock
 from authz.config import SHA1_NEVER, Settings
-from authz.decide import ADDON, HEROKU_USER, Decider, Entity, Item, Subject, sso_subject
+from authz.decide import Decider, Entity, Item, Subject, sso_subject
 from authz.errors import Refusal
 from authz.facts.addons import AddonRegistry
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import Session, SessionStore
 from authz.facts.sso import SsoError, sha256_required, verify_sso_form
+from authz.policy.inputs import ADDON, HEROKU_USER, principal_input
 
 LOGIN_ACTION = "session.login"
 
@@ -171,9 +172,7 @@ class SsoLogins:
         *,
         invalid_argument: bool = False,
     ) -> Any:
-        subject = Subject(
-            {"type": HEROKU_USER, "id": user_id, "attributes": {}, "auth": {"method": "none"}}, {}
-        )
+        subject = Subject(principal_input(HEROKU_USER, user_id), {})
         decision_id = await self.decider.record_refusal(
             kind="sso",
             subject=subject,

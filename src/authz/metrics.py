@@ -28,7 +28,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from authz.policies_runtime import PolicyHolder
+from authz.policy.holder import PolicyHolder
 
 OTHER_ACTION = "other"
 """The action label of a decision on an action no catalogue lists (callers choose those)."""

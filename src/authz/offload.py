@@ -4,7 +4,7 @@ gRPC and the HTTP listener share one event loop, so a store call made on it stal
 flight for as long as the database takes: a SQLite write waits for its fsync and, under a lock,
 up to the busy timeout; PostgreSQL is a network round trip away. Use cases (authz.provisioning,
 the session servicer, the webhook receiver) therefore run every store call through
-:func:`offload`, on both backends. The decision path decides per backend (``Facts.call`` in
+:func:`offload`, on both backends. The decision path decides per backend (``FactSources.call`` in
 authz.decide), because its SQLite reads take microseconds and run for every check.
 """
 

@@ -27,8 +27,7 @@ from authz.bench.engine import (
     _decider_call,
     resolve_now,
 )
-from authz.decide import Outcome
-from authz.facts.access import access_fact
+from authz.decide import Outcome, access_fact
 from authz.ids import new_decision_id
 from authz.policy.engine import evaluate
 from authz.server import convert

@@ -40,16 +40,25 @@ from authz.bench.common import (
 )
 from authz.bench.common import time_async_calls as time_async
 from authz.clock import rfc3339
-from authz.decide import Decider, Entity, Facts, Item, Subject, direct_subject
-from authz.facts.access import AccessCache, access_fact
+from authz.decide import Decider, Entity, FactSources, Item, Subject, access_fact, direct_subject
+from authz.facts.access import AccessCache
 from authz.facts.addons import AddonRegistry
 from authz.facts.heroku import AccessList, AppMember
 from authz.facts.sessions import SessionStore
-from authz.policies_runtime import PolicyHolder
 from authz.policy.compile import CompiledPolicySet, load_and_compile
 from authz.policy.engine import evaluate
-from authz.policy.inputs import build_input
+from authz.policy.holder import PolicyHolder
+from authz.policy.inputs import (
+    HEROKU_USER,
+    NO_APP,
+    addon_input,
+    build_input,
+    caller_input,
+    evaluation_input,
+    resource_input,
+)
 from authz.policy.model import Effect
+from authz.policy.plan import project
 from authz.store import open_database
 
 ADDON_ID = "0f8e2a8c-6d3b-4c1e-9a57-3b2d1c0e9f41"
@@ -127,7 +136,7 @@ class ShippedWorld:
         self.cache = AccessCache(fetch, ttl=300.0)
         self.decider = Decider(
             self.holder,
-            facts=Facts(sessions=self.sessions, addons=self.addons, access=self.cache),
+            facts=FactSources(sessions=self.sessions, addons=self.addons, access=self.cache),
         )
         self.service = Entity("service", "billing-worker", {"team": "payments"})
 
@@ -140,36 +149,30 @@ class ShippedWorld:
         return resolve_now(self.decider.subject_from_session(self.tokens[who]))
 
     def resource_input(self) -> dict[str, Any]:
-        """The resource as decide.py builds it: caller's view plus the registry's facts."""
+        """The resource through the input builders, from the registry's facts at hand."""
         addon = self.addon
-        return {
-            "type": "addon",
-            "id": addon.resource_id,
-            "attributes": {},
-            "addon": {
-                "state": addon.state,
-                "app_id": addon.app_id,
-                "app_name": addon.app_name,
-                "plan": addon.plan,
-                "region": addon.region,
-            },
-        }
+        return resource_input(
+            "addon",
+            addon.resource_id,
+            None,
+            addon_input(addon.state, addon.app_id, addon.app_name, addon.plan, addon.region),
+        )
 
     def server_input(self, subject: Subject, action: str) -> dict[str, Any]:
-        """One evaluation input built from facts at hand, the way decide.py builds it."""
+        """One evaluation input built from facts at hand, through the input builders the
+        server uses (authz.policy.inputs, authz.decide.access_fact)."""
         now = time.time()
-        user_id = subject.principal.get("id", "")
-        if subject.principal.get("type") == "heroku_user":
+        user_id = subject.principal["id"]
+        if subject.principal["type"] == HEROKU_USER:
             access = access_fact(self.access_list, user_id, now)
         else:
-            access = access_fact(None, user_id, now, "no Heroku app applies to this request")
-        return build_input(
+            access = access_fact(None, user_id, now, NO_APP)
+        return evaluation_input(
             action=action,
             principal=subject.principal,
             resource=self.resource_input(),
-            context={},
             access=access,
-            caller={"id": "bench"},
+            caller=caller_input("bench"),
             now=datetime.fromtimestamp(now, tz=UTC),
         )
 
@@ -247,6 +250,59 @@ def shipped_engine(
         "(SQLite), warm access cache, evaluate, decision id, audit record built (no writer)."
     )
     return table, results
+
+
+def typed_vs_maps(policy_dir: Path, *, min_time: float = 0.2, repeats: int = 5) -> dict[str, float]:
+    """µs per evaluation of the shipped allow path's fused program, with the input as protobuf
+    messages of the typed contract (built per request) and as the plain maps the engine uses
+    (only the fields the plan reads): the evidence for evaluating maps (README, Policy input)."""
+    from google.protobuf import message_factory
+
+    from authz.policy import inputs
+
+    with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp:
+        world = ShippedWorld(policy_dir, Path(tmp))
+        try:
+            prebuilt = world.server_input(world.subject("member"), "dashboard.view")
+        finally:
+            world.close()
+    policy_set = world.holder.current
+    plan = policy_set.plan("dashboard.view", "addon")
+    [chunk] = plan.chunks
+    typed_env = inputs.checking_env()
+    fused = " + ".join(
+        f"((\n{r.rule.when}\n) ? {1 << bit} : 0)"
+        for bit, r in enumerate(plan.rules[i] for i in chunk.positions)
+    )
+    typed_program = typed_env.compile(fused)
+    pool = inputs._pool()
+    classes = {
+        name: message_factory.GetMessageClass(
+            pool.FindMessageTypeByName(f"{inputs.PACKAGE}.{name}")
+        )
+        for name in ("Principal", "Resource", "Access")
+    }
+    principal, resource, access = prebuilt["principal"], prebuilt["resource"], prebuilt["access"]
+
+    def typed() -> Any:
+        messages = {
+            "principal": classes["Principal"](
+                type=principal["type"], id=principal["id"], auth=principal["auth"]
+            ),
+            "resource": classes["Resource"](
+                type=resource["type"], id=resource["id"], addon=resource["addon"]
+            ),
+            "access": classes["Access"](**access),
+        }
+        return typed_program.eval(typed_env.Activation(messages))
+
+    def maps() -> Any:
+        projected = prebuilt if plan.projection is None else project(prebuilt, plan.projection)
+        return chunk.program.eval(policy_set.env.Activation(projected))  # type: ignore[union-attr]
+
+    assert typed().value() == maps().value()
+    timings = time_interleaved({"typed": typed, "maps": maps}, min_time=min_time, repeats=repeats)
+    return {name: t.best_us for name, t in timings.items()}
 
 
 def _item(action: str) -> Item:
@@ -592,10 +648,18 @@ def generated_engine(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Worker: load one generated set in this fresh process; print its load cost as JSON."""
+    """Worker: load one generated set in this fresh process; print its load cost as JSON.
+    `--shipped DIR`: only the shipped-policy engine figures, and typed messages vs maps."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rules", type=int, required=True)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--rules", type=int)
+    group.add_argument("--shipped", type=Path, metavar="POLICY_DIR")
     args = parser.parse_args(argv)
+    if args.shipped:
+        _, results = shipped_engine(args.shipped)
+        results["typed_vs_maps_us"] = typed_vs_maps(args.shipped)
+        print(json.dumps(results, indent=2))
+        return
     _, loaded = load_rule_set(args.rules)
     print(json.dumps(loaded))
 

@@ -27,11 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from authz.bench.common import Table, ratio
-from authz.facts.access import access_fact
+from authz.decide import access_fact
 from authz.facts.heroku import AccessList, AppMember
 from authz.policy.compile import CompiledPolicySet, load_and_compile
 from authz.policy.engine import evaluate
-from authz.policy.inputs import build_input
+from authz.policy.inputs import (
+    addon_input,
+    auth_input,
+    build_input,
+    principal_input,
+    resource_input,
+)
 
 PEER_MODULES = {"cedarpy": "cedarpy", "regopy": "regopy", "pycasbin": "casbin"}
 
@@ -232,22 +238,14 @@ class AuthzEngine:
 
     def build(self, r: Request) -> dict[str, Any]:
         now = time.time()
-        principal: dict[str, Any] = {
-            "type": r.principal_type,
-            "id": r.principal_id,
-            "attributes": {},
-            "auth": {"method": r.auth_method},
-        }
-        resource: dict[str, Any] = {"type": r.resource_type, "id": r.resource_id, "attributes": {}}
+        principal = principal_input(
+            r.principal_type, r.principal_id, None, auth_input(r.auth_method)
+        )
         app = self.world.app_of(r)
-        if r.resource_type == "addon":
-            resource["addon"] = {
-                "state": "provisioned",
-                "app_id": app,
-                "app_name": app,
-                "plan": "authz:basic",
-                "region": "us",
-            }
+        addon = addon_input("provisioned", app, app, "authz:basic", "us")
+        resource = resource_input(
+            r.resource_type, r.resource_id, None, addon if r.resource_type == "addon" else None
+        )
         if r.principal_type == "heroku_user" and app:
             access = access_fact(self.access_lists[app], r.principal_id, now)
         else:

@@ -356,7 +356,7 @@ def register(commands: Any) -> None:
     v = group.add_parser(
         "verify",
         parents=[common],
-        help="check the hash chain (exit 6 when tampered)",
+        help="check the hash chain (exit 9 when tampered)",
         description="Walk the hash chain; exit 0 when intact, 6 naming the first bad entry "
         "(and every gap in seq). With --expect, also prove the log still holds a checkpoint.",
     )

@@ -33,8 +33,15 @@ class ExitCode(IntEnum):
     FLIPS = 4
     """`policy replay`: recorded decisions would flip under the candidate set."""
     NOT_FOUND = 5
-    """What the command names does not exist (an add-on, an audit log, a decision)."""
-    TAMPERED = 6
+    """What the command names does not exist (an add-on, a rule, an audit log, a decision)."""
+    POLICY_REFUSED = 6
+    """`policy validate/test/eval/explain/replay`: the policy set does not load (a YAML, type or
+    schema error, or a lint error; with --strict, any warning)."""
+    TESTS_FAILED = 7
+    """`policy test`: the set loads but a test failed."""
+    COVERAGE_LOW = 8
+    """`policy test --min-coverage N`: every test passed but rule coverage is below N %."""
+    TAMPERED = 9
     """`audit verify`, `checkpoint`, `prune`: the audit log's hash chain does not verify."""
     INTERRUPTED = 130
     """Stopped by Ctrl-C (the shell's 128 + SIGINT); `dev up` and `serve` exit 0 instead."""

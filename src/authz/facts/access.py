@@ -39,11 +39,11 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Final
 
-from authz.clock import Clock, rfc3339, system_clock
+from authz.clock import Clock, system_clock
 from authz.errors import AuthzError
-from authz.facts.heroku import ROLE_ORDER, AccessList, AppMember, PlatformClient, PlatformError
+from authz.facts.heroku import AccessList, AppMember, PlatformClient, PlatformError
 from authz.facts.oauth_tokens import TokenManager
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "AccessCache",
     "AccessUnavailable",
     "PlatformAccessFetcher",
-    "access_fact",
     "app_permissions",
 ]
 
@@ -388,51 +387,3 @@ def app_permissions(access: AccessList, member: AppMember | None) -> list[str]:
         return list(APP_PERMISSIONS)
     known = [p for p in APP_PERMISSIONS if p in listed]
     return known + sorted(listed - set(APP_PERMISSIONS))
-
-
-def access_fact(
-    access: AccessList | None,
-    user_id: str,
-    now: float,
-    error: str = "",
-    *,
-    app_id: str = "",
-) -> dict[str, Any]:
-    """The access fact policies see: plain str/bool/float/list values only (fed to CEL).
-
-    ``role`` is the strongest of the user's roles in the order owner > admin > collaborator >
-    member > team_owner > team_admin > team_member, or "" when the user holds none of them;
-    ``has_role`` is ``role != ""``. Other roles (e.g. ``team_collaborator``) stay in ``roles``.
-    ``permissions`` are the user's effective app permissions (:func:`app_permissions`).
-    """
-    if access is None:
-        return {
-            "available": False,
-            "app_id": app_id,
-            "user_id": user_id,
-            "roles": [],
-            "role": "",
-            "has_role": False,
-            "team_role": "",
-            "permissions": [],
-            "fetched_at": "",
-            "age_seconds": -1.0,
-            "error": error or "access list unavailable",
-        }
-    member = access.members.get(user_id) if user_id else None
-    roles = [str(r) for r in member.roles] if member is not None else []
-    ranked = [r for r in ROLE_ORDER if r in roles]
-    role = ranked[0] if ranked else ""
-    return {
-        "available": True,
-        "app_id": access.app_id,
-        "user_id": user_id,
-        "roles": roles,
-        "role": role,
-        "has_role": role != "",
-        "team_role": (member.team_role or "") if member is not None else "",
-        "permissions": app_permissions(access, member),
-        "fetched_at": rfc3339(access.fetched_at),
-        "age_seconds": round(max(0.0, float(now - access.fetched_at)), 3),
-        "error": error,
-    }

@@ -30,7 +30,7 @@ Choices made where Heroku's documentation is silent, written down here:
   can tell app roles from team roles. Whether a plain team member without an app entry may use
   the dashboard is a policy decision, not this module's.
 - Permission names are kept as Heroku lists them (lowercase words only); what they imply for
-  owners, admins and personal apps is worked out in facts/access.py (``access_fact``).
+  owners, admins and personal apps is worked out in facts/access.py (``authz.decide.access_fact``).
 - Unknown fields are ignored; a missing or mistyped field the recipe itself needs (the add-on's
   app, the app's id and owner, a list that is not a list) is a ``bad_response`` (never a
   silently shorter list).

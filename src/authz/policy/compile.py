@@ -11,41 +11,26 @@ from typing import Any
 
 from cel_expr_python import cel
 
+from authz.policy import inputs
+from authz.policy.attributes import attribute_problems
 from authz.policy.load import LoadedSet, PolicyError, Problem, load_policy_dir
-from authz.policy.model import Policy, Rule, Source
-from authz.policy.plan import Plan, build_plan
+from authz.policy.model import EntityType, Policy, Rule, Source
+from authz.policy.plan import CompiledRule, Plan, build_plan, reads_of
 
-_DYN_MAP = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
-
-# What every condition may read. Declared so a typo or a type error fails at load, not at 3 a.m.
-VARIABLES: dict[str, object] = {
-    "principal": _DYN_MAP,  # type, id, attributes, auth (from a verified session only)
-    "resource": _DYN_MAP,  # type, id, attributes, addon (registry facts)
-    "action": cel.Type.STRING,
-    "context": _DYN_MAP,  # the request's context map
-    "now": cel.Type.TIMESTAMP,
-    "access": _DYN_MAP,  # the principal's current roles on the resource's Heroku app
-    "caller": _DYN_MAP,  # the service asking (id), from the connection, never from the request
-    "data": _DYN_MAP,  # reference data from the policy directory's data/ files (read-only)
-}
-# Whether a condition may read `data`. Over-approximates (a string "data" matches too), which
-# only costs the engine one dict copy; missing a real read would make the condition error.
-_READS_DATA = re.compile(r"\bdata\b")
+# What every condition may read: the contract of authz.policy.inputs. Conditions are
+# type-checked against its typed form (a typo or a type error fails at load, not at 3 a.m.) and
+# evaluated against plain maps the input builders fill completely.
+VARIABLES = inputs.runtime_variables()
 
 _CEL_POSITION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
+_UNDEFINED_FIELD = re.compile(r"undefined field '([^']*)' not found in struct '([^']*)'")
+_UNDECLARED = re.compile(r"undeclared reference to '([^']*)'")
 _MAX_CACHED_ACTIONS = 10_000
 
 
 def new_env() -> cel.Env:
+    """The environment conditions run in (plain maps)."""
     return cel.NewEnv(variables=VARIABLES)
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledRule:
-    rule: Rule
-    program: cel.Expression | None  # None: no condition, always holds
-    resource_types: frozenset[str]
-    reads_data: bool = False
 
 
 @dataclass
@@ -65,6 +50,9 @@ class CompiledPolicySet:
     resource_types: dict[str, str] = field(default_factory=dict)
     # Some policy file declares `catalogue: open`: uncatalogued actions are decided by the rules.
     catalogue_open: bool = False
+    # Declared principal and resource types with their attribute schemas (authz.policy.attributes).
+    principal_types: dict[str, EntityType] = field(default_factory=dict)
+    entity_resource_types: dict[str, EntityType] = field(default_factory=dict)
     _exact: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict, repr=False)
     _globs: tuple[tuple[str, CompiledRule], ...] = field(default=(), repr=False)
     _by_action: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict, repr=False)
@@ -142,21 +130,32 @@ class CompiledPolicySet:
 
 
 def compile_policies(loaded: LoadedSet) -> CompiledPolicySet:
-    """Compile every condition; raise PolicyError (with file:line:column) if any fails."""
+    """Type-check and compile every condition; raise PolicyError (with file:line:column and a
+    hint) if any fails, or if one reads an attribute no declared type has."""
     env = new_env()
+    checker = inputs.checking_env()
+    principal_types = {t.name: t for p in loaded.policies for t in p.principal_types}
+    resource_types = {t.name: t for p in loaded.policies for t in p.entity_types}
     problems: list[Problem] = []
     compiled: list[CompiledRule] = []
     for policy in loaded.policies:
         for rule in policy.rules:
-            program = None
+            program, reads = None, frozenset()
             if rule.when:
+                checked = _compile_condition(checker, rule, problems)
+                if checked is None:
+                    continue
+                # Type-checked above; this runs the same text against the maps.
                 program = _compile_condition(env, rule, problems)
+                reads = reads_of(checked)
+                problems.extend(attribute_problems(rule, checked, principal_types, resource_types))
             compiled.append(
                 CompiledRule(
                     rule,
                     program,
                     frozenset(rule.resource_types),
-                    bool(_READS_DATA.search(rule.when)),
+                    reads is None or any(path[0] == "data" for path in reads),
+                    reads,
                 )
             )
     if problems:
@@ -174,10 +173,13 @@ def compile_policies(loaded: LoadedSet) -> CompiledPolicySet:
             name: text for policy in loaded.policies for name, text in policy.resource_types
         },
         catalogue_open=any(policy.catalogue == "open" for policy in loaded.policies),
+        principal_types=principal_types,
+        entity_resource_types=resource_types,
     )
 
 
 def _compile_condition(env: cel.Env, rule: Rule, problems: list[Problem]) -> cel.Expression | None:
+    """The condition compiled in `env`, or None with a problem (file:line:column, hint)."""
     source = rule.when_source or rule.source
     try:
         program = env.compile(rule.when)
@@ -222,9 +224,18 @@ def _cel_problem(rule: Rule, source: Source, text: str) -> Problem:
 
 
 def _cel_hint(message: str) -> str:
-    if "undeclared reference" in message:
-        return (
-            "conditions can read principal, resource, action, context, now, access, caller and data"
+    field_match = _UNDEFINED_FIELD.search(message)
+    if field_match:
+        name, message_type = field_match.groups()
+        short = message_type.removeprefix(f"{inputs.PACKAGE}.")
+        known = ", ".join(inputs.fields_of(short))
+        suggestion = inputs.field_suggestion(short, name)
+        return f"{suggestion + ' ' if suggestion else ''}({short} has: {known})"
+    undeclared = _UNDECLARED.search(message)
+    if undeclared:
+        suggestion = inputs.variable_suggestion(undeclared.group(1))
+        return f"{suggestion + ' ' if suggestion else ''}(conditions can read " + (
+            ", ".join(inputs.VARIABLE_NAMES) + ")"
         )
     if "no matching overload" in message:
         return "the operand types differ; compare like with like (string with string, ...)"

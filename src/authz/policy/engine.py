@@ -8,12 +8,14 @@ from typing import Any
 
 from cel_expr_python import cel
 
-from authz.policy.compile import CompiledPolicySet, CompiledRule
-from authz.policy.model import Decision, Effect, MatchedRule
+from authz.policy.compile import CompiledPolicySet
+from authz.policy.model import Decision, Effect
+from authz.policy.plan import CompiledRule
 
 _ERROR = cel.Type.ERROR
 _BOOL = cel.Type.BOOL
 _INT = cel.Type.INT
+_DENY = Effect.DENY
 ACTION_UNKNOWN = "ACTION_UNKNOWN"
 
 
@@ -39,31 +41,40 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
         if plan.reads_data and "data" not in inputs:
             # The set's one prebuilt mapping; only plans that read it pay for the copy.
             inputs = {**inputs, "data": policy_set.data}
-        activation = policy_set.env.Activation(inputs)
+        # Only what the conditions read is converted to CEL values.
+        projected = inputs if plan.project is None else plan.project(inputs)
+        activation = None
         for chunk in plan.chunks:
-            result = chunk.program.eval(activation) if chunk.program is not None else None
+            # One chunk (the usual case): eval(data=...) converts the input itself, which is
+            # cheaper than an Activation; several share one Activation.
+            if chunk.program is None:
+                result = None
+            elif len(plan.chunks) == 1:
+                result = chunk.program.eval(data=projected)
+            else:
+                activation = activation or policy_set.env.Activation(projected)
+                result = chunk.program.eval(activation)
             if result is not None and result.type() == _INT:
                 mask = result.value()
                 for bit, position in enumerate(chunk.positions):
                     held[position] = bool(mask >> bit & 1)
                 continue
             # Something in this chunk errored (or it could not be fused): rule by rule.
+            activation = activation or policy_set.env.Activation(projected)
             for position in chunk.positions:
                 held[position] = _holds(plan.rules[position], activation, errors)
-    matched = tuple(
-        MatchedRule(c.rule.policy, c.rule.id, c.rule.effect, c.rule.reason)
-        for c, h in zip(plan.rules, held, strict=True)
-        if h
-    )
-    if any(m.effect is Effect.DENY for m in matched):
+    matched = tuple(m for m, h in zip(plan.matched, held, strict=True) if h)
+    denies = tuple(m.reason for m in matched if m.effect is _DENY)
+    if denies:
         effect = Effect.DENY
-        reasons = tuple(m.reason for m in matched if m.effect is Effect.DENY)
+        reasons = denies
     elif matched:
         effect = Effect.ALLOW
         reasons = tuple(m.reason for m in matched)
     else:
         effect = Effect.DENY
         reasons = (f"no allow rule matched action {action!r} (default deny)",)
+        return Decision(effect, matched, reasons, tuple(errors), policy_set.revision, True)
     return Decision(effect, matched, reasons, tuple(errors), policy_set.revision)
 
 

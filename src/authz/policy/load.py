@@ -16,7 +16,17 @@ import yaml
 
 from authz.policy.data import load_data
 from authz.policy.files import MAX_POLICY_FILE_BYTES, decode_utf8, entries, read_file, text_problem
-from authz.policy.model import Effect, Policy, PolicyError, Problem, Rule, Source
+from authz.policy.model import (
+    ATTRIBUTE_TYPES,
+    AttributeSpec,
+    Effect,
+    EntityType,
+    Policy,
+    PolicyError,
+    Problem,
+    Rule,
+    Source,
+)
 from authz.policy.searchable import check_searchable, parse_searchable
 
 POLICY_KEYS = {
@@ -24,6 +34,7 @@ POLICY_KEYS = {
     "description",
     "actions",
     "resource_types",
+    "principal_types",
     "catalogue",
     "searchable",
     "rules",
@@ -135,7 +146,19 @@ def _check_unique(policies: list[Policy], problems: list[Problem]) -> None:
     seen_rule: dict[str, Source] = {}
     seen_action: dict[str, Source] = {}
     seen_type: dict[str, Source] = {}
+    seen_principal: dict[str, Source] = {}
     for policy in policies:
+        for principal_type in policy.principal_types:
+            if principal_type.name in seen_principal:
+                problems.append(
+                    Problem(
+                        principal_type.source,
+                        f"principal type {principal_type.name!r} is declared twice "
+                        f"(also at {seen_principal[principal_type.name]})",
+                        hint="declare each principal type once",
+                    )
+                )
+            seen_principal.setdefault(principal_type.name, principal_type.source)
         if policy.name in seen_policy:
             problems.append(
                 Problem(
@@ -227,6 +250,9 @@ def parse_policy(file: str, text: str, problems: list[Problem]) -> Policy | None
     resource_types = _catalogue(
         file, fields.get("resource_types"), problems, "resource_types", _RESOURCE_TYPE
     )
+    entity_types = _entity_types(file, fields.get("resource_types"), "resource", problems)
+    principal_types = _entity_types(file, fields.get("principal_types"), "principal", problems)
+    _catalogue(file, fields.get("principal_types"), problems, "principal_types", _RESOURCE_TYPE)
     mode = _string(file, fields.get("catalogue"), "catalogue", problems)
     if mode and mode not in CATALOGUE_MODES:
         problems.append(
@@ -242,7 +268,7 @@ def parse_policy(file: str, text: str, problems: list[Problem]) -> Policy | None
     rules: list[Rule] = []
     rules_node = fields.get("rules")
     if rules_node is None:
-        if not actions and not resource_types and not searchable:
+        if not actions and not resource_types and not searchable and not principal_types:
             problems.append(
                 Problem(_src(file, root), "policy has no rules", hint="add a 'rules:' list")
             )
@@ -262,6 +288,8 @@ def parse_policy(file: str, text: str, problems: list[Problem]) -> Policy | None
         tuple(resource_types),
         mode,
         searchable,
+        tuple(principal_types),
+        tuple(entity_types),
     )
 
 
@@ -332,7 +360,10 @@ _CATALOGUE_TEXT = {
     # field -> (what one entry is, an example entry)
     "actions": ("action", "'dashboard.view: Open the add-on dashboard'"),
     "resource_types": ("resource type", "'addon: A Heroku add-on (its resource id)'"),
+    "principal_types": ("principal type", "'service: A partner service'"),
 }
+TYPE_KEYS = {"description", "attributes"}
+ATTRIBUTE_KEYS = {"type", "items"}
 
 
 def _catalogue(
@@ -363,8 +394,85 @@ def _catalogue(
                 )
             )
             continue
+        if isinstance(value_node, yaml.MappingNode) and field != "actions":
+            # A type with a schema: {description, attributes}; _entity_types reads the rest.
+            described = next(
+                (v for k, v in value_node.value if getattr(k, "value", None) == "description"),
+                None,
+            )
+            found.append((name, _string(file, described, "description", problems)))
+            continue
         found.append((name, _string(file, value_node, name, problems)))
     return found
+
+
+def _entity_types(
+    file: str, node: yaml.Node | None, kind: str, problems: list[Problem]
+) -> list[EntityType]:
+    """Declared principal or resource types; a type written as a mapping may declare the
+    attributes its principals or resources carry (JSON-Schema-like), e.g.
+
+        principal_types:
+          service:
+            description: A partner service
+            attributes:
+              team: string
+              seats: {type: integer}
+              scopes: {type: array, items: string}
+    """
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    found = []
+    for key_node, value_node in node.value:
+        name = str(key_node.value)
+        if not isinstance(value_node, yaml.MappingNode):
+            found.append(EntityType(kind, name, "", None, _src(file, key_node)))
+            continue
+        fields = _mapping(file, value_node, TYPE_KEYS, f"{kind} type", problems)
+        description = ""
+        if "description" in fields and isinstance(fields["description"], yaml.ScalarNode):
+            description = str(fields["description"].value)
+        attributes = None
+        if "attributes" in fields:
+            attributes = _attributes(file, fields["attributes"], problems)
+        found.append(EntityType(kind, name, description, attributes, _src(file, key_node)))
+    return found
+
+
+def _attributes(file: str, node: yaml.Node, problems: list[Problem]) -> tuple[AttributeSpec, ...]:
+    if not isinstance(node, yaml.MappingNode):
+        problems.append(
+            Problem(
+                _src(file, node),
+                "'attributes' must map each attribute name to its type",
+                hint="e.g. 'team: string' or 'seats: {type: integer}'",
+            )
+        )
+        return ()
+    specs = []
+    for key_node, value_node in node.value:
+        name = str(key_node.value)
+        if isinstance(value_node, yaml.MappingNode):
+            fields = _mapping(file, value_node, ATTRIBUTE_KEYS, "attribute", problems)
+            type_name = _string(file, fields.get("type"), "type", problems, required_in=value_node)
+            items = _string(file, fields.get("items"), "items", problems)
+        else:
+            type_name, items = _string(file, value_node, name, problems), ""
+        for what, value in (("type", type_name), ("items", items)):
+            if value and value not in ATTRIBUTE_TYPES:
+                problems.append(
+                    Problem(
+                        _src(file, value_node),
+                        f"attribute {name!r}: unknown {what} {value!r}",
+                        hint=f"use one of: {', '.join(ATTRIBUTE_TYPES)}",
+                    )
+                )
+        if items and type_name != "array":
+            problems.append(
+                Problem(_src(file, value_node), f"attribute {name!r}: 'items' is for arrays")
+            )
+        specs.append(AttributeSpec(name, type_name, items, _src(file, key_node)))
+    return tuple(specs)
 
 
 def _rule(file: str, policy: str, node: yaml.Node, problems: list[Problem]) -> Rule | None:

@@ -42,6 +42,35 @@ class Rule:
     when_source: Source | None = None
 
 
+ATTRIBUTE_TYPES = ("string", "integer", "number", "boolean", "array", "object")
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeSpec:
+    """One declared attribute, JSON-Schema-like: `type`, and `items` (the type of an array's
+    elements) when the type is array."""
+
+    name: str
+    type: str  # one of ATTRIBUTE_TYPES
+    items: str = ""
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntityType:
+    """A declared principal or resource type. `attributes` is None when the type declares no
+    schema (anything goes), else every attribute it may carry."""
+
+    kind: str  # "principal" or "resource"
+    name: str
+    description: str
+    attributes: tuple[AttributeSpec, ...] | None
+    source: Source
+
+    def attribute(self, name: str) -> AttributeSpec | None:
+        return next((a for a in self.attributes or () if a.name == name), None)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     name: str
@@ -56,6 +85,9 @@ class Policy:
     catalogue: str = ""
     # The data lists subject and resource search take candidates from (authz.policy.searchable).
     searchable: tuple[Searchable, ...] = ()
+    # Declared types with their attribute schemas (`principal_types:`, `resource_types:`).
+    principal_types: tuple[EntityType, ...] = ()
+    entity_types: tuple[EntityType, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +110,18 @@ class Decision:
     reasons: tuple[str, ...]
     errors: tuple[str, ...]
     policy_revision: str
+    # True when no rule matched and the engine's default deny decided (not a refusal before
+    # evaluation, not a rule).
+    by_default: bool = False
 
     @property
     def allowed(self) -> bool:
         return self.effect is Effect.ALLOW
+
+    @property
+    def deciding(self) -> tuple[MatchedRule, ...]:
+        """The matched rules of the winning effect (none for a default deny)."""
+        return tuple(m for m in self.matched if m.effect is self.effect)
 
 
 @dataclass(frozen=True, slots=True)

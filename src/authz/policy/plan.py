@@ -5,19 +5,141 @@ A fused program computes a bitmask — `(c1 ? 1 : 0) + (c2 ? 2 : 0) + …` — s
 which conditions hold. If any condition errors or yields a non-bool, the whole program errors and
 the engine falls back to evaluating that chunk rule by rule, so errors are still attributed to
 their rule and fail closed exactly as before. The fast path is only ever a shortcut.
+
+A plan also knows which fields of the input its conditions read (`projection`): the engine hands
+CEL only those, since converting the rest of the input to CEL values is most of the cost.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from cel_expr_python import cel
 
-if TYPE_CHECKING:
-    from authz.policy.compile import CompiledRule
+from authz.policy import cel_ast
+from authz.policy.inputs import VARIABLE_NAMES
+from authz.policy.model import MatchedRule, Rule
 
 CHUNK = 62  # bits of a CEL int (int64) that stay positive
+
+# The input paths a condition reads, e.g. ("principal", "auth", "method"); ("context",) reads
+# the whole variable. None: not known (the whole input is passed).
+Reads = frozenset[tuple[str, ...]] | None
+# variable -> True (the whole value) or a projection of its fields.
+Projection = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    rule: Rule
+    program: cel.Expression | None  # None: no condition, always holds
+    resource_types: frozenset[str]
+    reads_data: bool = False
+    reads: Reads = frozenset()
+
+    @property
+    def matched(self) -> MatchedRule:
+        rule = self.rule
+        return MatchedRule(rule.policy, rule.id, rule.effect, rule.reason)
+
+
+def reads_of(program: cel.Expression) -> Reads:
+    """The input paths a type-checked condition reads: every chain of field selections that
+    starts at a declared variable, cut where something else (an index, a call) takes over."""
+    root = cel_ast.parse(program)
+    if root is None:
+        return None
+    paths: set[tuple[str, ...]] = set()
+    shadowed: set[str] = set()
+
+    def visit(node: cel_ast.Node) -> bool:
+        if node.kind == "unknown":
+            return False
+        if node.kind == "comprehension" and node.name in VARIABLE_NAMES:
+            shadowed.add(node.name)
+        if node.kind == "select":
+            chain = [node.name]
+            operand = node.operand
+            while operand is not None and operand.kind == "select":
+                chain.append(operand.name)
+                operand = operand.operand
+            if operand is not None and operand.kind == "ident":
+                if operand.name in VARIABLE_NAMES:
+                    paths.add((operand.name, *reversed(chain)))
+                return True
+            return operand is None or visit(operand)
+        if node.kind == "ident" and node.name in VARIABLE_NAMES:
+            paths.add((node.name,))
+            return True
+        children = [node.operand] if node.operand is not None else []
+        return all(visit(child) for child in [*children, *node.args])
+
+    if not visit(root) or shadowed:
+        return None
+    return frozenset(paths)
+
+
+def projection_of(rules: tuple[CompiledRule, ...]) -> Projection | None:
+    """What the conditions of these rules read, as a tree; None when any read is not known."""
+    tree: Projection = {}
+    for compiled in rules:
+        if compiled.program is None:
+            continue
+        if compiled.reads is None:
+            return None
+        for path in compiled.reads:
+            node = tree
+            for depth, part in enumerate(path):
+                if node.get(part) is True:
+                    break
+                if depth == len(path) - 1:
+                    node[part] = True
+                else:
+                    node = node.setdefault(part, {})
+    return tree
+
+
+def projector(tree: Projection) -> Any:
+    """`project` for one tree, as one generated expression: a plan runs it per evaluation. It
+    assumes every key is there, as the input builders make it; when one is not (a partial input
+    in a test), it falls back to `project`, which leaves the key out."""
+
+    def build(path: str, node: Projection) -> str:
+        items = []
+        for key, sub in node.items():
+            value = f"{path}[{key!r}]"
+            items.append(f"{key!r}: {value if sub is True else build(value, sub)}")
+        return "{" + ", ".join(items) + "}"
+
+    fast = eval(f"lambda i: {build('i', tree)}")  # noqa: S307 (keys are declared field names)
+
+    def run(value: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return fast(value)  # type: ignore[no-any-return]
+        except (KeyError, TypeError):
+            return project(value, tree)
+
+    return run
+
+
+def project(value: Mapping[str, Any], tree: Projection) -> dict[str, Any]:
+    """The parts of `value` the tree names (a key the value lacks stays out: CEL then reports
+    it missing, as it would have)."""
+    out = {}
+    for key, sub in tree.items():
+        item = value.get(key, _MISSING)
+        if item is _MISSING:
+            continue
+        if sub is True or not isinstance(item, dict):
+            out[key] = item
+        else:
+            out[key] = project(item, sub)
+    return out
+
+
+_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +155,11 @@ class Plan:
     always: tuple[int, ...]  # positions of rules without a condition
     chunks: tuple[Chunk, ...]
     reads_data: bool = False  # some condition here may read `data`
+    projection: Projection | None = None  # what the conditions read; None: everything
+    # `projection` as one call (plan.projector); None: pass the whole input.
+    project: Any = None
+    # Each rule's MatchedRule, built once: the engine reports these.
+    matched: tuple[MatchedRule, ...] = ()
 
 
 def build_plan(env: cel.Env, rules: tuple[CompiledRule, ...]) -> Plan:
@@ -42,7 +169,16 @@ def build_plan(env: cel.Env, rules: tuple[CompiledRule, ...]) -> Plan:
     for start in range(0, len(conditional), CHUNK):
         positions = tuple(conditional[start : start + CHUNK])
         chunks.append(Chunk(positions, _fuse(env, [rules[i] for i in positions])))
-    return Plan(rules, always, tuple(chunks), any(r.reads_data for r in rules))
+    projection = projection_of(rules)
+    return Plan(
+        rules,
+        always,
+        tuple(chunks),
+        any(r.reads_data for r in rules),
+        projection,
+        project=projector(projection) if projection is not None else None,
+        matched=tuple(r.matched for r in rules),
+    )
 
 
 def _fuse(env: cel.Env, rules: list[CompiledRule]) -> cel.Expression | None:

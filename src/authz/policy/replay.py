@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from authz.policy.compile import CompiledPolicySet, load_and_compile
+from authz.policy.compile import CompiledPolicySet
 from authz.policy.engine import evaluate
+from authz.policy.inputs import build_input
 from authz.policy.model import Decision, Effect
 
 REPLAYABLE_KINDS = ("check", "sso")
@@ -32,12 +33,19 @@ _REFUSAL_CODE = re.compile(r"^(SSO|ADDON)_[A-Z_]+\b")
 _DEFAULT_DENY_REASON = "no allow rule matched action"
 
 
-def read_records(audit_db_path: Path | str, since: float | None) -> Iterator[dict[str, Any]]:
-    """The decision records to replay, oldest first, streamed (each whole, its shared parts put
-    back). The one place that reads the audit log."""
-    from authz.audit.query import iter_query
+class RecordedDecision(Protocol):
+    """What replay reads of a recorded decision: the audit log's records (mappings today) have
+    these keys. Replay never reads the log itself: the caller hands it records
+    (authz.audit.query.iter_query, through Settings.audit_target, on SQLite or PostgreSQL)."""
 
-    return iter_query(audit_db_path, since=since, limit=None, oldest_first=True)
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+# Keys replay reads: decision_id, time, kind, effect, matched_rules, reasons, input,
+# policy_revision, caller, principal, resource, action; and, when the log records them, the
+# explicit `stage` ("evaluated" / "refused") and `by_default`.
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +84,7 @@ class FlipGroup:
 
 @dataclass
 class ReplayReport:
-    audit_db: Path
+    audit_db: str  # where the records came from (a SQLite path or a redacted PostgreSQL URL)
     candidate_dir: Path
     candidate_revision: str
     since: float | None
@@ -154,8 +162,11 @@ def skip_reason(record: Mapping[str, Any]) -> str | None:
         return "no recorded input"
     if not isinstance(data.get("action"), str) or not data["action"]:
         return "no recorded input"
+    stage = record.get("stage")
+    if stage == "refused":
+        return "refused before policy evaluation"
     reasons = [str(r) for r in record.get("reasons") or []]
-    if not record.get("matched_rules"):
+    if stage is None and not record.get("matched_rules") and not record.get("by_default"):
         if any(_REFUSAL_CODE.match(r) for r in reasons):
             return "refused before policy evaluation"
         if reasons and not any(r.startswith(_DEFAULT_DENY_REASON) for r in reasons):
@@ -167,36 +178,41 @@ def skip_reason(record: Mapping[str, Any]) -> str | None:
     return None
 
 
-def recorded_input(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The evaluation input of a record, with `now` a datetime again."""
-    data = dict(record["input"])
-    data.pop("data", None)  # rules read the candidate's own reference data
+def recorded_input(record: RecordedDecision) -> dict[str, Any]:
+    """The evaluation input of a record, rebuilt through the input builders (so an older record
+    without a field gets the field's neutral value), with `now` a datetime again."""
+    data = record["input"]
     now = datetime.fromisoformat(str(data["now"]))
-    data["now"] = now if now.tzinfo else now.replace(tzinfo=UTC)
-    data.setdefault("context", {})
-    data.setdefault("caller", {"id": str(record.get("caller", ""))})
-    return data
+    return build_input(
+        action=data["action"],
+        principal=data["principal"],
+        resource=data["resource"],
+        context=data.get("context") or {},
+        access=data.get("access"),
+        # rules read the candidate's own reference data: `data` is left out
+        caller=data.get("caller") or {"id": str(record.get("caller", ""))},
+        now=now if now.tzinfo else now.replace(tzinfo=UTC),
+    )
 
 
 def replay(
-    audit_db_path: Path | str,
-    candidate_dir: Path | str,
-    since: float | None = None,
+    records: Iterable[RecordedDecision],
+    candidate: CompiledPolicySet,
     *,
-    candidate: CompiledPolicySet | None = None,
+    source: str = "",
+    since: float | None = None,
 ) -> ReplayReport:
-    """Re-decide every recorded decision since `since` (Unix seconds; None: all) with the policy
-    set in `candidate_dir`. Raises PolicyError when the candidate does not load, and the audit
-    module's AuditLogNotFound when there is no log at `audit_db_path`."""
+    """Re-decide every record with the candidate set (one the policy gate accepted). `source`
+    and `since` only describe where the records came from, for the report."""
     started = time.perf_counter()
-    policy_set = candidate or load_and_compile(candidate_dir)
+    policy_set = candidate
     report = ReplayReport(
-        audit_db=Path(audit_db_path),
-        candidate_dir=Path(candidate_dir),
+        audit_db=source,
+        candidate_dir=Path(candidate.directory or ""),
         candidate_revision=policy_set.revision,
         since=since,
     )
-    for record in read_records(audit_db_path, since):
+    for record in records:
         report.read += 1
         reason = skip_reason(record)
         if reason is None:

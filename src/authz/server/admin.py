@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from authz.policies_runtime import PolicyHolder
+from authz.policy.holder import PolicyHolder
 from authz.provisioning import AddonStatus, Provisioning, ProvisioningRequest
 from authz.server.convert import (
     EFFECT_TO_PROTO,

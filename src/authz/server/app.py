@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from authz.audit.log import AuditLog, NopAuditLog, open_audit_log
 from authz.clock import Clock, system_clock
 from authz.config import SHA1_LEGACY_ADDONS, Settings, resolve_public_url
-from authz.decide import Decider, Facts
+from authz.decide import Decider, FactSources
 from authz.facts.access import AccessCache, PlatformAccessFetcher
 from authz.facts.addons import AddonRegistry
 from authz.facts.heroku import PlatformClient
@@ -26,7 +26,7 @@ from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import SessionStore
 from authz.facts.webhooks import WebhookSubscriptions
 from authz.login import SsoLogins
-from authz.policies_runtime import PolicyHolder, watch_policies
+from authz.policy.holder import PolicyHolder, watch_policies
 from authz.provisioning import Provisioning, renaming
 from authz.server.admin import AdminServicer
 from authz.server.authorization import AuthorizationServicer
@@ -95,7 +95,7 @@ class Service:
     decider: Decider
     health: health.aio.HealthServicer
     audit: AuditLog | NopAuditLog
-    facts: Facts
+    facts: FactSources
     provisioning: Provisioning
     state: Database
     # What start_service opened, closed in reverse order by stop().
@@ -140,7 +140,7 @@ async def start_service(
     transport = plan_transport(settings)
     if ephemeral := settings.check_storage():
         log.warning(ephemeral)
-    policies = policies or PolicyHolder.load(settings.policy_dir)
+    policies = policies or PolicyHolder.load(settings.policy_dir, strict=settings.policy_strict)
     resources = contextlib.AsyncExitStack()
     try:
         observability = Observability.start(settings, policies)
@@ -207,7 +207,7 @@ async def _assemble(
         log.info("store %s migrated to schema versions %s", state.location, applied)
     audit = open_audit_log(settings.audit_target, mode=settings.audit_mode).start()
     resources.push_async_callback(audit.aclose)
-    facts = Facts(
+    facts = FactSources(
         sessions=SessionStore(state, clock, settings.session_ttl),
         addons=AddonRegistry(state, clock),
         deadline=settings.facts_deadline,
@@ -287,7 +287,7 @@ async def _assemble(
     )
 
 
-async def purge_expired(facts: Facts, replay: ReplayGuard, interval: float) -> None:
+async def purge_expired(facts: FactSources, replay: ReplayGuard, interval: float) -> None:
     """Delete expired sessions and closed replay windows now and every ``interval`` seconds.
 
     Every replica runs it; the deletes are idempotent. A failure (the database away) is logged
@@ -342,7 +342,7 @@ def _bind(server: grpc.aio.Server, listen: str, transport: Transport) -> int:
 def _platform_facts(
     settings: Settings,
     token_store: OAuthTokenStore,
-    facts: Facts,
+    facts: FactSources,
     clock: Clock,
     resources: contextlib.AsyncExitStack,
 ) -> tuple[PlatformClient | None, TokenManager | None]:

@@ -46,6 +46,8 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         request_context: dict[str, Any],
         request_id: str,
     ) -> list[Outcome]:
+        policy_set = self.decider.policies.current
+        convert.conforming(policy_set, subject.principal, [item.resource for item in items])
         return await self.decider.check(
             subject,
             items,
@@ -91,6 +93,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
             )
         actions = [convert.action_of(a, f"actions[{i}]") for i, a in enumerate(request.actions)]
         subject = await self._subject(request)
+        convert.conforming(self.decider.policies.current, subject.principal, [resource])
         asked = Asked(
             convert.struct_to_dict(request.context, "context"),
             convert.request_id_of(request.request_id),

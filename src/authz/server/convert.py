@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from authz.decide import Entity, Item, Outcome
 from authz.errors import AuthzError
+from authz.policy.attributes import AttributeRefused, conform_request
+from authz.policy.compile import CompiledPolicySet
 from authz.policy.model import Effect
 from authz.v1 import authorization_pb2 as pb
 
@@ -30,6 +32,27 @@ class BadRequest(AuthzError, ValueError):
 
     code = ""  # no ErrorInfo reason: the message names the field
     kind = "invalid"
+
+
+def conforming(
+    policy_set: CompiledPolicySet,
+    principal: Mapping[str, Any] | Entity | None,
+    resources: Iterable[Entity],
+    where: str = "",
+) -> None:
+    """BadRequest (INVALID_ARGUMENT, HTTP 400) naming the attribute when the principal's or a
+    resource's attributes break the attribute schema the serving policy set declares for its
+    type. The one check the gRPC and AuthZEN edges call (authz.policy.attributes)."""
+    if isinstance(principal, Entity):
+        named: tuple[str, Mapping[str, Any]] | None = (principal.type, principal.attributes)
+    elif principal is not None:
+        named = (str(principal.get("type", "")), principal.get("attributes") or {})
+    else:
+        named = None
+    try:
+        conform_request(policy_set, named, [(r.type, r.attributes) for r in resources])
+    except AttributeRefused as exc:
+        raise BadRequest(f"{where}{exc}") from None
 
 
 def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:

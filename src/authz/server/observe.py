@@ -34,7 +34,7 @@ from authz.decide import AuditSink
 from authz.login import LoginRefused, LoginResult, SsoLogins
 from authz.logs import FIELDS
 from authz.metrics import Metrics
-from authz.policies_runtime import PolicyHolder
+from authz.policy.holder import PolicyHolder
 from authz.tracing import DECISION_IDS, Tracing
 
 decision_log = logging.getLogger("authz.decisions")

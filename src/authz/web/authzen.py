@@ -159,8 +159,19 @@ class AuthZen:
 
     async def _single(self, body: dict[str, Any], request: Request, caller: str) -> Response:
         explain = _explain(body, default=True)
-        [outcome] = await self._decisions(request, caller).all([evaluation_of(body)])
+        evaluation = evaluation_of(body)
+        self._conforming(evaluation)
+        [outcome] = await self._decisions(request, caller).all([evaluation])
         return JSONResponse(decision_answer(outcome, explain))
+
+    def _conforming(self, evaluation: Evaluation, where: str = "") -> None:
+        """The request's attributes against the serving set's schemas, as gRPC Check does."""
+        convert.conforming(
+            self.decider.policies.current,
+            evaluation.subject.principal,
+            [evaluation.resource],
+            where,
+        )
 
     def _decisions(self, request: Request, caller: str) -> Decisions:
         return Decisions(self.decider, request_id(request), caller, INTERFACE)
@@ -197,7 +208,9 @@ class AuthZen:
                     raise BadRequest(f"evaluations[{index}] must be an object, not {_kind(item)}")
                 # Nulls are absent (§ JSON Payload Considerations): the default applies.
                 merged = {k: body.get(k) if item.get(k) is None else item[k] for k in _REQUEST}
-                parsed.append(evaluation_of(merged, f"evaluations[{index}]: "))
+                evaluation = evaluation_of(merged, f"evaluations[{index}]: ")
+                self._conforming(evaluation, f"evaluations[{index}]: ")
+                parsed.append(evaluation)
             except BadRequest as exc:
                 parsed.append(exc)
         results = await self._decisions(request, caller).run(parsed, semantic)

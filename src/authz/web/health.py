@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from authz.audit.log import AuditLog
 from authz.audit.query import get_entry
-from authz.policies_runtime import PolicyHolder
+from authz.policy.holder import PolicyHolder
 from authz.store import Database
 from authz.web.auth import Access
 from authz.web.routing import RouteGroup, WebParts, route

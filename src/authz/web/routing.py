@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 from authz.audit.log import AuditLog
 from authz.config import Settings
 from authz.decide import Decider
-from authz.policies_runtime import PolicyHolder
+from authz.policy.holder import PolicyHolder
 from authz.provisioning import Provisioning
 from authz.store import Database
 from authz.web.auth import Access, HttpCallers

@@ -70,11 +70,25 @@ import yaml
 from cel_expr_python import cel
 
 from authz.clock import rfc3339
-from authz.policy.compile import CompiledPolicySet, compile_policies
+from authz.policy.compile import CompiledPolicySet
 from authz.policy.engine import ACTION_UNKNOWN, evaluate
-from authz.policy.inputs import NO_ACCESS, build_input
+from authz.policy.gate import Outcome, judge
+from authz.policy.inputs import (
+    ADDON,
+    HEROKU_SSO,
+    HEROKU_USER,
+    NO_ACCESS,
+    NO_AUTH_INPUT,
+    access_input,
+    access_unavailable,
+    addon_input,
+    auth_input,
+    build_input,
+    principal_input,
+    resource_input,
+)
 from authz.policy.lint import format_problem
-from authz.policy.load import PolicyError, Problem, load_policy_dir
+from authz.policy.load import Problem
 from authz.policy.model import Decision, Effect, Rule, Source
 
 SUITE_DIR = "tests"
@@ -88,25 +102,6 @@ ACCESS_KEYS = set(NO_ACCESS)
 CASE_KEYS = {"name", "description", "principal", "resource", "access", "context", "caller"}
 CASE_KEYS |= {"now", "expect"}
 EXPECT_KEYS = {"effect", "rule", "rules", "by_default", "reason"}
-HEROKU_USER = "heroku_user"
-# Strongest first, as authz.facts.access derives `role` (a test keeps the two in step; the
-# policy package does not import the Heroku facts).
-ROLE_ORDER = (
-    "owner",
-    "admin",
-    "collaborator",
-    "member",
-    "team_owner",
-    "team_admin",
-    "team_member",
-)
-
-
-def _strongest(roles: list[str]) -> str:
-    """The strongest role the server would report, or "" when none is a known role."""
-    return next((role for role in ROLE_ORDER if role in roles), "")
-
-
 # -- results -----------------------------------------------------------------------------------
 
 
@@ -199,6 +194,8 @@ class SuiteReport:
     problems: list[Problem] = field(default_factory=list)
     coverage: dict[str, RuleCoverage] = field(default_factory=dict)
     duration_s: float = 0.0
+    # The policy gate refused the set (it does not load, type-check or pass the lints).
+    refused: bool = False
 
     @property
     def failures(self) -> list[CheckResult]:
@@ -237,9 +234,16 @@ class SuiteReport:
         return not self.failures and not self.errors and bool(self.results)
 
     def ok(self, min_coverage: float | None = None) -> bool:
+        return self.outcome(min_coverage) is Outcome.OK
+
+    def outcome(self, min_coverage: float | None = None) -> Outcome:
+        if self.refused:
+            return Outcome.REFUSED
         if not self.passed:
-            return False
-        return min_coverage is None or self.rule_coverage + 1e-9 >= min_coverage
+            return Outcome.TESTS_FAILED
+        if min_coverage is not None and self.rule_coverage + 1e-9 < min_coverage:
+            return Outcome.COVERAGE_LOW
+        return Outcome.OK
 
 
 # -- reading suites ----------------------------------------------------------------------------
@@ -454,12 +458,11 @@ class _SuiteReader:
         spec = _require_map(spec, line, f"principal {name!r}")
         line = _line(spec, line)
         _check_keys(spec, PRINCIPAL_KEYS, line, "principal")
-        principal: dict[str, Any] = {
-            "type": str(spec.get("type", "")),
-            "id": str(spec.get("id", "")),
-            "attributes": _plain(_require_map(spec.get("attributes"), line, "attributes")),
-            "auth": {"method": "none"},
-        }
+        principal = principal_input(
+            str(spec.get("type", "")),
+            str(spec.get("id", "")),
+            _plain(_require_map(spec.get("attributes"), line, "attributes")),
+        )
         if "session" in spec and "auth" in spec:
             raise _SuiteError(line, f"principal {name!r} has both 'session' and 'auth'")
         if "session" in spec:
@@ -475,19 +478,19 @@ class _SuiteReader:
             resource_spec = resources[resource_name]
             issued = session.get("issued_at")
             issued_at = now if issued is None else _time(issued, _line(session, line), "issued_at")
-            principal["auth"] = {
-                "method": "heroku_sso",
-                "session_id": str(session.get("session_id", f"test-session-{name}")),
-                "resource_id": str(_require_map(resource_spec, line, "resource").get("id", "")),
-                "issued_at": rfc3339(issued_at.timestamp()),
-                "token_kind": str(session.get("token_kind", "sha256")),
-            }
+            principal["auth"] = auth_input(
+                HEROKU_SSO,
+                session_id=str(session.get("session_id", f"test-session-{name}")),
+                resource_id=str(_require_map(resource_spec, line, "resource").get("id", "")),
+                issued_at=rfc3339(issued_at.timestamp()),
+                token_kind=str(session.get("token_kind", "sha256")),
+            )
         elif "auth" in spec:
             auth = spec["auth"]
             if auth in (None, "none"):
-                principal["auth"] = {"method": "none"}
+                principal["auth"] = dict(NO_AUTH_INPUT)
             elif isinstance(auth, Mapping):
-                principal["auth"] = _plain(auth)
+                principal["auth"] = {**NO_AUTH_INPUT, **_plain(auth)}
             else:
                 raise _SuiteError(
                     _key_line(spec, "auth", line),
@@ -500,18 +503,20 @@ class _SuiteReader:
         spec = _require_map(spec, line, f"resource {name!r}")
         line = _line(spec, line)
         _check_keys(spec, RESOURCE_KEYS, line, "resource")
-        resource: dict[str, Any] = {
-            "type": str(spec.get("type", "")),
-            "id": str(spec.get("id", "")),
-            "attributes": _plain(_require_map(spec.get("attributes"), line, "attributes")),
-        }
-        if "addon" in spec or resource["type"] == "addon":
+        resource_type = str(spec.get("type", ""))
+        facts = None
+        if "addon" in spec or resource_type == ADDON:
             addon = _require_map(spec.get("addon"), line, "addon")
             _check_keys(addon, ADDON_KEYS, _line(addon, line), "addon")
-            resource["addon"] = {key: str(addon.get(key, "")) for key in sorted(ADDON_KEYS)}
+            facts = addon_input(**{key: str(addon.get(key, "")) for key in ADDON_KEYS})
             if "state" not in addon:
-                resource["addon"]["state"] = "provisioned"
-        return resource
+                facts["state"] = "provisioned"
+        return resource_input(
+            resource_type,
+            str(spec.get("id", "")),
+            _plain(_require_map(spec.get("attributes"), line, "attributes")),
+            facts,
+        )
 
     def _access(
         self,
@@ -526,19 +531,30 @@ class _SuiteReader:
         _check_keys(spec, ACCESS_KEYS, line, "access")
         available = bool(spec.get("available", True))
         roles = [str(r) for r in spec.get("roles") or []]
-        fact: dict[str, Any] = {
-            "available": available,
-            "app_id": str(spec.get("app_id", resource.get("addon", {}).get("app_id", ""))),
-            "user_id": str(spec.get("user_id", principal.get("id", ""))),
-            "roles": roles,
-            "role": str(spec.get("role", _strongest(roles))),
-            "has_role": bool(spec.get("has_role", bool(spec.get("role", _strongest(roles))))),
-            "team_role": str(
-                spec.get("team_role", next((r[5:] for r in roles if r.startswith("team_")), ""))
-            ),
-            "permissions": [str(p) for p in spec.get("permissions") or []],
-            "error": str(spec.get("error", "" if available else "access list unavailable")),
-        }
+        app_id = str(spec.get("app_id", resource.get("addon", {}).get("app_id", "")))
+        user_id = str(spec.get("user_id", principal.get("id", "")))
+        # Derived with the server's own builder; a suite may still state a field outright.
+        if available:
+            fact = access_input(
+                app_id=app_id,
+                user_id=user_id,
+                roles=roles,
+                permissions=[str(p) for p in spec.get("permissions") or []],
+                team_role=str(
+                    spec.get("team_role", next((r[5:] for r in roles if r.startswith("team_")), ""))
+                ),
+                fetched_at="",
+                age_seconds=0.0,
+            )
+        else:
+            fact = access_unavailable(app_id=app_id, user_id=user_id)
+            fact["roles"] = roles
+            fact["permissions"] = [str(p) for p in spec.get("permissions") or []]
+        for key in ("role", "team_role", "error"):
+            if key in spec:
+                fact[key] = str(spec[key])
+        if "has_role" in spec or "role" in spec:
+            fact["has_role"] = bool(spec.get("has_role", bool(fact["role"])))
         age = spec.get("age_seconds")
         fetched = spec.get("fetched_at")
         if fetched is not None:
@@ -707,7 +723,11 @@ def _matches_filter(text: str | None, *names: str) -> bool:
 
 
 def run_suites(
-    policy_dir: Path | str, filter: str | None = None, *, now: datetime | None = None
+    policy_dir: Path | str,
+    filter: str | None = None,
+    *,
+    now: datetime | None = None,
+    strict: bool = False,
 ) -> SuiteReport:
     """Run every suite in ``policy_dir/tests`` against the policies in ``policy_dir``.
 
@@ -717,10 +737,12 @@ def run_suites(
     started = time.perf_counter()
     policy_dir = Path(policy_dir)
     report = SuiteReport(policy_dir)
-    try:
-        policy_set = compile_policies(load_policy_dir(policy_dir))
-    except PolicyError as exc:
-        report.problems.extend(exc.problems)
+    verdict = judge(policy_dir, strict=strict)
+    policy_set = verdict.policy_set
+    if policy_set is None:
+        # The gate refuses the set: nothing is tested, as the server would not serve it.
+        report.problems.extend(verdict.errors)
+        report.refused = True
         report.duration_s = time.perf_counter() - started
         return report
     report.revision = policy_set.revision
@@ -732,7 +754,7 @@ def run_suites(
             Problem(
                 Source(str(policy_dir / SUITE_DIR), 0),
                 f"no test suites ({SUITE_GLOB}) found",
-                hint="write one; see the format in authz.policy.testing",
+                hint="write one; see the format in authz.policy.suites",
             )
         )
     for path in files:

@@ -9,9 +9,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from authz.policy.compile import CompiledPolicySet, load_and_compile
+from authz.policy.compile import CompiledPolicySet
 from authz.policy.data import DATA_DIR, DATA_SUFFIXES
 from authz.policy.files import entries
+from authz.policy.gate import load_gated
 from authz.policy.load import POLICY_SUFFIXES, PolicyError
 
 log = logging.getLogger("authz.policy")
@@ -26,25 +27,28 @@ class ReloadResult:
 
 @dataclass
 class PolicyHolder:
-    """Readers take `current` once per request, so in-flight decisions finish on their set."""
+    """Readers take `current` once per request, so in-flight decisions finish on their set.
+    Every load passes the gate `policy validate` applies (authz.policy.gate), with the same
+    strictness (AUTHZ_POLICY_STRICT)."""
 
     directory: Path
     current: CompiledPolicySet
+    strict: bool = False
     last_refused_at: float | None = None
     last_refused_errors: tuple[str, ...] = ()
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def load(cls, directory: Path | str) -> PolicyHolder:
+    def load(cls, directory: Path | str, *, strict: bool = False) -> PolicyHolder:
         directory = Path(directory)
-        return cls(directory, load_and_compile(directory))
+        return cls(directory, load_gated(directory, strict=strict), strict)
 
     def reload(self) -> ReloadResult:
         """Load and compile the directory again; swap only if all of it is good. Never raises:
         whatever goes wrong is a refused reload, logged and kept for GetPolicyStatus."""
         with self._lock:
             try:
-                candidate = load_and_compile(self.directory)
+                candidate = load_gated(self.directory, strict=self.strict)
             except PolicyError as exc:
                 errors = tuple(str(p) for p in exc.problems)
                 return self._refuse(errors or ("the policy set was refused",))
