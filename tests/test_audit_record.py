@@ -25,9 +25,9 @@ from authz.audit import (
 from authz.audit.record import refusal_code_of
 from authz.audit.testing import make_record
 from authz.config import Settings
-from authz.decide import Decider, Entity, Facts, Item, direct_subject
+from authz.decide import Decider, Entity, FactSources, Item, direct_subject
 from authz.facts.sessions import TOKEN_PREFIX
-from authz.policies_runtime import PolicyHolder
+from authz.policy.holder import PolicyHolder
 from tests.conftest import SHIPPED_POLICIES
 from tests.pg import Backend
 
@@ -50,7 +50,7 @@ def settings_for(backend: Backend, tmp_path: Path) -> Settings:
 
 def record_decisions(log: Any) -> list[str]:
     decider = Decider(
-        PolicyHolder.load(SHIPPED_POLICIES), facts=Facts(addons=Registry()), audit=log
+        PolicyHolder.load(SHIPPED_POLICIES), facts=FactSources(addons=Registry()), audit=log
     )
 
     async def main() -> list[str]:
