@@ -1,7 +1,7 @@
 """How fast the review pages' queries are on a large log, and the plans the databases choose.
 
-    python -m authz.web.review.measure --rows 1000000 --data-dir /tmp/review-1m
-    python -m authz.web.review.measure --rows 1000000 --database-url postgresql://...
+    python -m authz.bench.review_pages --rows 1000000 --data-dir /tmp/review-1m
+    python -m authz.bench.review_pages --rows 1000000 --database-url postgresql://...
 
 Fills an audit log (created by the real schema, migrations included) with synthetic decisions,
 generated inside the database (a recursive CTE on SQLite, generate_series on PostgreSQL): the
