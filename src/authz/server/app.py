@@ -217,7 +217,8 @@ async def _assemble(
     token_store = OAuthTokenStore(state, settings.token_key, clock=clock)
     client, tokens = _platform_facts(settings, token_store, facts, clock, resources)
     observability.watch(audit=audit, access=facts.access, platform=client)
-    invalidations = AccessInvalidations(facts.access, settings.database_url)
+    # Through the store, so every worker and replica hears it (PostgreSQL or SQLite).
+    invalidations = AccessInvalidations(facts.access, settings.state_target, policies=policies)
     await invalidations.start()
     resources.push_async_callback(invalidations.aclose)
     # With audit off no record is built at all (the benchmark baseline); otherwise every
