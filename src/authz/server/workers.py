@@ -103,6 +103,11 @@ class Supervisor:
     def __init__(self, settings: Settings, count: int) -> None:
         if count < 2:
             raise ValueError("one worker is served in-process (authz.server.app.serve)")
+        from authz.server.transport import plan_transport
+
+        # Settings that every worker would refuse are refused here, once, as they were given.
+        plan_transport(settings)
+        settings.check_storage()
         self.count = count
         self._reserved: list[socket.socket] = []
         self.settings = self._fix_ports(settings)
@@ -354,8 +359,15 @@ def _worker_main(
 
     _die_with_parent(parent, pipe)
     configure_logging(settings.log_level, settings.log_format)
+    quiet = _StartupEcho() if index > 1 else None
+    if quiet is not None:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(quiet)
 
     def announce(service: Service) -> None:
+        if quiet is not None:
+            for handler in logging.getLogger().handlers:
+                handler.removeFilter(quiet)
         url = service.http.url if service.http is not None else None
         pipe.send(("ready", service.address, url, service.policies.current.revision))
 
@@ -367,6 +379,14 @@ def _worker_main(
     except OSError as exc:
         pipe.send(("failed", _ERROR, str(exc)))
         sys.exit(_ERROR)
+
+
+class _StartupEcho(logging.Filter):
+    """Drops what workers 2..N log below ERROR while starting: worker 1 logged the same lines
+    (settings advice, listening addresses) from the same settings just before."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 def _die_with_parent(parent: int, pipe: multiprocessing.connection.Connection) -> None:
