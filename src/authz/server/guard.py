@@ -45,6 +45,7 @@ REFUSING_ROOM = 64
 """Slots of grpc's own limit left for calls while they are being refused (no credentials, over
 a budget): each holds one only for that moment, and may not eat into either budget meanwhile."""
 WATCH_METHOD = f"/{health.SERVICE_NAME}/Watch"
+_MAX_WRAPPED = 4096
 
 Admit = Callable[[grpc.aio.ServicerContext], Awaitable[bool]]
 """Admits a call, or aborts it; True when it is an open call (no caller credentials)."""
@@ -180,6 +181,8 @@ class Guard:
         self.stream_idle = stream_idle
         self.log = SparseLog()
         self._methods: dict[str, _Method] = {}  # by name; only registered methods get here
+        # (method name, admit) -> (the handler wrapped, its wrapper)
+        self._wrapped: dict[tuple[str, Admit], tuple[grpc.RpcMethodHandler, Any]] = {}
 
     def refusing(self, handler: grpc.RpcMethodHandler, refuse: Refuse) -> grpc.RpcMethodHandler:
         """A handler that refuses at once, without reading the request."""
@@ -192,12 +195,29 @@ class Guard:
     def wrap(
         self, handler: grpc.RpcMethodHandler, name: str, admit: Admit
     ) -> grpc.RpcMethodHandler:
-        """The same method, with `admit(context)` and the budget first (see the class)."""
+        """The same method, with `admit(context)` and the budget first (see the class).
+
+        The wrapper depends only on the method and `admit`, so it is built once for each pair
+        and reused for every later call (callers pass the same `admit` for the same caller).
+        """
+        key = (name, admit)
+        wrapped = self._wrapped.get(key)
+        if wrapped is not None and wrapped[0] is handler:
+            return wrapped[1]
         method = self._methods.get(name)
         if method is None or method.handler is not handler:
             method = self._methods[name] = _Method.of(handler, name)
         if handler.unary_unary is not None and not self.request_timeout:
-            return self._unary_read_by_grpc(method, admit)
+            built = self._unary_read_by_grpc(method, admit)
+        else:
+            built = self._guarded(method, admit)
+        if len(self._wrapped) >= _MAX_WRAPPED:
+            self._wrapped.clear()  # only if `admit`s are not reused: never grow without bound
+        self._wrapped[key] = (handler, built)
+        return built
+
+    def _guarded(self, method: _Method, admit: Admit) -> grpc.RpcMethodHandler:
+        handler = method.handler
 
         async def guarded(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             lease = await self._admit(context, method, admit)
@@ -248,6 +268,8 @@ class Guard:
         else:
             request = await self._one_request(method, context)
         if not handler.response_streaming:
+            if method.coroutine:
+                return await behaviour(request, context)
             return await _result(behaviour(request, context))
         if method.writes_itself:
             # A handler that answers with context.write() (e.g. health's Watch).
@@ -314,6 +336,7 @@ class _Method:
     deserializer: Callable[[bytes], Any] | None
     watch: bool  # Health/Watch, whose open streams are counted per connection
     writes_itself: bool  # streams its answers with context.write() rather than by yielding
+    coroutine: bool  # an `async def`: awaited directly, without asking each time
 
     @classmethod
     def of(cls, handler: grpc.RpcMethodHandler, name: str) -> _Method:
@@ -327,6 +350,7 @@ class _Method:
             handler.request_deserializer,
             watch=name == WATCH_METHOD,
             writes_itself=not inspect.isasyncgenfunction(behaviour),
+            coroutine=inspect.iscoroutinefunction(behaviour),
         )
 
     async def decode(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
