@@ -35,7 +35,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -63,7 +63,7 @@ def worker_count(value: str | None, env: Mapping[str, str]) -> int:
         return _parse_count(value, "--workers")
     if env.get("WEB_CONCURRENCY"):
         return _parse_count(env["WEB_CONCURRENCY"], "WEB_CONCURRENCY")
-    return max(1, min(MAX_WORKERS, _cores()))
+    return max(1, min(MAX_WORKERS, available_cores()))
 
 
 def _parse_count(value: str, name: str) -> int:
@@ -76,7 +76,7 @@ def _parse_count(value: str, name: str) -> int:
     return int(text)
 
 
-def _cores() -> int:
+def available_cores() -> int:
     """Cores this process may run on (the affinity mask: a container's or taskset's limit)."""
     try:
         return len(os.sched_getaffinity(0))
@@ -100,7 +100,15 @@ class _Worker:
 class Supervisor:
     """Runs ``count`` workers of ``settings`` until SIGTERM or SIGINT; see the module doc."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        count: int,
+        *,
+        announce: Callable[[str, str | None, str], None] | None = None,
+    ) -> None:
+        """``announce(grpc address, HTTP URL or None, policy revision)`` replaces the
+        "authz serving on" lines (the benchmark prints JSON instead)."""
         if count < 2:
             raise ValueError("one worker is served in-process (authz.server.app.serve)")
         from authz.server.transport import plan_transport
@@ -114,7 +122,7 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
-        self._announced = False
+        self._announce_to = announce
         self._restarts: dict[int, float] = {}  # index -> backoff of its next restart
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -244,6 +252,14 @@ class Supervisor:
 
     def _announce(self) -> None:
         first = self._workers[1]
+        log.info(
+            "%d workers serving: pids %s",
+            self.count,
+            ", ".join(str(w.process.pid) for w in self._workers.values()),
+        )
+        if self._announce_to is not None:
+            self._announce_to(first.address, first.url, first.revision)
+            return
         print(
             f"authz serving on {first.address} (policy revision {first.revision}, "
             f"{self.count} workers)",
@@ -251,12 +267,6 @@ class Supervisor:
         )
         if first.url is not None:
             print(f"authz HTTP listener on {first.url}", flush=True)
-        self._announced = True
-        log.info(
-            "%d workers serving: pids %s",
-            self.count,
-            ", ".join(str(w.process.pid) for w in self._workers.values()),
-        )
 
     def _supervise(self) -> int:
         """Restart workers that die until asked to stop; then drain them."""
