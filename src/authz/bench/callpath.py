@@ -6,6 +6,8 @@
 - ``noop``: gRPC alone, a Check that returns a constant response;
 - ``noop_guarded``: the same with authz's interceptor (caller identity, budgets, the request
   read with its timeout: authz.server.identity and authz.server.guard);
+- ``noop_unguarded_read``: the same interceptor with AUTHZ_REQUEST_TIMEOUT=0 (grpc reads the
+  request; no read guard);
 - ``direct``: authz, a Check naming its principal (no session, no registry), audit off;
 - ``session``: authz, a session-token Check (session and registry lookups, warm access
   cache), audit off.
@@ -102,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         servers = {
             "noop": (lab.noop(), grpc_frame(check_session(authz))),
             "noop_guarded": (lab.noop(intercepted=True), grpc_frame(check_session(authz))),
+            # AUTHZ_REQUEST_TIMEOUT=0: the same interceptor, grpc reading the request.
+            "noop_unguarded_read": (
+                lab._spawn(["--kind", "noop", "--intercepted", "--request-timeout", "0"]),
+                grpc_frame(check_session(authz)),
+            ),
             "direct": (authz.process, grpc_frame(check_direct(authz))),
             "session": (authz.process, grpc_frame(check_session(authz))),
         }
@@ -128,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{name:14} {value:10.1f} {statistics.median(rps[name]):8.0f}")
     for label, more, less in (
         ("interceptor", "noop_guarded", "noop"),
+        ("request-read guard", "noop_guarded", "noop_unguarded_read"),
         ("session + registry", "session", "direct"),
     ):
         if more in median and less in median:

@@ -55,14 +55,16 @@ def _server_kwargs(interceptors: list[Any]) -> dict[str, Any]:
     return kwargs
 
 
-def authz_interceptors() -> list[Any]:
+def authz_interceptors(request_timeout: float = Settings.request_timeout) -> list[Any]:
     """The interceptors authz's own server runs with in development mode (loopback, no caller
-    credentials), if this version of authz has any."""
+    credentials), if this version of authz has any; ``request_timeout`` 0 is
+    AUTHZ_REQUEST_TIMEOUT=0 (grpc reads unary requests, without the read guard)."""
     try:
         from authz.server.transport import plan_transport
     except ImportError:
         return []
-    return list(plan_transport(Settings(listen="127.0.0.1:0")).interceptors)
+    settings = Settings(listen="127.0.0.1:0", request_timeout=request_timeout)
+    return list(plan_transport(settings).interceptors)
 
 
 # A response of the size and shape of a real ALLOW.
@@ -95,8 +97,11 @@ class NoopAuthorization(pb_grpc.AuthorizationServiceServicer):
         return pb.CheckBatchResponse(results=[CONSTANT_RESPONSE] * len(request.items))
 
 
-async def start_noop(listen: str, *, intercepted: bool = False) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(**_server_kwargs(authz_interceptors() if intercepted else []))
+async def start_noop(
+    listen: str, *, intercepted: bool = False, request_timeout: float = Settings.request_timeout
+) -> tuple[grpc.aio.Server, int]:
+    interceptors = authz_interceptors(request_timeout) if intercepted else []
+    server = grpc.aio.server(**_server_kwargs(interceptors))
     pb_grpc.add_AuthorizationServiceServicer_to_server(NoopAuthorization(), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -136,7 +141,9 @@ async def run(args: argparse.Namespace) -> None:
             profiler.enable()
 
     if args.kind == "noop":
-        server, port = await start_noop(args.listen, intercepted=args.intercepted)
+        server, port = await start_noop(
+            args.listen, intercepted=args.intercepted, request_timeout=args.request_timeout
+        )
         print(json.dumps({"port": port, "pid": os.getpid(), "kind": "noop"}), flush=True)
         serving()
         await stop.wait()
@@ -248,6 +255,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--intercepted",
         action="store_true",
         help="no-op server with authz's own server interceptors (caller identity)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=Settings.request_timeout,
+        help="noop --intercepted: AUTHZ_REQUEST_TIMEOUT of the interceptor (0: no read guard)",
     )
     parser.add_argument(
         "--workers",
