@@ -24,6 +24,7 @@ _SERVE_ENV = {
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from authz.config import ConfigError, Settings
+    from authz.policy.model import PolicyError
     from authz.server.app import serve
     from authz.server.workers import Supervisor, worker_count
 
@@ -50,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings))
     except ConfigError as exc:
         return fail(args, str(exc), ExitCode.USAGE)
-    except OSError as exc:
+    except (OSError, PolicyError) as exc:  # PolicyError: the policies cannot be served
         return fail(args, str(exc), ExitCode.ERROR)
     return ExitCode.OK
 

@@ -227,7 +227,7 @@ class Supervisor:
                     waiting.discard(worker.index)
                 elif message is not None and message[0] == "failed":
                     _, code, text = message
-                    print(f"authz: {text}", file=sys.stderr, flush=True)
+                    print(f"authz serve: {text}", file=sys.stderr, flush=True)
                     self._stopping = True
                     self._stop()
                     return int(code)
@@ -365,6 +365,7 @@ def _worker_main(
     import asyncio
 
     from authz.logs import configure_logging
+    from authz.policy.model import PolicyError
     from authz.server.app import Service, serve
 
     _die_with_parent(parent, pipe)
@@ -386,7 +387,7 @@ def _worker_main(
     except ConfigError as exc:
         pipe.send(("failed", _USAGE, str(exc)))
         sys.exit(_USAGE)
-    except OSError as exc:
+    except (OSError, PolicyError) as exc:
         pipe.send(("failed", _ERROR, str(exc)))
         sys.exit(_ERROR)
 
