@@ -35,7 +35,7 @@ from authz.facts.invalidation import AccessInvalidations
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import SessionStore
 from authz.policies_runtime import PolicyHolder
-from authz.server.workers import MAX_WORKERS, worker_count
+from authz.server.workers import MAX_WORKERS, available_cores, worker_count
 from authz.store import migrate, open_store
 from authz.v1 import admin_pb2, admin_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
@@ -53,13 +53,24 @@ START_TIMEOUT = 60.0
 def test_worker_count_comes_from_the_flag_then_web_concurrency_then_the_cores() -> None:
     assert worker_count("3", {"WEB_CONCURRENCY": "5"}) == 3
     assert worker_count(None, {"WEB_CONCURRENCY": "5"}) == 5
-    assert worker_count(None, {}) == min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+    assert worker_count(None, {}) == min(MAX_WORKERS, available_cores())
     assert worker_count("1", {}) == 1
     for bad in ("0", "-1", "two", "1.5", "", str(MAX_WORKERS + 1)):
         with pytest.raises(ConfigError, match="--workers=.* must be a whole number"):
             worker_count(bad, {})
     with pytest.raises(ConfigError, match="WEB_CONCURRENCY='lots'"):
         worker_count(None, {"WEB_CONCURRENCY": "lots"})
+
+
+def test_the_cores_are_the_affinity_mask_within_a_cpu_quota(tmp_path: Path) -> None:
+    mask = len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path) == mask  # no cpu.max: no quota
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cores(tmp_path) == mask
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # docker run --cpus 1.5
+    assert available_cores(tmp_path) == min(mask, 2)
+    (tmp_path / "cpu.max").write_text("10000 100000\n")
+    assert available_cores(tmp_path) == 1
 
 
 def test_serve_refuses_a_bad_worker_count_before_starting(tmp_path: Path) -> None:
@@ -376,3 +387,21 @@ def test_sigkill_of_workers_under_load_loses_no_answered_decision(tmp_path: Path
         timeout=120,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_sigterm_drains_every_worker_and_loses_no_answered_decision(tmp_path: Path) -> None:
+    """SIGTERM to the supervisor under load: the workers finish what they answered (all of it
+    is in the log), exit, and the supervisor exits 0."""
+    with supervised(tmp_path, AUTHZ_AUDIT_MODE="durable") as served:
+        load = Load(served.address, callers=8).start()
+        try:
+            load.wait_for(200)
+            workers = served.workers()
+            served.process.send_signal(signal.SIGTERM)
+            assert served.process.wait(60) == 0, served.output()
+        finally:
+            load.finish()
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    stored = {r["decision_id"] for r in query(served.data_dir / "audit.db", since="1h", limit=None)}
+    assert set(load.answered) <= stored
+    assert "finish their in-flight calls" in served.output()

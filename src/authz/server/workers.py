@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -38,6 +39,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from authz.config import ConfigError, Settings, parse_host_port
@@ -76,12 +78,20 @@ def _parse_count(value: str, name: str) -> int:
     return int(text)
 
 
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask: a container's or taskset's limit)."""
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use: the affinity mask (taskset, a cpuset), and no more than a
+    CPU quota allows (cgroup v2 ``cpu.max``, e.g. ``docker run --cpus 2``), rounded up."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to honour
+    return cores
 
 
 @dataclass
