@@ -196,11 +196,11 @@ class Supervisor:
 
     def _run(self) -> int:
         self._start(1)
-        if (code := self._wait_ready({1})) != 0:
+        if (code := self._wait_ready({1})) != 0 or self._stopping:
             return code
         for index in range(2, self.count + 1):
             self._start(index)
-        if (code := self._wait_ready(set(range(2, self.count + 1)))) != 0:
+        if (code := self._wait_ready(set(range(2, self.count + 1)))) != 0 or self._stopping:
             return code
         self._announce()
         return self._supervise()
@@ -284,7 +284,7 @@ class Supervisor:
         while not self._stopping:
             handles: list[Any] = [self._wake_r]
             handles += [w.process.sentinel for w in self._workers.values() if w.process.is_alive()]
-            handles += [w.pipe for w in self._workers.values() if not w.ready]
+            handles += [w.pipe for w in self._workers.values() if self._starting(w)]
             timeout = max(0.0, min(due.values()) - time.monotonic()) if due else None
             multiprocessing.connection.wait(handles, timeout=timeout)
             self._drain_wakeups()
@@ -292,7 +292,7 @@ class Supervisor:
                 break
             now = time.monotonic()
             for worker in list(self._workers.values()):
-                if not worker.ready and worker.pipe.poll():
+                if self._starting(worker) and worker.pipe.poll():
                     message = self._receive(worker)
                     worker.ready = message is not None and message[0] == "ready"
                 if worker.index in due or worker.process.is_alive():
@@ -313,6 +313,11 @@ class Supervisor:
                     del due[index]
                     self._start(index)
         return self._stop()
+
+    @staticmethod
+    def _starting(worker: _Worker) -> bool:
+        """A restarted worker that has not said it is ready (nor died: its pipe is closed)."""
+        return not worker.ready and not worker.pipe.closed
 
     def _next_backoff(self, worker: _Worker, now: float) -> float:
         if now - worker.started >= _YOUNG:
