@@ -10,7 +10,9 @@
   request; no read guard);
 - ``direct``: authz, a Check naming its principal (no session, no registry), audit off;
 - ``session``: authz, a session-token Check (session and registry lookups, warm access
-  cache), audit off.
+  cache), audit off;
+- with ``--workers N``: ``direct_workers`` and ``session_workers``, the same on authz with N
+  worker processes (``authz serve --workers N``), for req/s against one process.
 
 It prints the server's CPU µs per request (median over rounds) and the differences between
 neighbours: ``noop_guarded − noop`` is the interceptor's cost, ``session − direct`` the
@@ -91,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--only", default="", help="comma-separated scenarios to run (default: all four)"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also run authz with this many worker processes (scenarios direct_workers and "
+        "session_workers), to compare with one process",
+    )
+    parser.add_argument(
         "--dispatch", action="store_true", help="only time the interceptor's dispatch in process"
     )
     args = parser.parse_args(argv)
@@ -112,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "direct": (authz.process, grpc_frame(check_direct(authz))),
             "session": (authz.process, grpc_frame(check_session(authz))),
         }
+        if args.workers > 1:
+            several = lab.authz("off", extra=("--workers", str(args.workers)))
+            servers["direct_workers"] = (several.process, grpc_frame(check_direct(several)))
+            servers["session_workers"] = (several.process, grpc_frame(check_session(several)))
         if args.only:
             servers = {k: v for k, v in servers.items() if k in args.only.split(",")}
         verify(authz.process.address, "session", check_session(authz))
