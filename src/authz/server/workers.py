@@ -122,10 +122,14 @@ class Supervisor:
         if count < 2:
             raise ValueError("one worker is served in-process (authz.server.app.serve)")
         from authz.server.transport import plan_transport
+        from authz.tracing import Tracing
 
         # Settings that every worker would refuse are refused here, once, as they were given.
         plan_transport(settings)
         settings.check_storage()
+        tracing = Tracing.start(settings)  # ConfigError when traces are asked for without the SDK
+        if tracing is not None:
+            tracing.shutdown()
         self.count = count
         self._reserved: list[socket.socket] = []
         self.settings = self._fix_ports(settings)
