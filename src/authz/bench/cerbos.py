@@ -72,6 +72,7 @@ from authz.bench.world import (
     grpc_frame,
     terminate,
 )
+from authz.server.workers import available_cores
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -491,6 +492,9 @@ CONTENDERS = (
     Contender("cerbos_audit", "Cerbos, local audit (decision logs)", "cerbos", "local"),
 )
 BY_KEY = {c.key: c for c in CONTENDERS}
+AUTHZ_WORKERS = available_cores()
+"""authz runs as `authz serve` does by default: one worker process per core (Cerbos, in Go, uses
+every core from one process)."""
 WORKLOADS = {"check": ("Check", 1), "batch10": ("batch of 10", 10)}
 
 
@@ -568,7 +572,11 @@ def run_cerbos(
     contenders = [c for c in CONTENDERS if c.key in {r.server for r in rows}]
     # Every authz child stops by itself after this long, whatever happens.
     lifetime = 600 + rounds * len(rows) * (duration + warmup + 10)
-    results: dict[str, Any] = {"cerbos_version": cerbos_version(path), "binary": str(path)}
+    results: dict[str, Any] = {
+        "cerbos_version": cerbos_version(path),
+        "binary": str(path),
+        "authz_workers": AUTHZ_WORKERS,
+    }
     with started(contenders, cerbos=path, lifetime=lifetime, authz_policy=authz_policy) as servers:
         agreement, agreed = check_agreement(servers)
         results.update(agreed)
@@ -645,6 +653,8 @@ def _start_authz(c: Contender, workdir: Path, policies: Path, lifetime: float) -
             str(workdir / f"data-{c.key}"),
             "--max-seconds",
             str(round(lifetime)),
+            "--workers",
+            str(AUTHZ_WORKERS),
         ],
         workdir / f"{c.key}.log",
         {"AUTHZ_BENCH_TOKEN_KEY": TOKEN_KEY},
@@ -848,6 +858,12 @@ def _tables(
         "connections × 16 streams; server CPU counts every process of the server."
     )
     at_max.notes.append(f"Cerbos {results['cerbos_version']} ({results['binary']}).")
+    workers = results.get("authz_workers", 1)
+    at_max.notes.append(
+        f"authz ran {workers} worker process{'es' if workers != 1 else ''} (`authz serve "
+        f"--workers {workers}`, one per core), all on one port; its CPU counts every worker and "
+        "the supervisor."
+    )
     failed = sum(s["failed"] for s in summaries.values())
     incomplete = results["incomplete_replies"]
     at_max.notes.append(

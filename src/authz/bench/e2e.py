@@ -7,7 +7,9 @@ Scenarios, each against a server in its own process:
 - authz Check with a principal given directly, and with a session-token subject (SSO user, access
   facts from the simulator through a warm cache), audit off;
 - the session-token Check with durable audit (SQLite, group commit, synchronous=FULL);
-- CheckBatch of 10 items for one session (and with durable audit in the full run).
+- CheckBatch of 10 items for one session (and with durable audit in the full run);
+- on a machine of several cores, the session-token Check on ``authz serve --workers N`` (one
+  worker per core; the others run in one process, so that their CPU per request compares).
 
 Each is driven at the maximum rate the in-flight limit allows (4 connections × 16 streams = 64 in
 flight), in interleaved rounds so that a noisy neighbour hits every scenario alike, and then at a
@@ -36,9 +38,11 @@ from authz.bench.world import (
     grpc_frame,
     verify,
 )
+from authz.server.workers import available_cores
 
 CLIENTS = 4
 STREAMS = 16
+WORKERS = available_cores()
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,17 @@ SCENARIOS = (
         10,
     ),
 )
-QUICK = ("noop", "check_session", "check_session_durable", "batch10")
+if WORKERS > 1:  # the same Check on `authz serve --workers N`, one worker per core
+    SCENARIOS += (
+        Scenario(
+            "check_session_workers",
+            f"authz Check, session token, audit off, {WORKERS} workers",
+            "workers",
+            "session",
+            1,
+        ),
+    )
+QUICK = ("noop", "check_session", "check_session_durable", "batch10", "check_session_workers")
 
 
 def _run(
@@ -134,6 +148,11 @@ def run_e2e(
     off = lab.authz("off")
     durable = lab.authz("durable") if any(s.server == "durable" for s in scenarios) else None
     queued = lab.authz("async") if any(s.server == "async" for s in scenarios) else None
+    several = (
+        lab.authz("off", extra=("--workers", str(WORKERS)))
+        if any(s.server == "workers" for s in scenarios)
+        else None
+    )
     servers: dict[str, tuple[int, int, str]] = {
         "noop": (noop.pid, noop.port, noop.address),
         "off": (off.process.pid, off.process.port, off.process.address),
@@ -144,7 +163,9 @@ def run_e2e(
         servers["durable"] = (durable.process.pid, durable.process.port, durable.process.address)
     if queued is not None:
         servers["async"] = (queued.process.pid, queued.process.port, queued.process.address)
-    audited = {"durable": durable, "async": queued}
+    if several is not None:
+        servers["workers"] = (several.process.pid, several.process.port, several.process.address)
+    audited = {"durable": durable, "async": queued, "workers": several}
     is_noop = {"noop", "noop_intercepted"}
 
     reply_sizes: dict[str, int] = {}
@@ -206,6 +227,8 @@ def run_e2e(
     off.stop()
     if queued is not None:
         queued.stop()
+    if several is not None:
+        several.stop()
     audit_check: dict[str, Any] = {}
     if durable is not None:
         final = durable.stop()

@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,16 @@ def _server_kwargs(interceptors: list[Any]) -> dict[str, Any]:
     return kwargs
 
 
-def authz_interceptors() -> list[Any]:
+def authz_interceptors(request_timeout: float = Settings.request_timeout) -> list[Any]:
     """The interceptors authz's own server runs with in development mode (loopback, no caller
-    credentials), if this version of authz has any."""
+    credentials), if this version of authz has any; ``request_timeout`` 0 is
+    AUTHZ_REQUEST_TIMEOUT=0 (grpc reads unary requests, without the read guard)."""
     try:
         from authz.server.transport import plan_transport
     except ImportError:
         return []
-    return list(plan_transport(Settings(listen="127.0.0.1:0")).interceptors)
+    settings = Settings(listen="127.0.0.1:0", request_timeout=request_timeout)
+    return list(plan_transport(settings).interceptors)
 
 
 # A response of the size and shape of a real ALLOW.
@@ -94,8 +97,11 @@ class NoopAuthorization(pb_grpc.AuthorizationServiceServicer):
         return pb.CheckBatchResponse(results=[CONSTANT_RESPONSE] * len(request.items))
 
 
-async def start_noop(listen: str, *, intercepted: bool = False) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(**_server_kwargs(authz_interceptors() if intercepted else []))
+async def start_noop(
+    listen: str, *, intercepted: bool = False, request_timeout: float = Settings.request_timeout
+) -> tuple[grpc.aio.Server, int]:
+    interceptors = authz_interceptors(request_timeout) if intercepted else []
+    server = grpc.aio.server(**_server_kwargs(interceptors))
     pb_grpc.add_AuthorizationServiceServicer_to_server(NoopAuthorization(), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -135,7 +141,9 @@ async def run(args: argparse.Namespace) -> None:
             profiler.enable()
 
     if args.kind == "noop":
-        server, port = await start_noop(args.listen, intercepted=args.intercepted)
+        server, port = await start_noop(
+            args.listen, intercepted=args.intercepted, request_timeout=args.request_timeout
+        )
         print(json.dumps({"port": port, "pid": os.getpid(), "kind": "noop"}), flush=True)
         serving()
         await stop.wait()
@@ -143,18 +151,7 @@ async def run(args: argparse.Namespace) -> None:
             profiler.disable()
         await server.stop(1)
     else:
-        settings = Settings(
-            listen=args.listen,
-            policy_dir=Path(args.policies),
-            data_dir=Path(args.data_dir),
-            sso_salts=(args.sso_salt,),
-            heroku_api_url=args.heroku_url,
-            heroku_id_url=args.heroku_url,
-            heroku_client_secret=os.environ.get("AUTHZ_BENCH_CLIENT_SECRET", ""),
-            token_key=os.environ.get("AUTHZ_BENCH_TOKEN_KEY", ""),
-            audit_mode=args.audit,
-            http_listen=args.listen if args.http else None,
-        )
+        settings = authz_settings(args)
         service = await start_service(settings, watch_interval=None)
         print(
             json.dumps(
@@ -180,6 +177,64 @@ async def run(args: argparse.Namespace) -> None:
     print(json.dumps(final), flush=True)
 
 
+def authz_settings(args: argparse.Namespace) -> Settings:
+    return Settings(
+        listen=args.listen,
+        policy_dir=Path(args.policies),
+        data_dir=Path(args.data_dir),
+        sso_salts=(args.sso_salt,),
+        heroku_api_url=args.heroku_url,
+        heroku_id_url=args.heroku_url,
+        heroku_client_secret=os.environ.get("AUTHZ_BENCH_CLIENT_SECRET", ""),
+        token_key=os.environ.get("AUTHZ_BENCH_TOKEN_KEY", ""),
+        audit_mode=args.audit,
+        http_listen=args.listen if args.http else None,
+    )
+
+
+def run_workers(args: argparse.Namespace) -> None:
+    """authz as `authz serve --workers N` runs it (authz.server.workers): this process is the
+    supervisor, so the server's CPU is this process and its workers. The workers poll the policy
+    directory every second as `authz serve` does (the single-process server here does not)."""
+    from authz.audit import verify
+    from authz.server.workers import Supervisor
+
+    settings = authz_settings(args)
+
+    def announce(address: str, url: str | None, revision: str) -> None:
+        info = {
+            "port": int(address.rsplit(":", 1)[1]),
+            "pid": os.getpid(),
+            "kind": "authz",
+            "audit": args.audit,
+            "revision": revision,
+            "http_port": int(url.rsplit(":", 1)[1]) if url else None,
+            "workers": args.workers,
+        }
+        print(json.dumps(info), flush=True)
+
+    def stop() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the supervisor drains its workers
+
+    def stop_when_stdin_closes() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(sys.stdin.fileno(), 4096):
+                pass
+        stop()
+
+    threading.Thread(target=stop_when_stdin_closes, daemon=True).start()
+    deadline = threading.Timer(args.max_seconds, stop)
+    deadline.daemon = True
+    deadline.start()
+    code = Supervisor(settings, args.workers, announce=announce).run()
+    final: dict[str, Any] = {"stopped": code == 0, "workers": args.workers}
+    if args.audit != "off":
+        # Every worker's records are in the one log: count them there, and check the chain.
+        report = verify(settings.audit_target)
+        final["audit"] = {"records_written": report.checked, "chain_ok": report.ok}
+    print(json.dumps(final), flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m authz.bench.serve")
     parser.add_argument("--kind", choices=("authz", "noop"), required=True)
@@ -201,9 +256,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="no-op server with authz's own server interceptors (caller identity)",
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=Settings.request_timeout,
+        help="noop --intercepted: AUTHZ_REQUEST_TIMEOUT of the interceptor (0: no read guard)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="authz: worker processes, as `authz serve --workers N` (default 1: in process)",
+    )
     args = parser.parse_args(argv)
     if not args.listen.startswith(("127.", "localhost", "[::1]")):
         parser.error("the benchmark server listens on loopback only")
+    if args.workers < 1:
+        parser.error("--workers must be 1 or more")
+    if args.workers > 1:
+        if args.kind != "authz" or args.cprofile:
+            parser.error("--workers is for --kind authz, without --cprofile")
+        run_workers(args)
+        return
     asyncio.run(run(args))
 
 

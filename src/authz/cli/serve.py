@@ -24,7 +24,9 @@ _SERVE_ENV = {
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from authz.config import ConfigError, Settings
+    from authz.policy.model import PolicyError
     from authz.server.app import serve
+    from authz.server.workers import Supervisor, worker_count
 
     env = dict(os.environ)
     for attr, name in _SERVE_ENV.items():
@@ -42,11 +44,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["data_dir"] = Path(args.data_dir)
     try:
         settings = replace(Settings.from_env(env), **overrides)
+        workers = worker_count(args.workers, env)
         configure_logging(settings.log_level, settings.log_format)
+        if workers > 1:
+            return Supervisor(settings, workers).run()
         asyncio.run(serve(settings))
     except ConfigError as exc:
         return fail(args, str(exc), ExitCode.USAGE)
-    except OSError as exc:
+    except (OSError, PolicyError) as exc:  # PolicyError: the policies cannot be served
         return fail(args, str(exc), ExitCode.ERROR)
     return ExitCode.OK
 
@@ -85,6 +90,12 @@ def register(commands: Any) -> None:
     )
     serve.add_argument(
         "--admins", help="comma-separated caller identities allowed on AdminService (AUTHZ_ADMINS)"
+    )
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        help="worker processes sharing the ports (default WEB_CONCURRENCY, else one per core; "
+        "1: a single process)",
     )
     serve.add_argument(
         "--insecure",

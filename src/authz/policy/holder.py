@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class PolicyHolder:
     strict: bool = False
     last_refused_at: float | None = None
     last_refused_errors: tuple[str, ...] = ()
+    # Told the new revision after each swap (from the reloading thread), so that other worker
+    # processes reload too (authz.facts.invalidation).
+    on_change: Callable[[str], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -60,6 +64,8 @@ class PolicyHolder:
             if candidate.revision != self.current.revision:
                 log.info("policy revision %s → %s", self.current.revision, candidate.revision)
                 self.current = candidate
+                if self.on_change is not None:
+                    self.on_change(candidate.revision)
             return ReloadResult(True, self.current.revision)
 
     def _refuse(self, errors: tuple[str, ...]) -> ReloadResult:

@@ -62,7 +62,6 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 1 << 20),
     ("grpc.max_send_message_length", 4 << 20),
     ("grpc.max_metadata_size", 16 << 10),
-    ("grpc.so_reuseport", 0),
     # A TCP connection that never finishes its HTTP/2 (or TLS) handshake is dropped after 10 s.
     ("grpc.server_handshake_timeout_ms", 10_000),
     # Idle connections are closed after 5 minutes (clients reconnect transparently).
@@ -218,7 +217,8 @@ async def _assemble(
     token_store = OAuthTokenStore(state, settings.token_key, clock=clock)
     client, tokens = _platform_facts(settings, token_store, facts, clock, resources)
     observability.watch(audit=audit, access=facts.access, platform=client)
-    invalidations = AccessInvalidations(facts.access, settings.database_url)
+    # Through the store, so every worker and replica hears it (PostgreSQL or SQLite).
+    invalidations = AccessInvalidations(facts.access, settings.state_target, policies=policies)
     await invalidations.start()
     resources.push_async_callback(invalidations.aclose)
     # Every decision is recorded before it is answered; with audit off (a NopAuditLog, the
@@ -246,9 +246,11 @@ async def _assemble(
         clock=clock,
     )
     resources.push_async_callback(provisioning.aclose)
+    # Worker processes (authz.server.workers) share the gRPC port as they share the HTTP one.
+    reuse_port = ("grpc.so_reuseport", int(settings.http_reuse_port))
     server = grpc.aio.server(
         interceptors=[observability.interceptor, *transport.interceptors],
-        options=list(SERVER_OPTIONS),
+        options=[*SERVER_OPTIONS, reuse_port],
         maximum_concurrent_rpcs=transport.maximum_concurrent_rpcs,
     )
     authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
@@ -384,8 +386,19 @@ def _log_webhook_settings(settings: Settings, provisioning: Provisioning) -> Non
         log.info("Heroku webhooks deliver to %s/heroku/webhooks/<add-on>", provisioning.public_url)
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then finish in-flight calls and exit."""
+def print_serving(service: Service) -> None:
+    """The lines tools wait for (stdout): where gRPC and HTTP are served."""
+    print(
+        f"authz serving on {service.address} (policy revision {service.policies.current.revision})",
+        flush=True,
+    )
+    if service.http is not None:
+        print(f"authz HTTP listener on {service.http.url}", flush=True)
+
+
+async def serve(settings: Settings, *, announce: Callable[[Service], None] = print_serving) -> None:
+    """Run until SIGTERM or SIGINT, then finish in-flight calls and exit. ``announce`` is called
+    once serving (a worker process tells its supervisor instead of printing)."""
     service = await start_service(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -394,12 +407,7 @@ async def serve(settings: Settings) -> None:
     loop.add_signal_handler(
         signal.SIGHUP, lambda: loop.run_in_executor(None, service.policies.reload)
     )
-    print(
-        f"authz serving on {service.address} (policy revision {service.policies.current.revision})",
-        flush=True,
-    )
-    if service.http is not None:
-        print(f"authz HTTP listener on {service.http.url}", flush=True)
+    announce(service)
     await stop.wait()
     log.info("shutting down: finishing in-flight calls")
     await service.stop()

@@ -19,12 +19,13 @@ INVALID_ARGUMENT that says so, and a unary request must arrive within ``AUTHZ_RE
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -45,6 +46,8 @@ REFUSING_ROOM = 64
 """Slots of grpc's own limit left for calls while they are being refused (no credentials, over
 a budget): each holds one only for that moment, and may not eat into either budget meanwhile."""
 WATCH_METHOD = f"/{health.SERVICE_NAME}/Watch"
+_MAX_WRAPPED = 4096
+_SWEEP = 1.0  # seconds between drops of finished reads (bounds the queue to ~1 s of calls)
 
 Admit = Callable[[grpc.aio.ServicerContext], Awaitable[bool]]
 """Admits a call, or aborts it; True when it is an open call (no caller credentials)."""
@@ -157,6 +160,61 @@ class SparseLog:
         log.info("refused %s from %s: %s%s", method, context.peer(), reason, more)
 
 
+class _Read:
+    """One request read in flight, and its deadline (see _ReadDeadlines)."""
+
+    __slots__ = ("cancelling", "deadline", "done", "expired", "task")
+
+    def __init__(self, deadline: float, task: asyncio.Task[Any]) -> None:
+        self.deadline = deadline
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.done = False
+        self.expired = False
+
+
+class _ReadDeadlines:
+    """The deadlines of the request reads in flight: one timer for all of them.
+
+    Every read gets the same `seconds`, so reads are queued in deadline order, and one timer, at
+    the earliest deadline of a read still waiting (looking at least every _SWEEP seconds, to
+    drop finished reads), cancels the calls whose request is late, at their deadline. The same
+    limit as an ``asyncio.timeout`` per call, without a timer armed and cancelled for each.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._pending: collections.deque[_Read] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> _Read:
+        """A read of the current task starts now."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # the first call, or a new event loop (tests)
+            self._loop, self._pending, self._timer = loop, collections.deque(), None
+        task = asyncio.current_task()
+        assert task is not None
+        read = _Read(loop.time() + self.seconds, task)
+        self._pending.append(read)
+        if self._timer is None:
+            self._timer = loop.call_at(read.deadline, self._expire)
+        return read
+
+    def _expire(self) -> None:
+        loop, pending = self._loop, self._pending
+        assert loop is not None
+        now = loop.time()
+        while pending and (pending[0].done or pending[0].deadline <= now):
+            read = pending.popleft()
+            if not read.done:
+                read.expired = True
+                read.task.cancel()
+        self._timer = None
+        if pending:
+            self._timer = loop.call_at(min(pending[0].deadline, now + _SWEEP), self._expire)
+
+
 class Guard:
     """Wraps each method handler so that the wrapper, not grpc, admits the call, takes its
     budget, reads and decodes its request(s), and ends an open stream that went idle.
@@ -177,9 +235,12 @@ class Guard:
     ) -> None:
         self.budgets = Budgets(max_concurrent_rpcs, open_rpcs)
         self.request_timeout = request_timeout
+        self._deadlines = _ReadDeadlines(request_timeout or REQUEST_TIMEOUT)
         self.stream_idle = stream_idle
         self.log = SparseLog()
         self._methods: dict[str, _Method] = {}  # by name; only registered methods get here
+        # (method name, admit) -> (the handler wrapped, its wrapper)
+        self._wrapped: dict[tuple[str, Admit], tuple[grpc.RpcMethodHandler, Any]] = {}
 
     def refusing(self, handler: grpc.RpcMethodHandler, refuse: Refuse) -> grpc.RpcMethodHandler:
         """A handler that refuses at once, without reading the request."""
@@ -192,12 +253,29 @@ class Guard:
     def wrap(
         self, handler: grpc.RpcMethodHandler, name: str, admit: Admit
     ) -> grpc.RpcMethodHandler:
-        """The same method, with `admit(context)` and the budget first (see the class)."""
+        """The same method, with `admit(context)` and the budget first (see the class).
+
+        The wrapper depends only on the method and `admit`, so it is built once for each pair
+        and reused for every later call (callers pass the same `admit` for the same caller).
+        """
+        key = (name, admit)
+        wrapped = self._wrapped.get(key)
+        if wrapped is not None and wrapped[0] is handler:
+            return wrapped[1]
         method = self._methods.get(name)
         if method is None or method.handler is not handler:
             method = self._methods[name] = _Method.of(handler, name)
         if handler.unary_unary is not None and not self.request_timeout:
-            return self._unary_read_by_grpc(method, admit)
+            built = self._unary_read_by_grpc(method, admit)
+        else:
+            built = self._guarded(method, admit)
+        if len(self._wrapped) >= _MAX_WRAPPED:
+            self._wrapped.clear()  # only if `admit`s are not reused: never grow without bound
+        self._wrapped[key] = (handler, built)
+        return built
+
+    def _guarded(self, method: _Method, admit: Admit) -> grpc.RpcMethodHandler:
+        handler = method.handler
 
         async def guarded(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             lease = await self._admit(context, method, admit)
@@ -248,6 +326,8 @@ class Guard:
         else:
             request = await self._one_request(method, context)
         if not handler.response_streaming:
+            if method.coroutine:
+                return await behaviour(request, context)
             return await _result(behaviour(request, context))
         if method.writes_itself:
             # A handler that answers with context.write() (e.g. health's Watch).
@@ -259,27 +339,32 @@ class Guard:
         return None
 
     async def _one_request(self, method: _Method, context: grpc.aio.ServicerContext) -> Any:
-        timeout = self.request_timeout or REQUEST_TIMEOUT
+        read = self._deadlines.start()
         try:
-            # asyncio.timeout arms one timer on this task; wait_for would start a new task
-            # for every call.
-            async with asyncio.timeout(timeout):
-                raw = await context.read()
-        except TimeoutError:
-            await abort(
-                context,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"the request message did not arrive within {timeout:g} s of the call "
-                "starting; send it with the call",
-                "REQUEST_TOO_SLOW",
-            )
+            raw = await context.read()
+        except asyncio.CancelledError:
+            if read.expired and read.task.uncancel() <= read.cancelling:
+                timeout = self._deadlines.seconds
+                await abort(
+                    context,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the request message did not arrive within {timeout:g} s of the call "
+                    "starting; send it with the call",
+                    "REQUEST_TOO_SLOW",
+                )
+            raise
+        finally:
+            read.done = True
         if raw is grpc.aio.EOF:
             await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the call ended without a request message",
             )
-        return await method.decode(raw, context)
+        try:
+            return method.parse(raw)
+        except DecodeError:
+            await method.refuse_undecodable(context)
 
     async def _each_request(
         self, method: _Method, context: grpc.aio.ServicerContext, idle: asyncio.Timeout | None
@@ -314,6 +399,7 @@ class _Method:
     deserializer: Callable[[bytes], Any] | None
     watch: bool  # Health/Watch, whose open streams are counted per connection
     writes_itself: bool  # streams its answers with context.write() rather than by yielding
+    coroutine: bool  # an `async def`: awaited directly, without asking each time
 
     @classmethod
     def of(cls, handler: grpc.RpcMethodHandler, name: str) -> _Method:
@@ -327,23 +413,29 @@ class _Method:
             handler.request_deserializer,
             watch=name == WATCH_METHOD,
             writes_itself=not inspect.isasyncgenfunction(behaviour),
+            coroutine=inspect.iscoroutinefunction(behaviour),
         )
+
+    def parse(self, raw: bytes) -> Any:
+        """The request message; DecodeError when the bytes are not one."""
+        return raw if self.deserializer is None else self.deserializer(raw)
 
     async def decode(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """The request message; INVALID_ARGUMENT, in plain words, when it does not decode."""
-        if self.deserializer is None:
-            return raw
         try:
-            return self.deserializer(raw)
+            return self.parse(raw)
         except DecodeError:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request message for {self.name} is not valid protobuf for that method "
-                "(bytes that do not decode, or messages nested deeper than the decoder allows); "
-                "send the message your generated client builds",
-                "MALFORMED_REQUEST",
-            )
+            await self.refuse_undecodable(context)
+
+    async def refuse_undecodable(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request message for {self.name} is not valid protobuf for that method "
+            "(bytes that do not decode, or messages nested deeper than the decoder allows); "
+            "send the message your generated client builds",
+            "MALFORMED_REQUEST",
+        )
 
 
 class _Writes:

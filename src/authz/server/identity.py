@@ -156,6 +156,11 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
         self.mutual_tls = mutual_tls
         self.admins = frozenset(admins)
         self.guard = guard or Guard()
+        # Worked out once per method or caller rather than on every call (the guard reuses its
+        # wrapper for the same method and admission; see Guard.wrap).
+        self._services: dict[str, str] = {}
+        self._as_callers: dict[str, Admit] = {}
+        self._certificate_admissions: dict[str, Admit] = {}
 
     @property
     def authenticates(self) -> bool:
@@ -232,14 +237,19 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method  # type: ignore[attr-defined]
-        service = method.lstrip("/").split("/", 1)[0]
+        service = self._services.get(method)
+        if service is None:  # a registered method (continuation found a handler)
+            service = self._services[method] = method.lstrip("/").split("/", 1)[0]
         if not self.authenticates:
             open_call = service == PROBE_SERVICE or service in REFLECTION_SERVICES
             return self.guard.wrap(handler, method, _open if open_call else _anonymous)
         probe, admin = service == PROBE_SERVICE, service == ADMIN_SERVICE
         if self.mutual_tls:
             # The client certificate is known from the connection, so from the call's context.
-            admission = self._certificate_admission(method, admin, probe)
+            admission = self._certificate_admissions.get(method)
+            if admission is None:
+                admission = self._certificate_admission(method, admin, probe)
+                self._certificate_admissions[method] = admission
             return self.guard.wrap(handler, method, admission)
         # Bearer tokens travel in the headers: decide now, before the request is read, so a
         # caller without credentials holds no call slot while it sends (or never sends) it.
@@ -250,7 +260,10 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             if probe:
                 return self.guard.wrap(handler, method, _open)
             return self.guard.refusing(handler, self._refuser(method, refusal))
-        return self.guard.wrap(handler, method, _as_caller(identity))
+        admit = self._as_callers.get(identity)
+        if admit is None:  # one per configured caller name
+            admit = self._as_callers[identity] = _as_caller(identity)
+        return self.guard.wrap(handler, method, admit)
 
     def _certificate_admission(self, method: str, admin: bool, probe: bool) -> Admit:
         async def admit(context: grpc.aio.ServicerContext) -> bool:
