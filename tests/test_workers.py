@@ -10,6 +10,7 @@ would); every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import signal
@@ -34,7 +35,7 @@ from authz.facts.heroku import AccessList
 from authz.facts.invalidation import AccessInvalidations
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import SessionStore
-from authz.policies_runtime import PolicyHolder
+from authz.policy.holder import PolicyHolder
 from authz.server.workers import MAX_WORKERS, available_cores, worker_count
 from authz.store import migrate, open_store
 from authz.v1 import admin_pb2, admin_pb2_grpc
@@ -405,3 +406,27 @@ def test_sigterm_drains_every_worker_and_loses_no_answered_decision(tmp_path: Pa
     stored = {r["decision_id"] for r in query(served.data_dir / "audit.db", since="1h", limit=None)}
     assert set(load.answered) <= stored
     assert "finish their in-flight calls" in served.output()
+
+
+def test_a_review_login_made_on_one_worker_opens_pages_on_every_worker(tmp_path: Path) -> None:
+    """Without AUTHZ_TOKEN_KEY the review cookie's key is the supervisor's secret for its workers:
+    a login answered by one worker must hold on connections that reach the other."""
+    token = "review-token-0123456789abcdef"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"compliance {hashlib.sha256(token.encode()).hexdigest()}\n")
+    env = {"AUTHZ_CALLER_TOKENS": str(tokens), "AUTHZ_REVIEWERS": "compliance"}
+    with supervised(tmp_path, **env) as served:
+        login = httpx.post(
+            served.url + "/audit/login",
+            data={"token": token, "next": "/audit"},
+            headers={"Origin": served.url},
+            timeout=RPC_TIMEOUT,
+        )
+        assert login.status_code == 303, login.text
+        cookies = dict(login.cookies)
+        assert cookies, "the login set no cookie"
+        statuses = []
+        for _ in range(16):  # a new connection each time: SO_REUSEPORT spreads them
+            with httpx.Client(cookies=cookies, timeout=RPC_TIMEOUT) as fresh:
+                statuses.append(fresh.get(served.url + "/audit").status_code)
+        assert statuses == [200] * 16, served.output()

@@ -369,6 +369,10 @@ class Settings:
     http_listen: str | None = None
     # SO_REUSEPORT on the HTTP socket, so that several worker processes can share one port.
     http_reuse_port: bool = False
+    # Random bytes the workers of one `serve --workers N` share (never read from the environment):
+    # what must agree between workers but need not outlive them, e.g. the review login cookie's
+    # key when AUTHZ_TOKEN_KEY is unset. None: this process makes its own.
+    workers_secret: bytes | None = field(default=None, repr=False)
     policy_dir: Path = Path("policies")
     # AUTHZ_POLICY_STRICT=on: policy warnings refuse a set at load and reload, as --strict does
     # for `authz policy validate` / `test`.

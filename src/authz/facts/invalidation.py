@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Final
 from authz.facts.access import AccessCache
 
 if TYPE_CHECKING:
-    from authz.policies_runtime import PolicyHolder
+    from authz.policy.holder import PolicyHolder
 
 log = logging.getLogger("authz.facts.invalidation")
 

@@ -31,6 +31,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -148,7 +149,13 @@ class Supervisor:
         http = settings.http_listen
         if http is not None:
             http = self._reserve(http, "AUTHZ_HTTP_LISTEN")
-        return replace(settings, listen=listen, http_listen=http, http_reuse_port=True)
+        return replace(
+            settings,
+            listen=listen,
+            http_listen=http,
+            http_reuse_port=True,
+            workers_secret=secrets.token_bytes(32),
+        )
 
     def _reserve(self, listen: str, name: str) -> str:
         host, port = parse_host_port(listen, name)

@@ -56,7 +56,12 @@ class ReviewerGate:
         self.callers = callers
         self.allowed = settings.reviewers | settings.admins
         self.tokens: tuple[CallerToken, ...] = tuple(settings.caller_tokens)
-        secret = settings.token_key.encode() if settings.token_key else secrets.token_bytes(32)
+        # A cookie made by one worker (or replica) must open pages on the others: AUTHZ_TOKEN_KEY
+        # when set, else the secret the supervisor gave its workers, else this process's own.
+        if settings.token_key:
+            secret = settings.token_key.encode()
+        else:
+            secret = settings.workers_secret or secrets.token_bytes(32)
         self._key = hmac.new(secret, b"authz review cookie v1", hashlib.sha256).digest()
 
     @property
