@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from authz.audit.chain import VerifyReport, verify
-from authz.audit.errors import AuditError, AuditLogNotFound, AuditTampered
-from authz.audit.query import parse_time
-from authz.audit.record import EFFECTS, assemble, canonical_json, part_refs
-from authz.audit.schema import HEAD, LOG, PARTS, RULES, Target, open_audit
+from authz.audit.errors import AuditError, AuditLogNotFound
+from authz.audit.query import PartReader, parse_time, read_entry
+from authz.audit.record import EFFECTS, assemble, canonical_json
+from authz.audit.schema import HEAD, LOG, RULES, Target, open_audit
 from authz.clock import rfc3339
 from authz.store import Database
 from authz.store.dialect import glob_to_regex
@@ -525,15 +525,10 @@ class Explained:
 
 def explain(target: Target, decision_id: str) -> Explained | None:
     with _opened(target) as db, db.snapshot():
-        row = db.execute(
-            f"SELECT seq, hash, prev_hash, record FROM {LOG} WHERE decision_id = ?",
-            [decision_id],
-        ).fetchone()
-        if row is None:
+        entry = read_entry(db, decision_id)
+        if entry is None:
             return None
-        seq = int(row[0])
-        stored = json.loads(row[3])
-        record = assemble(stored, _PartReader(db))
+        seq = entry.seq
         head = db.execute(f"SELECT seq FROM {HEAD} WHERE id = 1").fetchone()
         neighbours = {
             int(s): str(d)
@@ -543,38 +538,14 @@ def explain(target: Target, decision_id: str) -> Explained | None:
         }
     return Explained(
         seq,
-        str(row[1]),
-        str(row[2]),
-        record,
-        part_refs(stored),
+        entry.hash,
+        entry.prev_hash,
+        entry.record,
+        entry.parts,
         int(head[0]) if head else seq,
         neighbours.get(seq - 1),
         neighbours.get(seq + 1),
     )
-
-
-class _PartReader:
-    """Shared parts by hash, the last few kept decoded (a batch's records name the same)."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._decoded: collections.OrderedDict[str, Any] = collections.OrderedDict()
-
-    def __call__(self, digest: str) -> Any:
-        if digest in self._decoded:
-            self._decoded.move_to_end(digest)
-            return self._decoded[digest]
-        row = self._db.execute(f"SELECT body FROM {PARTS} WHERE hash = ?", [digest]).fetchone()
-        if row is None:
-            raise AuditTampered(
-                f"shared part {digest[:16]}… of a record is missing from the audit log at "
-                f"{self._db.location}; run `authz audit verify`"
-            )
-        value = json.loads(row[0])
-        self._decoded[digest] = value
-        if len(self._decoded) > 8:
-            self._decoded.popitem(last=False)
-        return value
 
 
 # -- exports ----------------------------------------------------------------------------------
@@ -593,7 +564,7 @@ def export_records(target: Target, filters: Filters) -> Iterator[dict[str, Any]]
         params.extend(check_params)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         sql = f"SELECT record FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
-        parts = _PartReader(db)
+        parts = PartReader(db)
         with contextlib.closing(db.iterate(sql, params)) as rows:
             for (text_json,) in rows:
                 yield assemble(json.loads(text_json), parts)

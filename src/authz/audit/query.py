@@ -174,7 +174,7 @@ def _where(
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-class _Parts:
+class PartReader:
     """Shared parts read on demand from one open log, the last few kept decoded (the records of
     a batch are read one after another and name the same parts)."""
 
@@ -273,7 +273,7 @@ def _sized_records(
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        parts = _Parts(db)
+        parts = PartReader(db)
         with contextlib.closing(db.iterate(sql, params)) as rows:
             for (text,) in rows:
                 before = parts.read
@@ -358,14 +358,19 @@ class AuditEntry:
 def get_entry(target: Target, decision_id: str) -> AuditEntry | None:
     """One decision with its place in the chain, or None."""
     with _opened(target) as db, db.snapshot():
-        row = db.execute(
-            f"SELECT seq, hash, prev_hash, record FROM {LOG} WHERE decision_id = ?",
-            [decision_id],
-        ).fetchone()
-        if row is None:
-            return None
-        stored = json.loads(row[3])
-        record = assemble(stored, _Parts(db))
+        return read_entry(db, decision_id)
+
+
+def read_entry(db: Database, decision_id: str) -> AuditEntry | None:
+    """One decision with its place in the chain, read from an open log, or None."""
+    row = db.execute(
+        f"SELECT seq, hash, prev_hash, record FROM {LOG} WHERE decision_id = ?",
+        [decision_id],
+    ).fetchone()
+    if row is None:
+        return None
+    stored = json.loads(row[3])
+    record = assemble(stored, PartReader(db))
     return AuditEntry(int(row[0]), str(row[1]), str(row[2]), record, part_refs(stored))
 
 
