@@ -294,7 +294,10 @@ class Supervisor:
         due: dict[int, float] = {}  # index -> monotonic time of its restart
         while not self._stopping:
             handles: list[Any] = [self._wake_r]
-            handles += [w.process.sentinel for w in self._workers.values() if w.process.is_alive()]
+            # Every worker not already waiting for its restart: a sentinel is readable once its
+            # process has ended, so one that died since the last turn (is_alive() would reap it
+            # here and leave nothing to wake this wait) is still seen at once.
+            handles += [w.process.sentinel for w in self._workers.values() if w.index not in due]
             handles += [w.pipe for w in self._workers.values() if self._starting(w)]
             timeout = max(0.0, min(due.values()) - time.monotonic()) if due else None
             multiprocessing.connection.wait(handles, timeout=timeout)
