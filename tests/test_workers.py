@@ -30,8 +30,6 @@ import pytest
 from authz.audit import query
 from authz.clock import system_clock
 from authz.config import ConfigError
-from authz.facts.access import AccessCache
-from authz.facts.heroku import AccessList
 from authz.facts.invalidation import AccessInvalidations
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import SessionStore
@@ -43,6 +41,7 @@ from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, SHIPPED_POLICIES
 from tests.served import HTTP, SERVING, clean_env
+from tests.test_invalidation import replica
 
 RPC_TIMEOUT = 10.0
 START_TIMEOUT = 60.0
@@ -114,16 +113,6 @@ def test_a_session_revoked_or_a_replay_key_claimed_through_one_worker_holds_on_a
         b.close()
 
 
-def replica_cache() -> tuple[AccessCache, list[str]]:
-    fetches: list[str] = []
-
-    async def fetch(app_id: str, resource_id: str) -> AccessList:
-        fetches.append(app_id)
-        return AccessList(app_id, "app", None, "owner", time.time())
-
-    return AccessCache(fetch, ttl=300), fetches
-
-
 async def until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -135,7 +124,7 @@ def test_sqlite_access_invalidation_reaches_the_other_worker_not_itself(tmp_path
     state = tmp_path / "state.db"
 
     async def scenario() -> None:
-        (cache_a, fetches_a), (cache_b, fetches_b) = replica_cache(), replica_cache()
+        (cache_a, fetches_a), (cache_b, fetches_b) = replica(), replica()
         bus_a, bus_b = AccessInvalidations(cache_a, state), AccessInvalidations(cache_b, state)
         await bus_a.start()
         await bus_b.start()

@@ -28,12 +28,12 @@ from typing import Any
 
 from authz.audit.chain import VerifyReport, verify
 from authz.audit.errors import AuditError, AuditLogNotFound
-from authz.audit.query import PartReader, parse_time, read_entry
+from authz.audit.query import PartReader, opened_log, parse_time, read_entry
 from authz.audit.record import EFFECTS, assemble, canonical_json
 from authz.audit.schema import HEAD, LOG, RULES, Target, open_audit
 from authz.clock import rfc3339
 from authz.store import Database
-from authz.store.dialect import glob_to_regex
+from authz.store.dialect import dialect as sql_dialect
 
 __all__ = [
     "LOG",
@@ -235,12 +235,9 @@ class Filters:
         where: list[str] = []
         params: list[Any] = []
         if self.action and self.action_glob:
-            if dialect == "sqlite":
-                where.append("action GLOB ?")
-                params.append(self.action)
-            else:
-                where.append("action ~ ?")
-                params.append(glob_to_regex(self.action))
+            condition, pattern = sql_dialect(dialect).glob("action", self.action)
+            where.append(condition)
+            params.append(pattern)
         if self.text:
             pattern = "%" + _like_escape(self.text) + "%"
             if dialect == "sqlite":
@@ -385,7 +382,7 @@ def _with_rules(db: Database, rows: list[Row]) -> list[Row]:
     if not rows:
         return rows
     marks = ", ".join("?" for _ in rows)
-    order = "id" if db.dialect == "postgresql" else "rowid"
+    order = db.sql.insertion_order  # the rules of one record in their order
     found: dict[int, list[Rule]] = collections.defaultdict(list)
     for seq, policy, rule_id, effect in db.execute(
         f"SELECT seq, policy, rule_id, effect FROM {RULES} WHERE seq IN ({marks}) ORDER BY {order}",
@@ -455,7 +452,7 @@ def list_page(
     """One page of decisions matching `filters`, newest first, below `after` when given.
     shape: how to query (see Shape); None: the one `shape_of` finds best for this log. Every
     shape gives the same page."""
-    with _opened(target) as db, db.snapshot():
+    with opened_log(target) as db, db.snapshot():
         shape = shape or shape_of(db, filters)
         sql, params = page_query(filters, db.dialect, after, size=size, scan=scan, shape=shape)
         found = [_row(r) for r in db.execute(sql, params)]
@@ -524,7 +521,7 @@ class Explained:
 
 
 def explain(target: Target, decision_id: str) -> Explained | None:
-    with _opened(target) as db, db.snapshot():
+    with opened_log(target) as db, db.snapshot():
         entry = read_entry(db, decision_id)
         if entry is None:
             return None
@@ -553,17 +550,22 @@ def explain(target: Target, decision_id: str) -> Explained | None:
 EXPORT_CHUNK = 1000
 
 
+def _every_match(filters: Filters, dialect: str, columns: str) -> tuple[str, list[Any]]:
+    """All the rows `filters` match, newest first: an export reads them all (no page, no scan
+    budget), so the conditions no index answers go in the same WHERE."""
+    where, params = filters.where(dialect)
+    checks, check_params = filters.scan_conditions(dialect)
+    clause = " WHERE " + " AND ".join(where + checks) if where or checks else ""
+    sql = f"SELECT {columns} FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
+    return sql, [*params, *check_params]
+
+
 def export_records(target: Target, filters: Filters) -> Iterator[dict[str, Any]]:
     """Every record matching `filters` (whole, put back together), newest first, from one
     snapshot (exactly the set that matched when the export began), streamed. Close the
     iterator to release the connection."""
-    with _opened(target) as db, db.snapshot():
-        where, params = filters.where(db.dialect)
-        checks, check_params = filters.scan_conditions(db.dialect)
-        where.extend(checks)
-        params.extend(check_params)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        sql = f"SELECT record FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
+    with opened_log(target) as db, db.snapshot():
+        sql, params = _every_match(filters, db.dialect, "record")
         parts = PartReader(db)
         with contextlib.closing(db.iterate(sql, params)) as rows:
             for (text_json,) in rows:
@@ -572,13 +574,8 @@ def export_records(target: Target, filters: Filters) -> Iterator[dict[str, Any]]
 
 def export_rows(target: Target, filters: Filters) -> Iterator[Row]:
     """Every list row matching `filters`, newest first, from one snapshot, streamed."""
-    with _opened(target) as db, db.snapshot():
-        where, params = filters.where(db.dialect)
-        checks, check_params = filters.scan_conditions(db.dialect)
-        where.extend(checks)
-        params.extend(check_params)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        sql = f"SELECT {_LIST_COLUMNS} FROM {LOG}{clause} ORDER BY time DESC, seq DESC"
+    with opened_log(target) as db, db.snapshot():
+        sql, params = _every_match(filters, db.dialect, _LIST_COLUMNS)
         with contextlib.closing(db.iterate(sql, params)) as cursor:
             chunk: list[Row] = []
             for values in cursor:
@@ -649,7 +646,7 @@ def stats(target: Target, since: float, until: float, bucket: str, top: int = 10
     # Keys are grouped as expressions (coalesce), which no index orders: SQLite then reads the
     # denies by (effect, time) instead of walking a whole (key, time) index.
     deny_in_range = "WHERE effect = 'DENY' AND time >= ? AND time < ?"
-    with _opened(target) as db, db.snapshot():
+    with opened_log(target) as db, db.snapshot():
         totals = dict(db.execute(per_bucket.format(only=""), bucket_params).fetchall())
         denies = dict(
             db.execute(per_bucket.format(only="effect = 'DENY' AND "), bucket_params).fetchall()
@@ -706,12 +703,3 @@ def stats(target: Target, since: float, until: float, bucket: str, top: int = 10
 def verify_chain(target: Target) -> VerifyReport:
     """Walk the whole chain (authz.audit.chain.verify): slow on a large log, for a thread."""
     return verify(target)
-
-
-@contextlib.contextmanager
-def _opened(target: Target) -> Iterator[Database]:
-    db = open_audit(target, application_name="authz-audit-review")
-    try:
-        yield db
-    finally:
-        db.close()

@@ -86,7 +86,8 @@ def parse_time(text: TimeSpec, *, now: float | None = None, clock: Clock = syste
 
 
 @contextmanager
-def _opened(target: Target) -> Iterator[Database]:
+def opened_log(target: Target) -> Iterator[Database]:
+    """The audit log at ``target``, open for reading (AuditLogNotFound when there is none)."""
     db = open_audit(target)
     try:
         yield db
@@ -267,7 +268,7 @@ def _sized_records(
 ) -> Generator[tuple[dict[str, Any], int], None, None]:
     """The records, each with the bytes of JSON it was put back together from."""
     order = "ASC" if oldest_first else "DESC"
-    with _opened(target) as db, db.snapshot():
+    with opened_log(target) as db, db.snapshot():
         clause, params = _where(**filters, sql=db.sql)
         sql = f"SELECT record FROM {LOG}{clause} ORDER BY time {order}, seq {order}"
         if limit is not None:
@@ -357,7 +358,7 @@ class AuditEntry:
 
 def get_entry(target: Target, decision_id: str) -> AuditEntry | None:
     """One decision with its place in the chain, or None."""
-    with _opened(target) as db, db.snapshot():
+    with opened_log(target) as db, db.snapshot():
         return read_entry(db, decision_id)
 
 
@@ -414,7 +415,7 @@ def stats(
         )
         return {str(key): int(n) for key, n in db.execute(sql, params)}
 
-    with _opened(target) as db, db.snapshot():  # one snapshot for all the counts
+    with opened_log(target) as db, db.snapshot():  # one snapshot for all the counts
         (total,) = db.execute(f"SELECT count(*) FROM {LOG}{clause}", params).fetchone()
         by_effect = {effect: 0 for effect in EFFECTS} | counts(db, "effect")
         by_kind = counts(db, "kind")
