@@ -39,7 +39,7 @@ from starlette.routing import Route
 
 from authz.audit import browse
 from authz.audit.browse import AuditError, AuditLogNotFound, VerifyReport, canonical_json
-from authz.clock import rfc3339, utc
+from authz.clock import utc
 from authz.policy.compile import CompiledPolicySet
 from authz.web.errors import HttpError
 from authz.web.review import charts
@@ -400,8 +400,8 @@ class Review:
                 fractions=[d / t if t else 0.0 for _, _, t, d in numbers.revisions],
             ),
             link=lambda **extra: f"{PREFIX}?{urlencode(extra)}",
-            since_text=rfc3339(since),
-            until_text=rfc3339(until),
+            since_text=_when(since),
+            until_text=_when(until),
         )
 
     def _range(self, params: Mapping[str, str], now: float) -> browse.Filters:

@@ -17,6 +17,7 @@ from authz.clock import utc
 WIDTH = 960
 TIME_HEIGHT = 260
 LEFT = 56
+RIGHT = 40
 BOTTOM = 28
 TOP = 12
 BAR_ROW = 22
@@ -59,7 +60,8 @@ def _nice_max(value: int) -> int:
 def over_time(series: Sequence[tuple[float, int, int]], bucket: str, chart_id: str) -> Markup:
     """Stacked bars per bucket: denies (bottom) and allows (top)."""
     height = TIME_HEIGHT
-    plot_w, plot_h = WIDTH - LEFT - 8, height - TOP - BOTTOM
+    # The right margin holds half of the last time label, which is centred on its bar.
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, height - TOP - BOTTOM
     top = _nice_max(max((n for _, n, _ in series), default=0))
     count = max(1, len(series))
     step = plot_w / count
@@ -99,9 +101,8 @@ def over_time(series: Sequence[tuple[float, int, int]], bucket: str, chart_id: s
         if i >= len(series):
             continue
         x = LEFT + i * step + step / 2
-        anchor = "start" if k == 0 and ticks > 1 else "end" if k == ticks - 1 else "middle"
         body.append(
-            f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="{anchor}">'
+            f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="middle">'
             f"{escape(_tick_label(series[i][0], bucket))}</text>"
         )
     total = sum(n for _, n, _ in series)
