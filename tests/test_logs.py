@@ -100,6 +100,7 @@ def test_text_is_the_default_and_decision_lines_are_asked_for(tmp_path: Path) ->
         decide(server.address)
         quiet = server.stop()
     assert " INFO authz.server: authz listening on " in quiet
+    assert ", event loop uvloop" in quiet  # the default AUTHZ_EVENT_LOOP
     assert "authz.decisions" not in quiet
 
     with served(tmp_path / "loud", clean_env(AUTHZ_LOG_DECISIONS="1")) as server:
@@ -160,3 +161,19 @@ def test_a_traceback_stays_on_its_line_in_structured_formats() -> None:
     # Text is for people: the message and traceback as Python writes them, fields quoted.
     text = TextFormatter().format(record)
     assert ' ERROR authz.test: failed\nto do it path="a b" count=3 ok=true\nTraceback' in text
+
+
+@pytest.mark.parametrize("value", ["libuv", "UVLOOP", "uvloop "])
+def test_event_loop_takes_exact_values_only(value: str, tmp_path: Path) -> None:
+    result = refused_start(tmp_path, clean_env(AUTHZ_EVENT_LOOP=value))
+    assert result.returncode == 2, result.stderr
+    assert f"authz serve: AUTHZ_EVENT_LOOP={value!r} is not accepted; use one of:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_asyncio_event_loop_serves_decisions_when_asked_for(tmp_path: Path) -> None:
+    with served(tmp_path / "data", clean_env(AUTHZ_EVENT_LOOP="asyncio")) as server:
+        answers = decide(server.address)
+        log = server.stop()
+    assert ", event loop asyncio" in log
+    assert all(answer.decision_id for answer in answers)

@@ -33,6 +33,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json", "logfmt")
 """AUTHZ_LOG_FORMAT (authz.logs): ``text`` for people, ``json`` one object per line, ``logfmt``
 key=value lines as Heroku's log drains and its own router write them."""
+EVENT_LOOPS = ("uvloop", "asyncio")
+"""AUTHZ_EVENT_LOOP (authz.server.eventloop): ``uvloop`` (libuv's loop; less CPU per call for
+grpc.aio and uvicorn) or ``asyncio``, the standard library's own."""
 SWITCH = ("0", "1")
 """The values of an on/off setting (AUTHZ_LOG_DECISIONS, AUTHZ_METRICS_OPEN, ...)."""
 OTLP_PROTOCOLS = ("http/protobuf",)
@@ -417,6 +420,7 @@ class Settings:
     stream_idle: float = 120.0  # seconds an open stream may send and receive nothing
     # Observability (authz.logs, authz.metrics, authz.tracing).
     log_format: str = "text"  # one of LOG_FORMATS
+    event_loop: str = "uvloop"  # one of EVENT_LOOPS
     log_decisions: bool = False  # AUTHZ_LOG_DECISIONS=1: one INFO line per decision
     metrics_open: bool = False  # AUTHZ_METRICS_OPEN=1: GET /metrics for anyone, not callers only
     otlp_traces_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; None: off
@@ -432,6 +436,7 @@ class Settings:
         accepted_value("AUTHZ_AUDIT_MODE", self.audit_mode, AUDIT_MODES)
         accepted_value("AUTHZ_LOG_LEVEL", self.log_level, LOG_LEVELS)
         accepted_value("AUTHZ_LOG_FORMAT", self.log_format, LOG_FORMATS)
+        accepted_value("AUTHZ_EVENT_LOOP", self.event_loop, EVENT_LOOPS)
         if self.public_url is not None:
             parse_public_url(self.public_url)
         self._check_reviewers()
@@ -578,6 +583,7 @@ class Settings:
                 "AUTHZ_STREAM_IDLE", _float(env, "AUTHZ_STREAM_IDLE", 120.0), 3600.0
             ),
             log_format=choice(env, "AUTHZ_LOG_FORMAT", LOG_FORMATS, "text"),
+            event_loop=choice(env, "AUTHZ_EVENT_LOOP", EVENT_LOOPS, "uvloop"),
             log_decisions=choice(env, "AUTHZ_LOG_DECISIONS", SWITCH, "0") == "1",
             metrics_open=choice(env, "AUTHZ_METRICS_OPEN", SWITCH, "0") == "1",
             otlp_traces_endpoint=_otlp_traces_endpoint(env),

@@ -29,8 +29,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz.config import Settings
-from authz.server import app
+from authz.config import EVENT_LOOPS, Settings
+from authz.server import app, eventloop
 from authz.server.app import SERVICE_NAMES, start_service
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
@@ -189,6 +189,7 @@ def authz_settings(args: argparse.Namespace) -> Settings:
         token_key=os.environ.get("AUTHZ_BENCH_TOKEN_KEY", ""),
         audit_mode=args.audit,
         http_listen=args.listen if args.http else None,
+        event_loop=args.event_loop,
     )
 
 
@@ -245,6 +246,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--heroku-url", default="http://127.0.0.1:9")
     parser.add_argument("--sso-salt", default="bench-sso-salt-0123456789")  # 16+ characters
     parser.add_argument("--max-seconds", type=float, default=900.0)
+    parser.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=Settings.event_loop,
+        help="the event loop both kinds of server run on (AUTHZ_EVENT_LOOP)",
+    )
     parser.add_argument("--cprofile", default="", help="write cProfile stats here at exit")
     parser.add_argument(
         "--http",
@@ -278,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error("--workers is for --kind authz, without --cprofile")
         run_workers(args)
         return
-    asyncio.run(run(args))
+    eventloop.run(args.event_loop, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -26,7 +25,9 @@ def invoked_as() -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from authz.config import Settings
     from authz.devtools.dev_world import DevUp, DevWorldError, dev_up
+    from authz.server import eventloop
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     options = DevUp(
@@ -41,7 +42,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         dashboard_dir=Path(args.dashboard_dir),
     )
     try:
-        asyncio.run(dev_up(options))
+        eventloop.run(Settings.event_loop, lambda: dev_up(options))
     except DevWorldError as exc:
         return fail(args, str(exc), ExitCode.ERROR)
     return ExitCode.OK

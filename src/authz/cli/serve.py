@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ _SERVE_ENV = {
 def cmd_serve(args: argparse.Namespace) -> int:
     from authz.config import ConfigError, Settings
     from authz.policy.model import PolicyError
+    from authz.server import eventloop
     from authz.server.app import serve
     from authz.server.workers import Supervisor, worker_count
 
@@ -48,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         configure_logging(settings.log_level, settings.log_format)
         if workers > 1:
             return Supervisor(settings, workers).run()
-        asyncio.run(serve(settings))
+        eventloop.run(settings.event_loop, lambda: serve(settings))
     except ConfigError as exc:
         return fail(args, str(exc), ExitCode.USAGE)
     except (OSError, PolicyError) as exc:  # PolicyError: the policies cannot be served

@@ -30,6 +30,7 @@ from authz.policy.holder import PolicyHolder, watch_policies
 from authz.provisioning import Provisioning, renaming
 from authz.server.admin import AdminServicer
 from authz.server.authorization import AuthorizationServicer
+from authz.server.eventloop import running_loop_name
 from authz.server.observe import Observability
 from authz.server.session_service import SessionServicer
 from authz.server.transport import Transport, log_transport, plan_transport
@@ -177,11 +178,12 @@ async def start_service(
             public_url = resolve_public_url(settings.public_url, service.http.port)
             service.provisioning.public_url = public_url
     log.info(
-        "authz listening on %s, policy revision %s (%d rules), audit %s",
+        "authz listening on %s, policy revision %s (%d rules), audit %s, event loop %s",
         service.address,
         policies.current.revision,
         policies.current.rule_count,
         settings.audit_mode,
+        running_loop_name(),
     )
     log_transport(settings, transport, service.address, service.http and service.http.address)
     _log_sso_settings(settings)

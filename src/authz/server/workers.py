@@ -391,10 +391,9 @@ def _worker_main(
     settings: Settings, index: int, pipe: multiprocessing.connection.Connection, parent: int
 ) -> None:
     """One worker: serve ``settings`` until SIGTERM, telling the supervisor when ready."""
-    import asyncio
-
     from authz.logs import configure_logging
     from authz.policy.model import PolicyError
+    from authz.server import eventloop
     from authz.server.app import Service, serve
 
     _die_with_parent(parent, pipe)
@@ -412,7 +411,7 @@ def _worker_main(
         pipe.send(("ready", service.address, url, service.policies.current.revision))
 
     try:
-        asyncio.run(serve(settings, announce=announce))
+        eventloop.run(settings.event_loop, lambda: serve(settings, announce=announce))
     except ConfigError as exc:
         pipe.send(("failed", _USAGE, str(exc)))
         sys.exit(_USAGE)
