@@ -605,3 +605,50 @@ def test_migrate_audit_creates_the_schema_ahead_of_the_writers(target: Target) -
     assert migrate_audit(target) == []
     report = verify(target)  # an empty log, not "no audit log"
     assert report.ok and report.checked == 0
+
+
+def test_durable_writer_waits_for_company_only_when_calls_arrive_together(tmp_path: Path) -> None:
+    """The durable linger (authz.audit.log.DURABLE_LINGER): after a commit of several records
+    the writer waits a moment for as many again; after a commit of one it never waits, so a
+    lone call is not held; async mode always gathers; nothing waits while closing."""
+    from authz.audit.log import ASYNC_LINGER, DURABLE_LINGER
+
+    durable = AuditLog(tmp_path / "durable.db", mode="durable").start()
+    try:
+        for _ in range(3):  # one call at a time: every commit holds one record
+            durable.record_blocking(make_record())
+        assert durable.commits == 3
+        with durable._lock:
+            durable._items.put(_queued(make_record()))
+            assert durable._linger() == 0.0  # the last commit held one record
+            durable._items.drain()
+        durable._last_batch = 5  # as after a commit of five records
+        with durable._lock:
+            for _ in range(2):
+                durable._items.put(_queued(make_record()))
+            assert durable._linger() == DURABLE_LINGER  # two queued, five last time
+            for _ in range(3):
+                durable._items.put(_queued(make_record()))
+            assert durable._linger() == 0.0  # as many as last time: go
+            durable._items.drain()
+    finally:
+        durable.close()
+    lone = AuditLog(tmp_path / "async.db", mode="async").start()
+    try:
+        with lone._lock:
+            lone._items.put(_queued(make_record()))
+            assert lone._linger() == ASYNC_LINGER
+            lone._closing = True
+            assert lone._linger() == 0.0
+            lone._closing = False
+    finally:
+        lone.close()
+
+
+def _queued(record: dict[str, Any]) -> Any:
+    from authz.audit.log import _Item
+    from authz.audit.record import prepare
+    from authz.clock import system_clock
+
+    prepared = prepare(record, system_clock)
+    return _Item(prepared, len(prepared.json))

@@ -96,6 +96,11 @@ _USE_PART = (
 )
 ASYNC_LINGER = 0.002
 """Seconds the async writer waits after the first queued record for more to commit with it."""
+DURABLE_LINGER = 0.001
+"""Seconds the durable writer waits for more records when its last commit held several and
+fewer are queued now: calls are arriving together, and a larger commit costs less CPU per
+record (the write lock, index pages, the fsync), for at most this much more latency. A lone
+call (a last commit of one record) is never held."""
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 1.0
 
@@ -321,6 +326,7 @@ class AuditLog:
         self.commits = 0
         """Transactions committed; far fewer than records_written under concurrent load."""
         self.largest_batch = 0
+        self._last_batch = 0  # records in the last commit (the durable linger's yardstick)
         self.failed_commits = 0
         """Transactions that failed (each attempt counts, including async-mode retries)."""
         self.records_failed = 0
@@ -607,13 +613,11 @@ class AuditLog:
         with self._lock:
             while not self._items and not self._closing:
                 self._not_empty.wait()
-            linger = (
-                self.mode == "async" and not self._closing and len(self._items) < self.max_batch
-            )
+            linger = self._linger()
         if linger:
-            # Async records are acknowledged already: gather more of them for this commit
-            # (fewer, larger transactions cost less CPU per record) instead of waking for each.
-            time.sleep(ASYNC_LINGER)
+            # Gather more records for this commit (fewer, larger transactions cost less CPU per
+            # record) instead of waking for each.
+            time.sleep(linger)
         with self._lock:
             if not self._items:
                 return None
@@ -622,6 +626,16 @@ class AuditLog:
             self._not_full.notify_all()
         self._wake_space(waiters)
         return batch
+
+    def _linger(self) -> float:
+        """Seconds to wait for more records before taking a batch. Called with the lock held."""
+        queued = len(self._items)
+        if self._closing or queued >= self.max_batch:
+            return 0.0
+        if self.mode == "async":  # acknowledged already: nobody waits for this commit
+            return ASYNC_LINGER
+        # A last commit of one record: calls come one at a time, and none is held.
+        return DURABLE_LINGER if self._last_batch > 1 and queued < self._last_batch else 0.0
 
     def _release(self, items: list[_Item]) -> None:
         """Give the items' bytes back to their callers' budgets and wake whoever waits."""
@@ -754,6 +768,7 @@ class AuditLog:
         self.bytes_written += written
         self.commits += 1
         self.largest_batch = max(self.largest_batch, len(batch))
+        self._last_batch = len(batch)
         if self._failing:
             log.info("audit commits succeed again")
             self._set_failing(False)

@@ -39,6 +39,7 @@ from authz.tracing import DECISION_IDS, Tracing
 
 decision_log = logging.getLogger("authz.decisions")
 
+_MAX_OBSERVED = 4096
 SERVER_ERRORS = frozenset(
     {
         grpc.StatusCode.UNKNOWN,
@@ -213,6 +214,9 @@ class RpcObserver(grpc.aio.ServerInterceptor):
 
     def __init__(self, observability: Observability) -> None:
         self.observability = observability
+        # The observed handler of each handler the inner interceptors give, built once: they
+        # give the same handler object for the same method and caller (authz.server.guard).
+        self._observed: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -222,21 +226,31 @@ class RpcObserver(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.response_streaming:
             return handler
+        known = self._observed.get(id(handler))
+        if known is not None and known[0] is handler:
+            return known[1]
         method: str = handler_call_details.method  # type: ignore[attr-defined]
-        metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
+        observed = self._observe(method, handler)
+        if len(self._observed) >= _MAX_OBSERVED:
+            self._observed.clear()  # handlers that are not reused (refusals): never grow
+        self._observed[id(handler)] = (handler, observed)
+        return observed
+
+    def _observe(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         behaviour = handler.unary_unary or handler.stream_unary
         observability = self.observability
         service, _, name = method.lstrip("/").partition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-
         span_name = f"{service}/{name}"
-
-        def carrier() -> dict[str, str]:
-            return {key: value for key, value in metadata or () if isinstance(value, str)}
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+
+            def carrier() -> dict[str, str]:
+                metadata = context.invocation_metadata() or ()
+                return {key: value for key, value in metadata if isinstance(value, str)}
+
             with observability.call(span_name, attributes, carrier) as call:
                 try:
                     return await behaviour(request, context)
