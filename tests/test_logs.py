@@ -101,6 +101,7 @@ def test_text_is_the_default_and_decision_lines_are_asked_for(tmp_path: Path) ->
         quiet = server.stop()
     assert " INFO authz.server: authz listening on " in quiet
     assert ", event loop uvloop" in quiet  # the default AUTHZ_EVENT_LOOP
+    assert ", grpc endpoints posix" in quiet  # authz.server.grpc_endpoints
     assert "authz.decisions" not in quiet
 
     with served(tmp_path / "loud", clean_env(AUTHZ_LOG_DECISIONS="1")) as server:
@@ -171,9 +172,35 @@ def test_event_loop_takes_exact_values_only(value: str, tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_asyncio_event_loop_serves_decisions_when_asked_for(tmp_path: Path) -> None:
-    with served(tmp_path / "data", clean_env(AUTHZ_EVENT_LOOP="asyncio")) as server:
+def test_asyncio_event_loop_and_grpcs_own_endpoints_serve_when_asked_for(tmp_path: Path) -> None:
+    # An operator's GRPC_EXPERIMENTS (here empty: grpc's own defaults) is left as it is.
+    env = clean_env(AUTHZ_EVENT_LOOP="asyncio", GRPC_EXPERIMENTS="")
+    with served(tmp_path / "data", env) as server:
         answers = decide(server.address)
         log = server.stop()
-    assert ", event loop asyncio" in log
+    assert ", event loop asyncio, grpc endpoints event-engine" in log
     assert all(answer.decision_id for answer in answers)
+
+
+def test_posix_endpoints_are_asked_for_only_before_grpc_and_never_over_the_operator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from authz.server.grpc_endpoints import (
+        POSIX_ENDPOINTS,
+        endpoints_in_use,
+        prefer_posix_endpoints,
+    )
+
+    assert "grpc" in sys.modules  # this test process runs gRPC servers: too late to choose
+    environ: dict[str, str] = {}
+    assert prefer_posix_endpoints(environ) is False and environ == {}
+    monkeypatch.delitem(sys.modules, "grpc")  # as in a fresh `authz` process
+    assert prefer_posix_endpoints(environ) is True
+    assert environ == {"GRPC_EXPERIMENTS": POSIX_ENDPOINTS}
+    assert endpoints_in_use(environ) == "posix"
+    operator = {"GRPC_EXPERIMENTS": "-event_engine_listener"}
+    prefer_posix_endpoints(operator)
+    assert operator == {"GRPC_EXPERIMENTS": "-event_engine_listener"}
+    assert endpoints_in_use(operator) == "event-engine"

@@ -25,15 +25,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from authz.server.grpc_endpoints import prefer_posix_endpoints
 
-from authz.config import EVENT_LOOPS, Settings
-from authz.server import app, eventloop
-from authz.server.app import SERVICE_NAMES, start_service
-from authz.v1 import authorization_pb2 as pb
-from authz.v1 import authorization_pb2_grpc as pb_grpc
+prefer_posix_endpoints()  # as the `authz` command does, before grpc is imported
+
+import grpc  # noqa: E402
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_reflection.v1alpha import reflection  # noqa: E402
+
+from authz.config import EVENT_LOOPS, Settings  # noqa: E402
+from authz.server import app, eventloop  # noqa: E402
+from authz.server.app import SERVICE_NAMES, start_service  # noqa: E402
+from authz.v1 import authorization_pb2 as pb  # noqa: E402
+from authz.v1 import authorization_pb2_grpc as pb_grpc  # noqa: E402
 
 # Built exactly as start_service builds authz's server (authz/server/app.py): same options, same
 # limit on calls in flight; these defaults apply only if app.py no longer names them.

@@ -31,6 +31,7 @@ from authz.provisioning import Provisioning, renaming
 from authz.server.admin import AdminServicer
 from authz.server.authorization import AuthorizationServicer
 from authz.server.eventloop import running_loop_name
+from authz.server.grpc_endpoints import endpoints_in_use
 from authz.server.observe import Observability
 from authz.server.session_service import SessionServicer
 from authz.server.transport import Transport, log_transport, plan_transport
@@ -178,12 +179,14 @@ async def start_service(
             public_url = resolve_public_url(settings.public_url, service.http.port)
             service.provisioning.public_url = public_url
     log.info(
-        "authz listening on %s, policy revision %s (%d rules), audit %s, event loop %s",
+        "authz listening on %s, policy revision %s (%d rules), audit %s, event loop %s, "
+        "grpc endpoints %s",
         service.address,
         policies.current.revision,
         policies.current.rule_count,
         settings.audit_mode,
         running_loop_name(),
+        endpoints_in_use(),
     )
     log_transport(settings, transport, service.address, service.http and service.http.address)
     _log_sso_settings(settings)
