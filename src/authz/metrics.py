@@ -121,6 +121,7 @@ class Metrics:
         self._state = StateCollector()
         registry.register(self._state)
         self._calls: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._decisions: dict[tuple[str, str, str], Any] = {}
 
     def watch(self, **parts: Any) -> None:
         """Read these parts at every scrape (see StateCollector for the names)."""
@@ -130,7 +131,11 @@ class Metrics:
         self, effect: str, action: str, caller: str, catalogue: Mapping[str, Any]
     ) -> None:
         label = action if action in catalogue else OTHER_ACTION
-        self.decisions.labels(effect, label, caller).inc()
+        key = (effect, label, caller)  # bounded: effects, catalogued actions, callers
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.decisions.labels(effect, label, caller)
+        child.inc()
 
     def observe_call(self, protocol: str, method: str, code: str, seconds: float) -> None:
         # The labelled children are kept: labels() costs more than the observation itself.
