@@ -20,7 +20,7 @@ import pytest
 from authz.bench import cerbos, documents
 from authz.bench.common import Table
 from authz.bench.engine import SHIPPED_CASES, generate_rules, generated_engine, shipped_engine
-from authz.bench.load import non_2xx, process_tree_cpu_seconds
+from authz.bench.load import connections_per_process, non_2xx, process_tree_cpu_seconds
 from authz.bench.peers import available_peers, compare_peers
 from authz.bench.report import (
     KEEP_END,
@@ -295,6 +295,50 @@ def test_server_cpu_counts_every_process_of_the_server() -> None:
     finally:
         root.communicate(timeout=30)
     assert process_tree_cpu_seconds(root.pid) != process_tree_cpu_seconds(root.pid)  # gone: NaN
+
+
+def test_connections_are_counted_per_worker_of_the_server(tmp_path: Path) -> None:
+    """The report's spread of connections over authz's workers: every connection is found, in
+    the worker that holds it, and each listening worker is listed (with 0 if it holds none)."""
+    import socket
+    import time
+
+    from authz.bench.world import ServerProcess
+
+    policies = cerbos.write_authz_policies(tmp_path / "policies", cerbos.AUTHZ_POLICY)
+    server = ServerProcess(
+        [
+            "--kind",
+            "authz",
+            "--audit",
+            "off",
+            "--policies",
+            str(policies),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--max-seconds",
+            "120",
+            "--workers",
+            "2",
+        ],
+        tmp_path / "server.log",
+    )
+    clients: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(connections_per_process(server.pid, server.port)) < 2:
+            assert time.monotonic() < deadline, "two workers never listened"
+            time.sleep(0.1)
+        assert connections_per_process(server.pid, server.port) == (0, 0)
+        clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(6)]
+        while sum(spread := connections_per_process(server.pid, server.port)) < 6:
+            assert time.monotonic() < deadline, f"connections not all found: {spread}"
+            time.sleep(0.1)
+        assert len(spread) == 2 and sum(spread) == 6 and spread[0] >= spread[1]
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
 
 
 CERBOS_BINARY, CERBOS_MISSING = cerbos.find_cerbos()

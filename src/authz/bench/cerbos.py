@@ -781,6 +781,7 @@ def _summaries(rows: list[Row], runs: dict[str, list[Run]]) -> dict[str, dict[st
             "cpu_us_per_req": cpu,
             "cpu_us_per_decision": cpu / decisions,
             "failed": sum(x.result.failed for x in runs[r.key]),
+            "connections_rounds": [list(x.connections) for x in runs[r.key]],
         }
     return out
 
@@ -864,6 +865,18 @@ def _tables(
         f"--workers {workers}`, one per core), all on one port; its CPU counts every worker and "
         "the supervisor."
     )
+    if workers > 1:
+        spreads = [
+            f"{WORKLOADS[s['workload']][0]}, audit {BY_KEY[s['server']].audit}: "
+            + ", ".join("+".join(map(str, c)) or "?" for c in s["connections_rounds"])
+            for s in summaries.values()
+            if s["product"] == "authz" and s["in_flight"] > 1
+        ]
+        at_max.notes.append(
+            "How h2load's 4 connections were spread over authz's workers, per round (seen "
+            "halfway through each run; the kernel places each connection by a hash of its "
+            "ports, not by load, so a worker may get 3 or all 4): " + "; ".join(spreads) + "."
+        )
     failed = sum(s["failed"] for s in summaries.values())
     incomplete = results["incomplete_replies"]
     at_max.notes.append(

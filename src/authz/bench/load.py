@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,38 +159,78 @@ def _read_log(log_path: Path) -> list[float]:
 # -- server CPU ------------------------------------------------------------------------------------
 
 
-def process_tree_cpu_seconds(root: int) -> float:
-    """User + system CPU time so far of a process and every descendant (Linux), so that a server
-    of several worker processes is measured whole. Descendants that already exited count too,
-    through their parent's cutime/cstime once it waited for them. NaN when `root` is gone."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def _stats() -> dict[int, list[str]]:
+    """Every process's /proc/PID/stat fields after the command name ("state" first)."""
+    stats: dict[int, list[str]] = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # exited while we looked
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        # utime, stime, cutime, cstime (proc(5): fields 14-17, here after "state" and "ppid")
-        ticks[pid] = sum(int(x) for x in fields[11:15])
-    if root not in ticks:
-        return float("nan")
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (
+                    Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+                )
+            except (OSError, IndexError):
+                continue  # exited while we looked
+    return stats
+
+
+def _tree(root: int, stats: dict[int, list[str]] | None = None) -> set[int]:
+    """`root` and every process descended from it (Linux)."""
+    parents = {pid: int(fields[1]) for pid, fields in (stats or _stats()).items()}
     tree, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
         tree.update(children)
         frontier.extend(children)
-    return sum(ticks[pid] for pid in tree) / os.sysconf("SC_CLK_TCK")
+    return tree
+
+
+def process_tree_cpu_seconds(root: int) -> float:
+    """User + system CPU time so far of a process and every descendant (Linux), so that a server
+    of several worker processes is measured whole. Descendants that already exited count too,
+    through their parent's cutime/cstime once it waited for them. NaN when `root` is gone."""
+    stats = _stats()
+    if root not in stats:
+        return float("nan")
+    # utime, stime, cutime, cstime (proc(5): fields 14-17, here after "state" and "ppid")
+    ticks = sum(sum(int(x) for x in stats[pid][11:15]) for pid in _tree(root, stats))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+_LISTEN, _ESTABLISHED = "0A", "01"
+
+
+def connections_per_process(root: int, port: int) -> tuple[int, ...]:
+    """How the connections to `port` are spread over the processes of the server whose root
+    is `root` that listen on it (its workers, which share the port with SO_REUSEPORT): the
+    count of established connections each holds, largest first; () if none listens."""
+    states: dict[str, str] = {}  # socket inode -> TCP state, for sockets on the local port
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                states[fields[9]] = fields[3]
+    spread: list[int] = []
+    for pid in _tree(root):
+        try:
+            links = [os.readlink(entry.path) for entry in os.scandir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        held = [states.get(link[8:-1]) for link in links if link.startswith("socket:[")]
+        if _LISTEN in held:
+            spread.append(held.count(_ESTABLISHED))
+    return tuple(sorted(spread, reverse=True))
 
 
 @dataclass
 class Run:
     result: LoadResult
     cpu_us_per_req: float  # the server's CPU (all its processes) per request served
+    connections: tuple[int, ...] = ()  # per listening process, mid-run (connections_per_process)
 
 
 def measured_run(
@@ -205,8 +246,14 @@ def measured_run(
     rps_per_client: float | None = None,
     h1: bool = False,
 ) -> Run:
-    """One h2load run against the server whose root process is `pid`, with its CPU time."""
+    """One h2load run against the server whose root process is `pid`, with its CPU time and,
+    halfway through, how its connections are spread over its processes."""
+    spread: list[tuple[int, ...]] = []
+    sampler = threading.Timer(
+        warmup + duration / 2, lambda: spread.append(connections_per_process(pid, port))
+    )
     before = process_tree_cpu_seconds(pid)
+    sampler.start()
     result = run_h2load(
         port,
         path,
@@ -219,6 +266,8 @@ def measured_run(
         h1=h1,
     )
     cpu = process_tree_cpu_seconds(pid) - before
+    sampler.cancel()
+    sampler.join()
     # Warm-up requests used CPU too: spread the CPU over every request of the run.
     total = result.done * (duration + warmup) / duration if duration else result.done
-    return Run(result, cpu / max(1.0, total) * 1e6)
+    return Run(result, cpu / max(1.0, total) * 1e6, spread[0] if spread else ())
