@@ -482,12 +482,16 @@ class Contender:
     label: str
     product: str  # authz | cerbos
     audit: str  # off | durable | async | local
+    workers: int | None = None  # authz's worker processes; None: AUTHZ_WORKERS
 
 
 CONTENDERS = (
     Contender("authz_off", "authz, audit off", "authz", "off"),
     Contender("authz_durable", "authz, durable audit", "authz", "durable"),
     Contender("authz_async", "authz, async audit", "authz", "async"),
+    # One process, for what authz does per core: with two, how the kernel spreads h2load's few
+    # connections over the workers moves the figure from round to round.
+    Contender("authz_off_1", "authz, audit off, 1 worker", "authz", "off", workers=1),
     Contender("cerbos_off", "Cerbos, audit off", "cerbos", "off"),
     Contender("cerbos_audit", "Cerbos, local audit (decision logs)", "cerbos", "local"),
 )
@@ -524,6 +528,7 @@ class Row:
 ROWS = (
     Row("check", "authz_off", 4, 16),
     Row("check", "cerbos_off", 4, 16),
+    Row("check", "authz_off_1", 4, 16),
     Row("batch10", "authz_off", 4, 16),
     Row("batch10", "cerbos_off", 4, 16),
     Row("check", "authz_durable", 4, 16),
@@ -654,7 +659,7 @@ def _start_authz(c: Contender, workdir: Path, policies: Path, lifetime: float) -
             "--max-seconds",
             str(round(lifetime)),
             "--workers",
-            str(AUTHZ_WORKERS),
+            str(c.workers or AUTHZ_WORKERS),
         ],
         workdir / f"{c.key}.log",
         {"AUTHZ_BENCH_TOKEN_KEY": TOKEN_KEY},
@@ -862,20 +867,23 @@ def _tables(
     workers = results.get("authz_workers", 1)
     at_max.notes.append(
         f"authz ran {workers} worker process{'es' if workers != 1 else ''} (`authz serve "
-        f"--workers {workers}`, one per core), all on one port; its CPU counts every worker and "
-        "the supervisor."
+        f"--workers {workers}`, one per core; the '1 worker' row excepted), all on one port; its "
+        "CPU counts every worker and the supervisor."
     )
     if workers > 1:
         spreads = [
             f"{WORKLOADS[s['workload']][0]}, audit {BY_KEY[s['server']].audit}: "
             + ", ".join("+".join(map(str, c)) or "?" for c in s["connections_rounds"])
             for s in summaries.values()
-            if s["product"] == "authz" and s["in_flight"] > 1
+            if s["product"] == "authz" and s["in_flight"] > 1 and not BY_KEY[s["server"]].workers
         ]
         at_max.notes.append(
-            "How h2load's 4 connections were spread over authz's workers, per round (seen "
-            "halfway through each run; the kernel places each connection by a hash of its "
-            "ports, not by load, so a worker may get 3 or all 4): " + "; ".join(spreads) + "."
+            "How the connections were spread over authz's workers, per round (seen halfway "
+            "through each run: h2load's 4, and the idle one of the client that checks the "
+            "answers; the kernel places each connection by a hash of its ports, not by load, so "
+            "one worker may get 3 or all 4 of h2load's): " + "; ".join(spreads) + ". The row "
+            "'authz, audit off, 1 worker' is `authz serve --workers 1`, for what one process "
+            "does on its own."
         )
     failed = sum(s["failed"] for s in summaries.values())
     incomplete = results["incomplete_replies"]
