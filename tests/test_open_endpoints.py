@@ -164,6 +164,14 @@ class Stuck:
         self.release.wait(30)
         yield from ()
 
+    def settled(self) -> Stuck:
+        """Give the server a moment to admit every call before anything competes with them
+        for the same budget: a call of the test's that took a slot first would have one of
+        these refused, and the budget would then never fill."""
+        time.sleep(0.5)
+        assert all(call.running() for call in self.calls), "a stuck call was refused"
+        return self
+
     def end(self) -> None:
         self.release.set()
         for call in self.calls:
@@ -198,7 +206,7 @@ def test_callers_and_open_calls_have_budgets_of_their_own(
     with connection(svc, TOKEN) as authenticated:
         authz = pb_grpc.AuthorizationServiceStub(authenticated)
         # Callers fill their budget: the next caller is refused, probes are still answered.
-        held = Stuck(svc.channel, "/authz.v1.AuthorizationService/Check", 4, bearer())
+        held = Stuck(svc.channel, "/authz.v1.AuthorizationService/Check", 4, bearer()).settled()
         full = eventually_refused(
             lambda: authz.Check(check_request(), timeout=5), grpc.StatusCode.RESOURCE_EXHAUSTED
         )
@@ -208,7 +216,7 @@ def test_callers_and_open_calls_have_budgets_of_their_own(
         held.end()
         # Calls without credentials fill theirs: callers are still answered, and so is a
         # health check that carries a caller's credentials.
-        held = Stuck(svc.channel, "/grpc.health.v1.Health/Check", 4)
+        held = Stuck(svc.channel, "/grpc.health.v1.Health/Check", 4).settled()
         full = eventually_refused(
             lambda: probe.Check(health_pb2.HealthCheckRequest(), timeout=5),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
