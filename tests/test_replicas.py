@@ -36,6 +36,7 @@ from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 from tests.conftest import SHIPPED_POLICIES
 from tests.heroku_world import SALT, TOKEN_KEY
+from tests.load import Load, check_request, shared
 from tests.pg import use_backend
 
 SRC = Path(authz.__file__).resolve().parent.parent
@@ -264,56 +265,13 @@ def test_deprovisioning_through_one_replica_stops_logins_and_sessions_on_the_oth
         assert "unknown, expired or revoked" in after.reasons[0]
 
 
-def check_request(i: int) -> pb.CheckRequest:
-    return pb.CheckRequest(
-        principal=pb.Principal(type="service", id=f"svc-{i % 7}"),
-        action="account.login_password" if i % 2 else "dashboard.view",
-        resource=pb.Resource(type="account", id=f"acct-{i}"),
-        request_id=f"req-{i}",
+def replica_load(replica: Replica, callers: int) -> Load:
+    """Callers hammering one replica with Checks through its one channel."""
+    return Load(
+        replica.name,
+        lambda: shared(lambda i: replica.authz.Check(check_request(i), timeout=5.0)),
+        callers,
     )
-
-
-@dataclass
-class Load:
-    """Callers hammering one replica with Checks, keeping every decision id that came back."""
-
-    replica: Replica
-    callers: int
-    stop: threading.Event = field(default_factory=threading.Event)
-    answered: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    threads: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> Load:
-        for n in range(self.callers):
-            thread = threading.Thread(target=self._call, args=(n,), daemon=True)
-            thread.start()
-            self.threads.append(thread)
-        return self
-
-    def _call(self, n: int) -> None:
-        i = n
-        while not self.stop.is_set():
-            try:
-                response = self.replica.authz.Check(check_request(i), timeout=5.0)
-            except grpc.RpcError as exc:
-                self.errors.append(str(exc.code()))
-                time.sleep(0.01)
-            else:
-                self.answered.append(response.decision_id)  # the answer reached the client
-            i += self.callers
-
-    def wait_for(self, count: int, deadline: float) -> None:
-        while len(self.answered) < count:
-            assert time.monotonic() < deadline, (
-                f"{self.replica.name}: {len(self.answered)} answers, errors {self.errors[:3]}"
-            )
-            time.sleep(0.01)
-
-    def finish(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)
 
 
 def test_sigkill_of_a_replica_under_load_loses_no_answered_decision(cluster: Cluster) -> None:
@@ -321,8 +279,11 @@ def test_sigkill_of_a_replica_under_load_loses_no_answered_decision(cluster: Clu
     loads: list[Load] = []
     try:
         d.wait_until_serving(time.monotonic() + START_TIMEOUT)
-        victim = Load(d, callers=12).start()
-        survivors = [Load(cluster.a, callers=3).start(), Load(cluster.b, callers=3).start()]
+        victim = replica_load(d, callers=12).start()
+        survivors = [
+            replica_load(cluster.a, callers=3).start(),
+            replica_load(cluster.b, callers=3).start(),
+        ]
         loads = [victim, *survivors]
         deadline = time.monotonic() + 30
         victim.wait_for(300, deadline)

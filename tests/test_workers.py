@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -40,8 +40,9 @@ from authz.v1 import admin_pb2, admin_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
 from authz.v1 import authorization_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, SHIPPED_POLICIES
+from tests.load import Load, check_request
 from tests.served import HTTP, SERVING, clean_env
-from tests.test_invalidation import replica
+from tests.test_invalidation import reaches_the_other_replica_not_itself
 
 RPC_TIMEOUT = 10.0
 START_TIMEOUT = 60.0
@@ -121,31 +122,7 @@ async def until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
 
 
 def test_sqlite_access_invalidation_reaches_the_other_worker_not_itself(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
-
-    async def scenario() -> None:
-        (cache_a, fetches_a), (cache_b, fetches_b) = replica(), replica()
-        bus_a, bus_b = AccessInvalidations(cache_a, state), AccessInvalidations(cache_b, state)
-        await bus_a.start()
-        await bus_b.start()
-        try:
-            for cache in (cache_a, cache_b):
-                await cache.get("app-1", "res-1", deadline=1)
-                await cache.get("app-2", "res-2", deadline=1)
-            assert await bus_a.publish("app-1")
-            await cache_a.get("app-1", "res-1", deadline=1)  # A refetches at once
-            await until(lambda: bus_b.received >= 1)
-            await cache_b.get("app-1", "res-1", deadline=1)
-            await cache_b.get("app-2", "res-2", deadline=1)
-            assert fetches_b == ["app-1", "app-2", "app-1"]  # only app-1 was dropped on B
-            await asyncio.sleep(0.2)  # several polls: A has read its own message by now
-            await cache_a.get("app-1", "res-1", deadline=1)
-            assert fetches_a == ["app-1", "app-2", "app-1"] and bus_a.received == 0
-        finally:
-            await bus_a.aclose()
-            await bus_b.aclose()
-
-    asyncio.run(scenario())
+    asyncio.run(reaches_the_other_replica_not_itself(tmp_path / "state.db"))
 
 
 def test_a_policy_reload_on_one_worker_reloads_the_others(tmp_path: Path) -> None:
@@ -248,15 +225,6 @@ def wait_for(predicate: Callable[[], bool], what: str, seconds: float = 30.0) ->
         time.sleep(0.05)
 
 
-def check_request(i: int) -> pb.CheckRequest:
-    return pb.CheckRequest(
-        principal=pb.Principal(type="service", id=f"svc-{i % 7}"),
-        action="account.login_password" if i % 2 else "dashboard.view",
-        resource=pb.Resource(type="account", id=f"acct-{i}"),
-        request_id=f"req-{i}",
-    )
-
-
 def test_workers_share_the_ports_are_restarted_reload_together_and_stop_cleanly(
     tmp_path: Path,
 ) -> None:
@@ -308,45 +276,20 @@ def _answers(stub: pb_grpc.AuthorizationServiceStub) -> bool:
         return False
 
 
-@dataclass
-class Load:
-    """Callers on connections of their own, keeping the decision ids that were answered."""
+def workers_load(address: str, callers: int) -> Load:
+    """Callers on connections of their own (so they spread over the workers)."""
 
-    address: str
-    callers: int
-    answered: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    threads: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> Load:
-        for n in range(self.callers):
-            thread = threading.Thread(target=self._run, args=(n,), daemon=True)
-            thread.start()
-            self.threads.append(thread)
-        return self
-
-    def _run(self, n: int) -> None:
-        i = n
-        with channel(self.address) as ch:
+    @contextmanager
+    def connect() -> Iterator[Callable[[int], pb.CheckResponse]]:
+        with channel(address) as ch:
             stub = pb_grpc.AuthorizationServiceStub(ch)
-            while not self.stop.is_set():
-                try:
-                    response = stub.Check(check_request(i), timeout=RPC_TIMEOUT)
-                except grpc.RpcError as exc:
-                    self.errors.append(str(exc.code()))
-                    time.sleep(0.01)
-                else:
-                    self.answered.append(response.decision_id)  # the answer reached us
-                i += self.callers
+            yield lambda i: stub.Check(check_request(i), timeout=RPC_TIMEOUT)
 
-    def wait_for(self, count: int) -> None:
-        wait_for(lambda: len(self.answered) >= count, f"{count} answers ({self.errors[:3]})")
+    return Load("workers", connect, callers, join_seconds=RPC_TIMEOUT + 5)
 
-    def finish(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(RPC_TIMEOUT + 5)
+
+def soon(seconds: float = 30.0) -> float:
+    return time.monotonic() + seconds
 
 
 def test_sigkill_of_workers_under_load_loses_no_answered_decision(tmp_path: Path) -> None:
@@ -354,11 +297,13 @@ def test_sigkill_of_workers_under_load_loses_no_answered_decision(tmp_path: Path
     stream, then the supervisor and every worker at once (a crash of the dyno). Every decision
     a client saw answered is in the log, and `authz audit verify` finds the chain whole."""
     with supervised(tmp_path, AUTHZ_AUDIT_MODE="durable") as served:
-        load = Load(served.address, callers=8).start()
+        load = workers_load(served.address, callers=8).start()
         try:
-            load.wait_for(300)
+            load.wait_for(300, soon())
             os.kill(min(served.workers()), signal.SIGKILL)
-            load.wait_for(len(load.answered) + 300)  # the other worker and the restarted one
+            load.wait_for(
+                len(load.answered) + 300, soon()
+            )  # the other worker and the restarted one
             os.killpg(served.process.pid, signal.SIGKILL)  # everything, mid-stream
             served.process.wait(30)
         finally:
@@ -383,9 +328,9 @@ def test_sigterm_drains_every_worker_and_loses_no_answered_decision(tmp_path: Pa
     """SIGTERM to the supervisor under load: the workers finish what they answered (all of it
     is in the log), exit, and the supervisor exits 0."""
     with supervised(tmp_path, AUTHZ_AUDIT_MODE="durable") as served:
-        load = Load(served.address, callers=8).start()
+        load = workers_load(served.address, callers=8).start()
         try:
-            load.wait_for(200)
+            load.wait_for(200, soon())
             workers = served.workers()
             served.process.send_signal(signal.SIGTERM)
             assert served.process.wait(60) == 0, served.output()
