@@ -252,22 +252,25 @@ def measured_run(
     sampler = threading.Timer(
         warmup + duration / 2, lambda: spread.append(connections_per_process(pid, port))
     )
+    sampler.daemon = True
     before = process_tree_cpu_seconds(pid)
     sampler.start()
-    result = run_h2load(
-        port,
-        path,
-        body,
-        duration=duration,
-        warmup=warmup,
-        clients=clients,
-        streams=streams,
-        rps_per_client=rps_per_client,
-        h1=h1,
-    )
-    cpu = process_tree_cpu_seconds(pid) - before
-    sampler.cancel()
-    sampler.join()
+    try:
+        result = run_h2load(
+            port,
+            path,
+            body,
+            duration=duration,
+            warmup=warmup,
+            clients=clients,
+            streams=streams,
+            rps_per_client=rps_per_client,
+            h1=h1,
+        )
+        cpu = process_tree_cpu_seconds(pid) - before
+    finally:  # a failed run leaves no sampler behind
+        sampler.cancel()
+        sampler.join()
     # Warm-up requests used CPU too: spread the CPU over every request of the run.
     total = result.done * (duration + warmup) / duration if duration else result.done
     return Run(result, cpu / max(1.0, total) * 1e6, spread[0] if spread else ())
