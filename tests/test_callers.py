@@ -26,7 +26,7 @@ from authz.audit.query import query
 from authz.config import CallerToken, ConfigError, Settings, parse_caller_tokens
 from authz.server.app import start_service
 from authz.server.errors import error_info
-from authz.server.identity import CallerInterceptor
+from authz.server.identity import CallerAdmission
 from authz.server.transport import is_loopback, plan_transport
 from authz.v1 import admin_pb2, admin_pb2_grpc, session_pb2, session_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
@@ -168,13 +168,13 @@ def test_missing_tokens_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_token_match_compares_every_entry() -> None:
-    interceptor = CallerInterceptor(
+    admission = CallerAdmission(
         tokens=[CallerToken.of("a", "token-a"), CallerToken.of("b", "token-b")]
     )
-    assert interceptor.match_token("token-a") == "a"
-    assert interceptor.match_token("token-b") == "b"
-    assert interceptor.match_token("token-c") == ""
-    assert interceptor.match_token("") == ""
+    assert admission.match_token("token-a") == "a"
+    assert admission.match_token("token-b") == "b"
+    assert admission.match_token("token-c") == ""
+    assert admission.match_token("") == ""
 
 
 # -- refusals ------------------------------------------------------------------------------------
@@ -435,9 +435,9 @@ def test_insecure_bind_is_refused_before_anything_starts(
     with pytest.raises(ConfigError, match="note that PORT binds 0.0.0.0"):
         plan_transport(heroku)
     # What makes it acceptable (checked without binding anything but loopback in tests):
-    assert plan_transport(replace(heroku, insecure=True)).interceptor.authenticates is False
+    assert plan_transport(replace(heroku, insecure=True)).admission.authenticates is False
     with_tokens = Settings.from_env({"PORT": "0", "AUTHZ_CALLER_TOKENS": str(tokens_file)})
-    assert plan_transport(with_tokens).interceptor.authenticates
+    assert plan_transport(with_tokens).admission.authenticates
 
 
 def test_development_mode_is_loud_and_anonymous(

@@ -382,9 +382,9 @@ def test_an_open_bind_needs_caller_credentials(
     assert "AUTHZ_HTTP_LISTEN" in message and "--insecure" in message
     assert not base_settings.data_dir.exists()  # refused before anything was opened
     # What makes it acceptable (checked without binding anything but loopback in tests):
-    assert plan_transport(replace(exposed, insecure=True)).interceptor.authenticates is False
+    assert plan_transport(replace(exposed, insecure=True)).admission.authenticates is False
     tokens = (CallerToken.of("web", "t"),)
-    assert plan_transport(replace(exposed, caller_tokens=tokens)).interceptor.authenticates
+    assert plan_transport(replace(exposed, caller_tokens=tokens)).admission.authenticates
     with pytest.raises(ConfigError, match="AUTHZ_HTTP_LISTEN='8080' must be host:port"):
         plan_transport(replace(base_settings, http_listen="8080"))
 

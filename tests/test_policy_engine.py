@@ -75,6 +75,27 @@ def test_deny_overrides_allow(policy_dir: PolicyDir) -> None:
     assert decision.reasons == ("banned users do nothing",)
 
 
+def test_decisions_that_end_alike_are_shared_and_each_names_its_own_action(
+    policy_dir: PolicyDir,
+) -> None:
+    policy_set = compiled(policy_dir, BASIC)
+    first = decide(policy_set, "doc.read", role="reader")
+    assert decide(policy_set, "doc.read", role="reader") is first  # built once (plan.decisions)
+    assert decide(policy_set, "doc.read", role="writer") is not first
+    # doc.write shares doc.read's candidate rules only in part; a default deny is per action.
+    write_denied = decide(policy_set, "doc.write", role="reader")
+    assert "'doc.write'" in write_denied.reasons[0]
+    assert decide(policy_set, "doc.read", role="nobody").reasons[0] != write_denied.reasons[0]
+
+
+def test_decisions_with_errors_are_built_each_time(policy_dir: PolicyDir) -> None:
+    policy_set = compiled(policy_dir, BASIC)
+    erring = decide(policy_set, "doc.read")  # no "role": the allow condition errors
+    again = decide(policy_set, "doc.read")
+    assert erring.errors and again.errors and again is not erring
+    assert decide(policy_set, "doc.read", role="reader").errors == ()
+
+
 def test_glob_matches_within_its_prefix_only(policy_dir: PolicyDir) -> None:
     policy_set = compiled(policy_dir, BASIC)
     assert decide(policy_set, "doc.write", role="writer").allowed

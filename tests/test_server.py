@@ -194,3 +194,19 @@ def test_health_and_reflection(svc: RunningService) -> None:
     names = {s.name for s in replies[0].list_services_response.service}
     assert "authz.v1.AuthorizationService" in names
     assert "grpc.health.v1.Health" in names
+
+
+def test_every_service_answers_and_an_unknown_method_is_unimplemented(
+    svc: RunningService,
+) -> None:
+    # Services are generic handlers only (authz.server.registration): each still answers by
+    # its method name, and a name no service has is UNIMPLEMENTED rather than anything else.
+    assert stub(svc).Check(pb.CheckRequest(principal=alice(), action="doc.read", resource=doc()))
+    unknown = svc.channel.unary_unary(
+        "/authz.v1.AuthorizationService/Forget",
+        request_serializer=pb.CheckRequest.SerializeToString,
+        response_deserializer=pb.CheckResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        unknown(pb.CheckRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -169,7 +169,7 @@ def test_tls_alone_is_not_caller_authentication(base_settings: Settings, pki: Pk
     exposed = replace(base_settings, listen="0.0.0.0:0", tls_cert=cert, tls_key=key)
     with pytest.raises(ConfigError, match="TLS alone encrypts but does not say who calls"):
         plan_transport(exposed)
-    assert plan_transport(replace(exposed, client_ca=pki.ca_path)).interceptor.authenticates
+    assert plan_transport(replace(exposed, client_ca=pki.ca_path)).admission.authenticates
 
 
 def test_tls_misconfiguration_is_refused_at_start(

@@ -23,7 +23,7 @@ from authz.facts.access import AccessCache, app_permissions
 from authz.facts.addons import AddonRegistry
 from authz.facts.heroku import AccessList
 from authz.facts.sessions import TOKEN_PREFIX, SessionStore
-from authz.ids import new_decision_id
+from authz.ids import new_decision_id, new_decision_ids
 from authz.offload import offload
 from authz.policy import inputs as policy_inputs
 from authz.policy.engine import evaluate
@@ -224,7 +224,8 @@ class Decider:
         outcomes: list[Outcome] = []
         recording = self.audit.recording
         recorded: list[tuple[Outcome, dict[str, Any], Mapping[str, Any]]] = []
-        for item, resource in zip(items, resources, strict=True):
+        decision_ids = new_decision_ids(len(items))
+        for item, resource, decision_id in zip(items, resources, decision_ids, strict=True):
             item_context = {**base_context, **item.context} if item.context else base_context
             inputs = policy_inputs.evaluation_input(
                 action=item.action,
@@ -239,7 +240,7 @@ class Decider:
                 decision = Decision(Effect.DENY, (), (subject.refusal,), (), policy_set.revision)
             else:
                 decision = evaluate(policy_set, inputs)
-            outcome = Outcome(new_decision_id(), decision)
+            outcome = Outcome(decision_id, decision)
             outcomes.append(outcome)
             if recording:
                 recorded.append((outcome, inputs, item.context))

@@ -4,9 +4,9 @@
 (authz.bench.serve), and drives with h2load in interleaved rounds:
 
 - ``noop``: gRPC alone, a Check that returns a constant response;
-- ``noop_guarded``: the same with authz's interceptor (caller identity, budgets, the request
-  read with its timeout: authz.server.identity and authz.server.guard);
-- ``noop_unguarded_read``: the same interceptor with AUTHZ_REQUEST_TIMEOUT=0 (grpc reads the
+- ``noop_guarded``: the same behind authz's caller admission (caller identity, budgets, the
+  request read with its timeout: authz.server.identity and authz.server.guard);
+- ``noop_unguarded_read``: the same admission with AUTHZ_REQUEST_TIMEOUT=0 (grpc reads the
   request; no read guard);
 - ``direct``: authz, a Check naming its principal (no session, no registry), audit off;
 - ``session``: authz, a session-token Check (session and registry lookups, warm access
@@ -15,17 +15,16 @@
   worker processes (``authz serve --workers N``), for req/s against one process.
 
 It prints the server's CPU µs per request (median over rounds) and the differences between
-neighbours: ``noop_guarded − noop`` is the interceptor's cost, ``session − direct`` the
+neighbours: ``noop_guarded − noop`` is the admission's cost, ``session − direct`` the
 session and registry lookups'. On a shared machine these differences are noisy (tens of µs);
 ``--dispatch`` instead times, in process and without sampling noise, the part of the
-interceptor that runs for every call before grpc reads the request: identifying the caller
-(a bearer token) and building the guarded handler.
+admission that runs for every call before grpc reads the request: identifying the caller
+(a bearer token) and picking the guarded handler.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
 from collections.abc import Sequence
@@ -45,42 +44,36 @@ from authz.bench.world import (
 
 
 class _Details(NamedTuple):
-    """grpc's HandlerCallDetails, as grpc.aio hands it to an interceptor."""
+    """grpc's HandlerCallDetails, as grpc.aio hands it to a generic handler."""
 
     method: str
     invocation_metadata: tuple[tuple[str, str], ...]
 
 
-def interceptor_dispatch_us(calls: int = 20_000, repeats: int = 7) -> float:
-    """Best-of-``repeats`` µs per call of CallerInterceptor.intercept_service for a Check with
-    a valid bearer token (the path every authenticated call takes)."""
+def admission_dispatch_us(calls: int = 20_000, repeats: int = 7) -> float:
+    """Best-of-``repeats`` µs per call of CallerAdmission.handler_for for a Check with a valid
+    bearer token (the path every authenticated call takes)."""
     import grpc
 
     from authz.config import CallerToken
-    from authz.server.identity import CallerInterceptor
+    from authz.server.identity import CallerAdmission
 
     async def check(request: Any, context: Any) -> Any:
         return request
 
     handler = grpc.unary_unary_rpc_method_handler(check)
-    interceptor = CallerInterceptor(tokens=(CallerToken.of("web", "web-token"),))
+    admission = CallerAdmission(tokens=(CallerToken.of("web", "web-token"),))
     details = _Details(
         "/authz.v1.AuthorizationService/Check", (("authorization", "Bearer web-token"),)
     )
 
-    async def continuation(details: Any) -> Any:
-        return handler
-
-    async def run() -> float:
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            for _ in range(calls):
-                await interceptor.intercept_service(continuation, details)
-            best = min(best, (time.perf_counter() - started) / calls * 1e6)
-        return best
-
-    return asyncio.run(run())
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            admission.handler_for(details, handler)  # type: ignore[arg-type]
+        best = min(best, (time.perf_counter() - started) / calls * 1e6)
+    return best
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -100,11 +93,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "session_workers), to compare with one process",
     )
     parser.add_argument(
-        "--dispatch", action="store_true", help="only time the interceptor's dispatch in process"
+        "--dispatch", action="store_true", help="only time the admission's dispatch in process"
     )
     args = parser.parse_args(argv)
     if args.dispatch:
-        print(f"interceptor dispatch (bearer token Check): {interceptor_dispatch_us():.2f} µs")
+        print(f"admission dispatch (bearer token Check): {admission_dispatch_us():.2f} µs")
         return
     cpu: dict[str, list[float]] = {}
     rps: dict[str, list[float]] = {}
@@ -113,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         servers = {
             "noop": (lab.noop(), grpc_frame(check_session(authz))),
             "noop_guarded": (lab.noop(intercepted=True), grpc_frame(check_session(authz))),
-            # AUTHZ_REQUEST_TIMEOUT=0: the same interceptor, grpc reading the request.
+            # AUTHZ_REQUEST_TIMEOUT=0: the same admission, grpc reading the request.
             "noop_unguarded_read": (
                 lab._spawn(["--kind", "noop", "--intercepted", "--request-timeout", "0"]),
                 grpc_frame(check_session(authz)),
@@ -147,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, value in median.items():
         print(f"{name:14} {value:10.1f} {statistics.median(rps[name]):8.0f}")
     for label, more, less in (
-        ("interceptor", "noop_guarded", "noop"),
+        ("admission", "noop_guarded", "noop"),
         ("request-read guard", "noop_guarded", "noop_unguarded_read"),
         ("session + registry", "session", "direct"),
     ):

@@ -58,7 +58,7 @@ SCENARIOS = (
     Scenario("noop", "no-op server: Check (constant reply)", "noop", "session", 1),
     Scenario(
         "noop_intercepted",
-        "no-op server + authz's server interceptor",
+        "no-op server + authz's caller admission",
         "noop_intercepted",
         "session",
         1,
@@ -134,11 +134,7 @@ def run_e2e(
     profile_dir: Path | None = None,
     keep_profile: bool = False,
 ) -> tuple[list[Table], dict[str, Any]]:
-    from authz.bench.serve import authz_interceptors
-
     scenarios = [s for s in SCENARIOS if not quick or s.key in QUICK]
-    if not authz_interceptors():  # this authz has no server interceptor: nothing to compare
-        scenarios = [s for s in scenarios if s.server != "noop_intercepted"]
     noop = lab.noop()
     intercepted = (
         lab.noop(intercepted=True)

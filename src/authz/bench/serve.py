@@ -36,6 +36,7 @@ from grpc_reflection.v1alpha import reflection  # noqa: E402
 from authz.config import EVENT_LOOPS, Settings  # noqa: E402
 from authz.server import app, eventloop  # noqa: E402
 from authz.server.app import SERVICE_NAMES, start_service  # noqa: E402
+from authz.server.registration import EdgeLayer, Services, enable_reflection  # noqa: E402
 from authz.v1 import authorization_pb2 as pb  # noqa: E402
 from authz.v1 import authorization_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -49,26 +50,22 @@ _DEFAULT_OPTIONS = (
 SERVER_OPTIONS: list[tuple[str, Any]] = list(getattr(app, "SERVER_OPTIONS", _DEFAULT_OPTIONS))
 
 
-def _server_kwargs(interceptors: list[Any]) -> dict[str, Any]:
+def _server_kwargs() -> dict[str, Any]:
     kwargs: dict[str, Any] = {"options": SERVER_OPTIONS}
     limit = getattr(Settings(), "max_concurrent_rpcs", None)
     if limit:
         kwargs["maximum_concurrent_rpcs"] = limit
-    if interceptors:
-        kwargs["interceptors"] = interceptors
     return kwargs
 
 
-def authz_interceptors(request_timeout: float = Settings.request_timeout) -> list[Any]:
-    """The interceptors authz's own server runs with in development mode (loopback, no caller
-    credentials), if this version of authz has any; ``request_timeout`` 0 is
-    AUTHZ_REQUEST_TIMEOUT=0 (grpc reads unary requests, without the read guard)."""
-    try:
-        from authz.server.transport import plan_transport
-    except ImportError:
-        return []
+def authz_admission(request_timeout: float = Settings.request_timeout) -> list[EdgeLayer]:
+    """The caller admission of authz's gRPC edge in development mode (loopback, no caller
+    credentials): caller identity, budgets and the guarded request read; ``request_timeout`` 0
+    is AUTHZ_REQUEST_TIMEOUT=0 (grpc reads unary requests, without the read guard)."""
+    from authz.server.transport import plan_transport
+
     settings = Settings(listen="127.0.0.1:0", request_timeout=request_timeout)
-    return list(plan_transport(settings).interceptors)
+    return [plan_transport(settings).admission.handler_for]
 
 
 # A response of the size and shape of a real ALLOW.
@@ -104,14 +101,13 @@ class NoopAuthorization(pb_grpc.AuthorizationServiceServicer):
 async def start_noop(
     listen: str, *, intercepted: bool = False, request_timeout: float = Settings.request_timeout
 ) -> tuple[grpc.aio.Server, int]:
-    interceptors = authz_interceptors(request_timeout) if intercepted else []
-    server = grpc.aio.server(**_server_kwargs(interceptors))
-    pb_grpc.add_AuthorizationServiceServicer_to_server(NoopAuthorization(), server)
+    edge = authz_admission(request_timeout) if intercepted else []
+    server = grpc.aio.server(**_server_kwargs())
+    services = Services(server, edge)  # as authz's own server adds its services
+    pb_grpc.add_AuthorizationServiceServicer_to_server(NoopAuthorization(), services)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
+    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), services)
     port = server.add_insecure_port(listen)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -265,13 +261,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--intercepted",
         action="store_true",
-        help="no-op server with authz's own server interceptors (caller identity)",
+        help="no-op server behind authz's caller admission (caller identity, budgets)",
     )
     parser.add_argument(
         "--request-timeout",
         type=float,
         default=Settings.request_timeout,
-        help="noop --intercepted: AUTHZ_REQUEST_TIMEOUT of the interceptor (0: no read guard)",
+        help="noop --intercepted: AUTHZ_REQUEST_TIMEOUT of the admission (0: no read guard)",
     )
     parser.add_argument(
         "--workers",

@@ -10,7 +10,7 @@ from cel_expr_python import cel
 
 from authz.policy.compile import CompiledPolicySet
 from authz.policy.model import Decision, Effect
-from authz.policy.plan import CompiledRule
+from authz.policy.plan import DECISIONS_PER_PLAN, CompiledRule, Plan
 
 _ERROR = cel.Type.ERROR
 _BOOL = cel.Type.BOOL
@@ -63,19 +63,33 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
             activation = activation or policy_set.env.Activation(projected)
             for position in chunk.positions:
                 held[position] = _holds(plan.rules[position], activation, errors)
+    if errors:
+        return _decision(policy_set, plan, action, held, tuple(errors))
+    key = (policy_set.revision, action, tuple(held))
+    decision = plan.decisions.get(key)
+    if decision is None:
+        decision = _decision(policy_set, plan, action, held, ())
+        if len(plan.decisions) < DECISIONS_PER_PLAN:
+            plan.decisions[key] = decision
+    return decision
+
+
+def _decision(
+    policy_set: CompiledPolicySet,
+    plan: Plan,
+    action: str,
+    held: list[bool],
+    errors: tuple[str, ...],
+) -> Decision:
     matched = tuple(m for m, h in zip(plan.matched, held, strict=True) if h)
     denies = tuple(m.reason for m in matched if m.effect is _DENY)
     if denies:
-        effect = Effect.DENY
-        reasons = denies
-    elif matched:
-        effect = Effect.ALLOW
+        return Decision(Effect.DENY, matched, denies, errors, policy_set.revision)
+    if matched:
         reasons = tuple(m.reason for m in matched)
-    else:
-        effect = Effect.DENY
-        reasons = (f"no allow rule matched action {action!r} (default deny)",)
-        return Decision(effect, matched, reasons, tuple(errors), policy_set.revision, True)
-    return Decision(effect, matched, reasons, tuple(errors), policy_set.revision)
+        return Decision(Effect.ALLOW, matched, reasons, errors, policy_set.revision)
+    reasons = (f"no allow rule matched action {action!r} (default deny)",)
+    return Decision(Effect.DENY, matched, reasons, errors, policy_set.revision, True)
 
 
 def unknown_action(policy_set: CompiledPolicySet, action: str) -> Decision:

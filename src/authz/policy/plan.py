@@ -13,14 +13,14 @@ CEL only those, since converting the rest of the input to CEL values is most of 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cel_expr_python import cel
 
 from authz.policy import cel_ast
 from authz.policy.inputs import VARIABLE_NAMES
-from authz.policy.model import MatchedRule, Rule
+from authz.policy.model import Decision, MatchedRule, Rule
 
 CHUNK = 62  # bits of a CEL int (int64) that stay positive
 
@@ -160,6 +160,15 @@ class Plan:
     project: Any = None
     # Each rule's MatchedRule, built once: the engine reports these.
     matched: tuple[MatchedRule, ...] = ()
+    # The decisions this plan has given, by (revision, action, which rules held), when no
+    # condition errored: a decision is a function of those alone, so each is built once and
+    # shared (authz.policy.engine; bounded by DECISIONS_PER_PLAN).
+    decisions: dict[tuple[str, str, tuple[bool, ...]], Decision] = field(
+        default_factory=dict, compare=False, hash=False
+    )
+
+
+DECISIONS_PER_PLAN = 1024
 
 
 def build_plan(env: cel.Env, rules: tuple[CompiledRule, ...]) -> Plan:

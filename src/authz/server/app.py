@@ -33,6 +33,7 @@ from authz.server.authorization import AuthorizationServicer
 from authz.server.eventloop import running_loop_name
 from authz.server.grpc_endpoints import endpoints_in_use
 from authz.server.observe import Observability
+from authz.server.registration import Services, enable_reflection
 from authz.server.session_service import SessionServicer
 from authz.server.transport import Transport, log_transport, plan_transport
 from authz.store import Database, migrate, open_store
@@ -161,7 +162,7 @@ async def start_service(
     if settings.http_listen is not None:
         web = WebParts(
             settings,
-            HttpCallers(transport.interceptor),
+            HttpCallers(transport.admission),
             policies,
             service.decider,
             service.audit,
@@ -254,26 +255,28 @@ async def _assemble(
     # Worker processes (authz.server.workers) share the gRPC port as they share the HTTP one.
     reuse_port = ("grpc.so_reuseport", int(settings.http_reuse_port))
     server = grpc.aio.server(
-        interceptors=[observability.interceptor, *transport.interceptors],
         options=[*SERVER_OPTIONS, reuse_port],
         maximum_concurrent_rpcs=transport.maximum_concurrent_rpcs,
     )
+    # The edge: the caller's admission and budget, inside the call's observation.
+    edge = (transport.admission.handler_for, observability.rpc_observer.handler_for)
+    services = Services(server, edge)  # authz.server.registration
     authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
-        AuthorizationServicer(decider), server
+        AuthorizationServicer(decider), services
     )
     session_pb2_grpc.add_SessionServiceServicer_to_server(
-        SessionServicer(observability.logins(logins)), server
+        SessionServicer(observability.logins(logins)), services
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(
             policies=policies, provisioning=provisioning, audit_path=settings.audit_target
         ),
-        server,
+        services,
     )
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
+    enable_reflection(names, services)
     port = _bind(server, settings.listen, transport)
     await server.start()
     resources.push_async_callback(server.stop, 0)  # a start that fails later leaves no listener

@@ -17,7 +17,7 @@ from authz.v1 import authorization_pb2_grpc as pb_grpc
 
 
 def caller_of(context: grpc.aio.ServicerContext) -> str:
-    """The calling service's identity, as authenticated by `identity.CallerInterceptor` for this
+    """The calling service's identity, as authenticated by `identity.CallerAdmission` for this
     call; "anonymous" in development mode, where callers are not authenticated."""
     return current_caller()
 
@@ -76,7 +76,10 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):
         request_context = convert.struct_to_dict(request.context, "context")
         request_id = convert.request_id_of(request.request_id)
         outcomes = await self._decide(context, subject, items, request_context, request_id)
-        return pb.CheckBatchResponse(results=[convert.check_response(o) for o in outcomes])
+        reply = pb.CheckBatchResponse()
+        for outcome in outcomes:
+            convert.check_response(outcome, reply.results.add())
+        return reply
 
     @grpc_errors
     async def ListAllowedActions(  # noqa: N802

@@ -2,8 +2,8 @@
 
 With mutual TLS the certificate names the caller; with bearer tokens the name written next to the
 token's SHA-256 does; with both, they must name the same caller. The identity is set in
-:data:`CALLER` for the call (grpc.aio runs each call, interceptors included, in a context of its
-own), so it is recorded with every decision and visible to policies as ``caller.id``. Nothing
+:data:`CALLER` for the call (grpc.aio runs each call, its handler lookup included, in a context
+of its own), so it is recorded with every decision and visible to policies as ``caller.id``. Nothing
 here ever logs or echoes a presented token.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any, NoReturn
 
@@ -134,8 +134,9 @@ def bearer_token(metadata: Sequence[tuple[str, Any]]) -> str | None:
     return token
 
 
-class CallerInterceptor(grpc.aio.ServerInterceptor):
-    """Admits every call, then hands it to the guard (budgets, request reads: guard.py).
+class CallerAdmission:
+    """Admits every call, then hands it to the guard (budgets, request reads: guard.py): a layer
+    of the gRPC edge (authz.server.registration), and the caller check of the HTTP listener.
 
     With caller credentials configured, authz's own services and reflection need them
     (UNAUTHENTICATED saying what to send otherwise) and AdminService is for `admins` only
@@ -228,17 +229,14 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             )
         return identity
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def handler_for(
+        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        """`handler`, admitting its caller first (an edge layer: authz.server.registration).
+        Runs when grpc looks the method up, before the request is read."""
+        method: str = details.method  # type: ignore[attr-defined]
         service = self._services.get(method)
-        if service is None:  # a registered method (continuation found a handler)
+        if service is None:  # a registered method (its service has a handler for it)
             service = self._services[method] = method.lstrip("/").split("/", 1)[0]
         if not self.authenticates:
             open_call = service == PROBE_SERVICE or service in REFLECTION_SERVICES
@@ -253,7 +251,7 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
             return self.guard.wrap(handler, method, admission)
         # Bearer tokens travel in the headers: decide now, before the request is read, so a
         # caller without credentials holds no call slot while it sends (or never sends) it.
-        metadata = tuple(handler_call_details.invocation_metadata or ())  # type: ignore[attr-defined]
+        metadata = tuple(details.invocation_metadata or ())  # type: ignore[attr-defined]
         try:
             identity = self.admit(metadata, {}, admin)
         except AdmissionRefused as refusal:

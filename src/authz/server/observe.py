@@ -1,8 +1,8 @@
 """Observability of one service: metrics, decision log lines and traces, from a few small hooks.
 
-- :class:`RpcObserver`, the outermost gRPC interceptor: each unary-answer call's latency and
-  status (admission, request read and audit commit included), in a span when tracing is on;
-  authz.web.observe does the same for HTTP requests.
+- :class:`RpcObserver`, the outermost layer of the gRPC edge (authz.server.registration): each
+  unary-answer call's latency and status (admission, request read and audit commit included),
+  in a span when tracing is on; authz.web.observe does the same for HTTP requests.
 - :class:`ObservedAudit`, the audit sink the Decider writes to: it passes every batch of
   records to the audit log and, once they are recorded (the decisions are answered only
   then), counts them, logs one line per decision with AUTHZ_LOG_DECISIONS=1, and names them on
@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +64,44 @@ class Call:
 
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("authz_current_call", default=None)
 """The call being handled; each gRPC call and HTTP request runs in a task of its own."""
+
+
+class CallScope:
+    """``with``: the call is CURRENT_CALL, in its span when tracing is on (a class rather than
+    a generator: it is entered for every call)."""
+
+    __slots__ = ("_attributes", "_call", "_carrier", "_span", "_span_name", "_token", "_tracing")
+
+    def __init__(
+        self,
+        tracing: Tracing | None,
+        span_name: str,
+        attributes: Mapping[str, Any],
+        carrier: Callable[[], Mapping],
+    ) -> None:
+        self._tracing = tracing
+        self._span_name = span_name
+        self._attributes = attributes
+        self._carrier = carrier
+        self._span: contextlib.AbstractContextManager[Any] | None = None
+
+    def __enter__(self) -> Call:
+        call = self._call = Call()
+        self._token = CURRENT_CALL.set(call)
+        if self._tracing is not None:
+            try:
+                self._span = self._tracing.span(self._span_name, self._attributes, self._carrier())
+                call.span = self._span.__enter__()
+            except BaseException:
+                CURRENT_CALL.reset(self._token)
+                raise
+        return call
+
+    def __exit__(self, *failure: Any) -> bool | None:
+        try:
+            return None if self._span is None else self._span.__exit__(*failure)
+        finally:
+            CURRENT_CALL.reset(self._token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +182,7 @@ class Observability:
         self.policies = policies
         self.tracing = tracing
         self.log_decisions = settings.log_decisions
-        self.interceptor = RpcObserver(self)
+        self.rpc_observer = RpcObserver(self)
         self.metrics.watch(policies=policies)
 
     @classmethod
@@ -175,22 +213,12 @@ class Observability:
             if self.log_decisions:
                 decision_log.info("decision", extra={FIELDS: dataclasses.asdict(decision)})
 
-    @contextlib.contextmanager
     def call(
         self, span_name: str, attributes: Mapping[str, Any], carrier: Callable[[], Mapping]
-    ) -> Iterator[Call]:
+    ) -> CallScope:
         """The scope of one call (CURRENT_CALL), in a span when tracing is on; `carrier()`
         gives the headers or metadata that may name the caller's span. End with `finish`."""
-        call = Call()
-        token = CURRENT_CALL.set(call)
-        try:
-            if self.tracing is None:
-                yield call
-                return
-            with self.tracing.span(span_name, attributes, carrier()) as call.span:
-                yield call
-        finally:
-            CURRENT_CALL.reset(token)
+        return CallScope(self.tracing, span_name, attributes, carrier)
 
     @staticmethod
     def finish(call: Call, attributes: dict[str, Any], error: str = "") -> None:
@@ -207,29 +235,28 @@ class Observability:
             await asyncio.to_thread(self.tracing.shutdown)
 
 
-class RpcObserver(grpc.aio.ServerInterceptor):
-    """The outermost interceptor: every call that answers once (all of authz's methods and
-    Health/Check) is timed from its arrival to its answer, counted by status, and traced.
-    Streaming answers (Health/Watch, reflection) pass untouched: their length is the client's."""
+class RpcObserver:
+    """The outermost layer of the gRPC edge: every call that answers once (all of authz's
+    methods and Health/Check) is timed from its arrival to its answer, counted by status, and
+    traced. Streaming answers (Health/Watch, reflection) pass untouched: their length is the
+    client's."""
 
     def __init__(self, observability: Observability) -> None:
         self.observability = observability
-        # The observed handler of each handler the inner interceptors give, built once: they
-        # give the same handler object for the same method and caller (authz.server.guard).
+        # The observed handler of each handler the inner layer gives, built once: it gives the
+        # same handler object for the same method and caller (authz.server.guard).
         self._observed: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def handler_for(
+        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.response_streaming:
+        """`handler`, observed (an edge layer: authz.server.registration)."""
+        if handler.response_streaming:
             return handler
         known = self._observed.get(id(handler))
         if known is not None and known[0] is handler:
             return known[1]
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = details.method  # type: ignore[attr-defined]
         observed = self._observe(method, handler)
         if len(self._observed) >= _MAX_OBSERVED:
             self._observed.clear()  # handlers that are not reused (refusals): never grow

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from authz.config import ConfigError, Settings, parse_host_port
 from authz.server.guard import Guard, server_call_limit
-from authz.server.identity import ANONYMOUS, CallerInterceptor
+from authz.server.identity import ANONYMOUS, CallerAdmission
 
 log = logging.getLogger("authz.callers")
 
@@ -37,13 +37,9 @@ class Transport:
     """How the server listens and who may call: built once from Settings at start."""
 
     credentials: grpc.ServerCredentials | None
-    interceptor: CallerInterceptor
+    admission: CallerAdmission
     description: str
     maximum_concurrent_rpcs: int  # grpc's own server-wide limit (see authz.server.guard)
-
-    @property
-    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        return [self.interceptor]
 
 
 def plan_transport(settings: Settings) -> Transport:
@@ -81,14 +77,14 @@ def plan_transport(settings: Settings) -> Transport:
         request_timeout=settings.request_timeout,
         stream_idle=settings.stream_idle,
     )
-    interceptor = CallerInterceptor(
+    admission = CallerAdmission(
         tokens=settings.caller_tokens,
         mutual_tls=settings.client_ca is not None,
         admins=settings.admins,
         guard=guard,
     )
     limit = server_call_limit(settings.max_concurrent_rpcs, settings.open_rpcs)
-    return Transport(credentials, interceptor, _describe(settings), limit)
+    return Transport(credentials, admission, _describe(settings), limit)
 
 
 def _describe(settings: Settings) -> str:

@@ -1,6 +1,6 @@
 """Who is calling over HTTP: the same callers, tokens and certificates as gRPC.
 
-The rules live in authz.server.identity (the caller interceptor's `identify`, `match_token` and
+The rules live in authz.server.identity (the caller admission's `identify`, `match_token` and
 `certificate_identity`); this module only brings HTTP's credentials to them:
 
 - bearer tokens come from the `Authorization: Bearer <token>` header, as gRPC's `authorization`
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from starlette.requests import Request
 
-from authz.server.identity import ANONYMOUS, AdmissionRefused, CallerInterceptor
+from authz.server.identity import ANONYMOUS, AdmissionRefused, CallerAdmission
 from authz.web.errors import HttpError
 
 PEER_CERTIFICATE = "authz.peer_certificate"
@@ -50,9 +50,9 @@ def certificate_auth_context(der: bytes | None) -> AuthContext:
 
 
 class HttpCallers:
-    """Authenticates HTTP requests with the gRPC server's caller rules (one interceptor)."""
+    """Authenticates HTTP requests with the gRPC server's caller rules (one CallerAdmission)."""
 
-    def __init__(self, callers: CallerInterceptor) -> None:
+    def __init__(self, callers: CallerAdmission) -> None:
         self.callers = callers
 
     def caller(self, request: Request, access: Access) -> str:
