@@ -376,3 +376,13 @@ def test_cerbos_part_refuses_to_measure_speed_when_answers_disagree() -> None:
     assert "rows" not in results
     per_server = results["disagreements_per_server"]
     assert per_server["cerbos_off"] == 0 and per_server["authz_off"] > 0
+
+
+def test_servicer_bench_times_authz_code_without_grpc() -> None:
+    import asyncio
+
+    from authz.bench import servicer
+
+    timed = asyncio.run(servicer.measure(calls=40, repeats=1))
+    assert set(timed) == {"check", "batch10"}
+    assert 0 < timed["check"] < timed["batch10"]  # ten decisions cost more than one

@@ -1,0 +1,86 @@
+"""What authz's own code costs per call, without gRPC: the Cerbos comparison's Check and batch
+of 10 (authz.bench.cerbos), parsed, answered by AuthorizationServicer and serialized in process.
+
+The difference between this and the server CPU per request at load (section 5 of the report) is
+the transport and the per-call machinery around authz's code.
+
+    python -m authz.bench.servicer [--calls N] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from authz.bench import cerbos
+from authz.config import Settings
+from authz.server.app import start_service
+from authz.server.authorization import AuthorizationServicer
+
+WORKLOADS = ("check", "batch10")
+
+
+def _run(coroutine: Any) -> Any:
+    """A coroutine that never suspends (the servicer on warm facts, audit off), run to its end
+    without an event loop turn, as the server's task runs it."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("the servicer waited for something: its facts are not warm")
+
+
+async def measure(calls: int, repeats: int) -> dict[str, float]:
+    """Best-of-`repeats` µs per call, parse to serialized reply, for each workload."""
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="authz-bench-servicer-") as tmp:
+        workdir = Path(tmp)
+        policies = cerbos.write_authz_policies(workdir / "policies", cerbos.AUTHZ_POLICY)
+        settings = Settings(
+            listen="127.0.0.1:0",
+            policy_dir=policies,
+            data_dir=workdir / "data",
+            sso_salts=("bench-sso-salt-0123456789",),
+            heroku_api_url="http://127.0.0.1:9",
+            heroku_id_url="http://127.0.0.1:9",
+            audit_mode="off",
+        )
+        service = await start_service(settings, watch_interval=None)
+        try:
+            servicer = AuthorizationServicer(service.decider)
+            client = cerbos.AuthzClient.__new__(cerbos.AuthzClient)  # its requests, no channel
+            for workload in WORKLOADS:
+                request = client.request(workload)
+                raw, parse = request.SerializeToString(), type(request).FromString
+                method = servicer.Check if workload == "check" else servicer.CheckBatch
+                for _ in range(calls // 4):  # warm
+                    _run(method(parse(raw), None)).SerializeToString()
+                best = float("inf")
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    for _ in range(calls):
+                        _run(method(parse(raw), None)).SerializeToString()
+                    best = min(best, (time.perf_counter() - started) / calls * 1e6)
+                out[workload] = best
+        finally:
+            await service.stop(grace=0)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m authz.bench.servicer")
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    for workload, us in asyncio.run(measure(args.calls, args.repeats)).items():
+        print(f"{workload}: {us:.1f} µs per call in process (parse, servicer, serialize)")
+
+
+if __name__ == "__main__":
+    main()
