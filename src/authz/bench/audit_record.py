@@ -6,7 +6,9 @@ async mode on a fresh SQLite file (or the PostgreSQL database of ``--database-ur
 ``--concurrency`` requests in flight so commits group as under load. The process's CPU time
 (every thread: the event loop and the writer) per decision, less the no-op run's, is what the
 record costs; the writer thread's own share is shown apart. Rounds are interleaved and the
-median is reported.
+median is reported. The event loop's own thread is shown apart too, and with ``--steps`` the
+CPU its `evaluate` calls take (timed by wrapping authz.decide's `evaluate` with a per-thread CPU
+clock, about 1 µs per call): the same evaluation costs more while the writer works.
 
     python -m authz.bench.audit_record                    # SQLite, 20,000 decisions per run
     python -m authz.bench.audit_record --decisions 5000 --rounds 3 --json
@@ -55,6 +57,25 @@ async def _drive(check: Callable[[], Any], decisions: int, concurrency: int, bat
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+_EVALUATE_CPU = [0.0]  # seconds of this thread's CPU in evaluate (with --steps)
+
+
+def time_evaluate() -> None:
+    """Count the CPU of every `evaluate` that authz.decide makes, in _EVALUATE_CPU."""
+    from authz import decide
+
+    evaluate = decide.evaluate
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.thread_time()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            _EVALUATE_CPU[0] += time.thread_time() - started
+
+    decide.evaluate = timed  # type: ignore[assignment]
+
+
 def run_once(
     world: ShippedWorld,
     subject: Subject,
@@ -81,13 +102,17 @@ def run_once(
     gc.collect()
     writer = getattr(sink, "_thread", None)
     cpu0, writer0, wall0 = time.process_time(), _thread_cpu(writer), time.perf_counter()
-    asyncio.run(_drive(check, decisions, concurrency, batch))
+    loop0, evaluated0 = time.thread_time(), _EVALUATE_CPU[0]
+    asyncio.run(_drive(check, decisions, concurrency, batch))  # the loop runs on this thread
+    loop1, evaluated1 = time.thread_time(), _EVALUATE_CPU[0]
     writer1 = _thread_cpu(writer)  # before close(): the thread's clock goes when it ends
     sink.close()  # async mode: the queue drains here, and that CPU counts too
     cpu1, wall1 = time.process_time(), time.perf_counter()
     return {
         "cpu_us": (cpu1 - cpu0) * 1e6 / done,
         "writer_us": (writer1 - writer0) * 1e6 / done,
+        "loop_us": (loop1 - loop0) * 1e6 / done,
+        "evaluate_us": (evaluated1 - evaluated0) * 1e6 / done,
         "per_s": done / (wall1 - wall0),
         "decisions": done,
         "records_written": float(getattr(sink, "records_written", 0)),
@@ -144,6 +169,8 @@ def measure(
             "cpu_us_per_decision": round(cpu, 1),
             "audit_us_per_decision": round(cpu - off, 1) if mode != "off" else 0.0,
             "writer_us_per_decision": round(statistics.median(r["writer_us"] for r in rs), 1),
+            "loop_us_per_decision": round(statistics.median(r["loop_us"] for r in rs), 1),
+            "evaluate_us_per_decision": round(statistics.median(r["evaluate_us"] for r in rs), 1),
             "decisions_per_s": round(statistics.median(r["per_s"] for r in rs)),
             "records_per_commit": round(
                 statistics.median(r["records_written"] / max(1.0, r["commits"]) for r in rs), 1
@@ -167,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database-url", help="a PostgreSQL database instead of a SQLite file")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--steps", action="store_true", help="also time evaluate on the loop thread (see above)"
+    )
     args = parser.parse_args(argv)
+    if args.steps:
+        time_evaluate()
     result = measure(
         Path(args.policies),
         decisions=args.decisions,
@@ -186,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'mode':8} {'CPU µs/dec':>11} {'audit µs/dec':>13} {'writer µs/dec':>14} "
-        f"{'dec/s':>8} {'per commit':>11}"
+        f"{'loop µs/dec':>12} {'evaluate µs/dec':>16} {'dec/s':>8} {'per commit':>11}"
     )
     for mode in MODES:
         r = result[mode]
         print(
             f"{mode:8} {r['cpu_us_per_decision']:11.1f} {r['audit_us_per_decision']:13.1f} "
-            f"{r['writer_us_per_decision']:14.1f} {r['decisions_per_s']:8} "
+            f"{r['writer_us_per_decision']:14.1f} {r['loop_us_per_decision']:12.1f} "
+            f"{r['evaluate_us_per_decision'] if args.steps else '-':>16} "
+            f"{r['decisions_per_s']:8} "
             f"{r['records_per_commit']:11.1f}"
         )
     print(
