@@ -400,3 +400,4 @@ def test_audit_record_bench_reports_the_loop_thread_apart() -> None:
         # The loop thread's CPU is part of the process's; the writer's is the rest.
         assert 0 < row["loop_us_per_decision"] <= row["cpu_us_per_decision"] + 1
     assert result["off"]["writer_us_per_decision"] == 0
+    assert result["off"]["evaluate_us_per_decision"] is None  # timed only with --steps

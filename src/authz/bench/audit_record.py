@@ -57,21 +57,25 @@ async def _drive(check: Callable[[], Any], decisions: int, concurrency: int, bat
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-_EVALUATE_CPU = [0.0]  # seconds of this thread's CPU in evaluate (with --steps)
+_evaluate_cpu: float | None = None
+"""With --steps (time_evaluate): seconds of the loop thread's CPU in evaluate so far."""
 
 
 def time_evaluate() -> None:
-    """Count the CPU of every `evaluate` that authz.decide makes, in _EVALUATE_CPU."""
+    """Count the CPU of every `evaluate` that authz.decide makes, in _evaluate_cpu."""
     from authz import decide
 
+    global _evaluate_cpu
+    _evaluate_cpu = 0.0
     evaluate = decide.evaluate
 
     def timed(*args: Any, **kwargs: Any) -> Any:
+        global _evaluate_cpu
         started = time.thread_time()
         try:
             return evaluate(*args, **kwargs)
         finally:
-            _EVALUATE_CPU[0] += time.thread_time() - started
+            _evaluate_cpu = (_evaluate_cpu or 0.0) + time.thread_time() - started
 
     decide.evaluate = timed  # type: ignore[assignment]
 
@@ -102,9 +106,9 @@ def run_once(
     gc.collect()
     writer = getattr(sink, "_thread", None)
     cpu0, writer0, wall0 = time.process_time(), _thread_cpu(writer), time.perf_counter()
-    loop0, evaluated0 = time.thread_time(), _EVALUATE_CPU[0]
+    loop0, evaluated0 = time.thread_time(), _evaluate_cpu or 0.0
     asyncio.run(_drive(check, decisions, concurrency, batch))  # the loop runs on this thread
-    loop1, evaluated1 = time.thread_time(), _EVALUATE_CPU[0]
+    loop1, evaluated1 = time.thread_time(), _evaluate_cpu or 0.0
     writer1 = _thread_cpu(writer)  # before close(): the thread's clock goes when it ends
     sink.close()  # async mode: the queue drains here, and that CPU counts too
     cpu1, wall1 = time.process_time(), time.perf_counter()
@@ -170,13 +174,21 @@ def measure(
             "audit_us_per_decision": round(cpu - off, 1) if mode != "off" else 0.0,
             "writer_us_per_decision": round(statistics.median(r["writer_us"] for r in rs), 1),
             "loop_us_per_decision": round(statistics.median(r["loop_us"] for r in rs), 1),
-            "evaluate_us_per_decision": round(statistics.median(r["evaluate_us"] for r in rs), 1),
+            "evaluate_us_per_decision": (
+                round(statistics.median(r["evaluate_us"] for r in rs), 1)
+                if _evaluate_cpu is not None
+                else None  # evaluate was not timed (no --steps)
+            ),
             "decisions_per_s": round(statistics.median(r["per_s"] for r in rs)),
             "records_per_commit": round(
                 statistics.median(r["records_written"] / max(1.0, r["commits"]) for r in rs), 1
             ),
         }
     return out
+
+
+def _or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{mode:8} {r['cpu_us_per_decision']:11.1f} {r['audit_us_per_decision']:13.1f} "
             f"{r['writer_us_per_decision']:14.1f} {r['loop_us_per_decision']:12.1f} "
-            f"{r['evaluate_us_per_decision'] if args.steps else '-':>16} "
+            f"{_or_dash(r['evaluate_us_per_decision']):>16} "
             f"{r['decisions_per_s']:8} "
             f"{r['records_per_commit']:11.1f}"
         )

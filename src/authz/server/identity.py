@@ -236,7 +236,7 @@ class CallerAdmission:
         Runs when grpc looks the method up, before the request is read."""
         method: str = details.method  # type: ignore[attr-defined]
         service = self._services.get(method)
-        if service is None:  # a registered method (its service has a handler for it)
+        if service is None:  # a method of one of authz's services (its handler was found)
             service = self._services[method] = method.lstrip("/").split("/", 1)[0]
         if not self.authenticates:
             open_call = service == PROBE_SERVICE or service in REFLECTION_SERVICES

@@ -70,7 +70,7 @@ class CallScope:
     """``with``: the call is CURRENT_CALL, in its span when tracing is on (a class rather than
     a generator: it is entered for every call)."""
 
-    __slots__ = ("_attributes", "_call", "_carrier", "_span", "_span_name", "_token", "_tracing")
+    __slots__ = ("_attributes", "_carrier", "_span", "_span_name", "_token", "_tracing")
 
     def __init__(
         self,
@@ -86,7 +86,7 @@ class CallScope:
         self._span: contextlib.AbstractContextManager[Any] | None = None
 
     def __enter__(self) -> Call:
-        call = self._call = Call()
+        call = Call()
         self._token = CURRENT_CALL.set(call)
         if self._tracing is not None:
             try:
