@@ -10,6 +10,7 @@ would); every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -29,12 +30,12 @@ import pytest
 
 from authz.audit import query
 from authz.clock import system_clock
-from authz.config import ConfigError
+from authz.config import ConfigError, Settings
 from authz.facts.invalidation import AccessInvalidations
 from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import SessionStore
 from authz.policy.holder import PolicyHolder
-from authz.server.workers import MAX_WORKERS, available_cores, worker_count
+from authz.server.workers import MAX_WORKERS, available_cores, worker_cores, worker_count
 from authz.store import migrate, open_store
 from authz.v1 import admin_pb2, admin_pb2_grpc
 from authz.v1 import authorization_pb2 as pb
@@ -72,6 +73,20 @@ def test_the_cores_are_the_affinity_mask_within_a_cpu_quota(tmp_path: Path) -> N
     assert available_cores(tmp_path) == min(mask, 2)
     (tmp_path / "cpu.max").write_text("10000 100000\n")
     assert available_cores(tmp_path) == 1
+
+
+def test_each_worker_gets_a_core_of_its_own_when_there_are_enough() -> None:
+    assert worker_cores(2, "auto", {0, 1}) == (0, 1)
+    assert worker_cores(2, "auto", {7, 3, 5}) == (3, 5)  # the affinity mask's cores, in order
+    assert worker_cores(3, "auto", {0, 1}) is None  # more workers than cores: the kernel places
+    assert worker_cores(2, "off", {0, 1}) is None
+    assert worker_cores(1, "auto", {0, 1}) is None  # one process is never pinned
+
+
+@pytest.mark.parametrize("value", ["on", "AUTO", "auto ", "1"])
+def test_cpu_affinity_takes_exact_values_only(value: str) -> None:
+    with pytest.raises(ConfigError, match=f"AUTHZ_CPU_AFFINITY={value!r} is not accepted"):
+        Settings.from_env({"AUTHZ_CPU_AFFINITY": value})
 
 
 def test_serve_refuses_a_bad_worker_count_before_starting(tmp_path: Path) -> None:
@@ -174,6 +189,16 @@ class Supervised:
                 pids.add(int(pid))
         return pids
 
+    def cores(self) -> list[tuple[int, ...]]:
+        """The cores each worker's threads may run on, sorted; a worker whose threads differ
+        shows up once per distinct mask."""
+        masks: set[tuple[int, tuple[int, ...]]] = set()
+        for pid in self.workers():
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):  # a thread that just ended
+                    masks.add((pid, tuple(sorted(os.sched_getaffinity(int(task.name))))))
+        return sorted(mask for _, mask in masks)
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
 
@@ -230,10 +255,15 @@ def test_workers_share_the_ports_are_restarted_reload_together_and_stop_cleanly(
 ) -> None:
     policies = tmp_path / "policies"
     shutil.copytree(SHIPPED_POLICIES, policies)
+    pinned = worker_cores(2, "auto")  # AUTHZ_CPU_AFFINITY's default, on this machine
     with supervised(tmp_path, AUTHZ_POLICY_DIR=str(policies)) as served:
         first = served.workers()
         assert len(first) == 2
         assert httpx.get(f"{served.url}/healthz", timeout=RPC_TIMEOUT).status_code == 200
+        cores = served.cores()
+        if pinned is not None:  # every thread of a worker on its core, one core per worker
+            assert cores == [(core,) for core in pinned], cores
+            assert f"on cores {pinned[0]}, {pinned[1]}" in served.output()
 
         # A dead worker is replaced, and calls go on being answered.
         victim = min(first)
@@ -242,6 +272,8 @@ def test_workers_share_the_ports_are_restarted_reload_together_and_stop_cleanly(
         with channel(served.address) as ch:
             stub = pb_grpc.AuthorizationServiceStub(ch)
             wait_for(lambda: _answers(stub), "an answer after the restart")
+        # The one that replaced it runs where it ran (once it has started).
+        wait_for(lambda: served.cores() == cores, f"the restarted worker on {cores}")
 
         # A reload through one worker reaches every worker: every new connection sees it.
         edited = policies / "catalogue.yaml"
@@ -326,8 +358,11 @@ def test_sigkill_of_workers_under_load_loses_no_answered_decision(tmp_path: Path
 
 def test_sigterm_drains_every_worker_and_loses_no_answered_decision(tmp_path: Path) -> None:
     """SIGTERM to the supervisor under load: the workers finish what they answered (all of it
-    is in the log), exit, and the supervisor exits 0."""
-    with supervised(tmp_path, AUTHZ_AUDIT_MODE="durable") as served:
+    is in the log), exit, and the supervisor exits 0. (With AUTHZ_CPU_AFFINITY=off: the kernel
+    places the workers.)"""
+    with supervised(tmp_path, AUTHZ_AUDIT_MODE="durable", AUTHZ_CPU_AFFINITY="off") as served:
+        mine = tuple(sorted(os.sched_getaffinity(0)))
+        assert served.cores() == [mine, mine]
         load = workers_load(served.address, callers=8).start()
         try:
             load.wait_for(200, soon())

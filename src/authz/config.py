@@ -36,6 +36,9 @@ key=value lines as Heroku's log drains and its own router write them."""
 EVENT_LOOPS = ("uvloop", "asyncio")
 """AUTHZ_EVENT_LOOP (authz.server.eventloop): ``uvloop`` (libuv's loop; less CPU per call for
 grpc.aio and uvicorn) or ``asyncio``, the standard library's own."""
+CPU_AFFINITIES = ("auto", "off")
+"""AUTHZ_CPU_AFFINITY (authz.server.workers): ``auto`` keeps each worker of ``serve --workers N``
+on a core of its own when there are at least N cores to give, ``off`` lets the kernel move them."""
 SWITCH = ("0", "1")
 """The values of an on/off setting (AUTHZ_LOG_DECISIONS, AUTHZ_METRICS_OPEN, ...)."""
 OTLP_PROTOCOLS = ("http/protobuf",)
@@ -421,6 +424,7 @@ class Settings:
     # Observability (authz.logs, authz.metrics, authz.tracing).
     log_format: str = "text"  # one of LOG_FORMATS
     event_loop: str = "uvloop"  # one of EVENT_LOOPS
+    cpu_affinity: str = "auto"  # one of CPU_AFFINITIES
     log_decisions: bool = False  # AUTHZ_LOG_DECISIONS=1: one INFO line per decision
     metrics_open: bool = False  # AUTHZ_METRICS_OPEN=1: GET /metrics for anyone, not callers only
     otlp_traces_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; None: off
@@ -437,6 +441,7 @@ class Settings:
         accepted_value("AUTHZ_LOG_LEVEL", self.log_level, LOG_LEVELS)
         accepted_value("AUTHZ_LOG_FORMAT", self.log_format, LOG_FORMATS)
         accepted_value("AUTHZ_EVENT_LOOP", self.event_loop, EVENT_LOOPS)
+        accepted_value("AUTHZ_CPU_AFFINITY", self.cpu_affinity, CPU_AFFINITIES)
         if self.public_url is not None:
             parse_public_url(self.public_url)
         self._check_reviewers()
@@ -584,6 +589,7 @@ class Settings:
             ),
             log_format=choice(env, "AUTHZ_LOG_FORMAT", LOG_FORMATS, "text"),
             event_loop=choice(env, "AUTHZ_EVENT_LOOP", EVENT_LOOPS, "uvloop"),
+            cpu_affinity=choice(env, "AUTHZ_CPU_AFFINITY", CPU_AFFINITIES, "auto"),
             log_decisions=choice(env, "AUTHZ_LOG_DECISIONS", SWITCH, "0") == "1",
             metrics_open=choice(env, "AUTHZ_METRICS_OPEN", SWITCH, "0") == "1",
             otlp_traces_endpoint=_otlp_traces_endpoint(env),

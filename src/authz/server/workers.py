@@ -19,7 +19,9 @@ The supervisor (this module, the parent process) serves nothing itself. It:
   its audit writer; stragglers are killed after STOP_TIMEOUT) and SIGHUP (each worker reloads
   its policies);
 - takes its workers with it when it dies, even by SIGKILL (PR_SET_PDEATHSIG on Linux, and the
-  end of the supervisor's pipe everywhere): a worker never outlives its supervisor.
+  end of the supervisor's pipe everywhere): a worker never outlives its supervisor;
+- with AUTHZ_CPU_AFFINITY=auto (the default), keeps each worker on a core of its own when there
+  are enough cores (`worker_cores`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -95,6 +97,42 @@ def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     return cores
 
 
+def worker_cores(
+    count: int, affinity: str, allowed: Iterable[int] | None = None
+) -> tuple[int, ...] | None:
+    """The core each of ``count`` workers keeps to (worker i the i-th), or None: the kernel
+    places them.
+
+    ``auto`` gives every worker a core of its own when the process may use (``allowed``: its
+    affinity mask) at least ``count`` cores. A worker's threads (the event loop, grpc's poller,
+    the audit writer) then wake on the core whose caches hold their data: left to the kernel,
+    each wake-up of one of them could move the event loop to the other core and make it refill
+    its caches there, which costs more CPU per call (docs/benchmarks.md, "Workers on cores of
+    their own"). Fewer cores than workers, or ``off``: no pinning.
+    """
+    if affinity == "off" or count < 2:
+        return None
+    if allowed is None:
+        try:
+            allowed = os.sched_getaffinity(0)
+        except (AttributeError, OSError):  # no affinity on this system (macOS)
+            return None
+    cores = sorted(allowed)
+    if len(cores) < count:
+        return None
+    return tuple(cores[:count])
+
+
+def _keep_to(core: int) -> str | None:
+    """Keep this process on one core: every thread started after this call inherits it. What
+    went wrong, if anything (the worker serves unpinned then)."""
+    try:
+        os.sched_setaffinity(0, {core})
+    except (AttributeError, OSError) as exc:
+        return f"could not keep this worker on core {core}: {exc}"
+    return None
+
+
 @dataclass
 class _Worker:
     index: int
@@ -134,6 +172,8 @@ class Supervisor:
         self.count = count
         self._reserved: list[socket.socket] = []
         self.settings = self._fix_ports(settings)
+        self.cores = worker_cores(count, settings.cpu_affinity)
+        """The core of each worker (worker i: cores[i - 1]), or None: the kernel places them."""
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
@@ -220,7 +260,13 @@ class Supervisor:
         theirs, ours = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker_main,
-            args=(self.settings, index, theirs, os.getpid()),
+            args=(
+                self.settings,
+                index,
+                theirs,
+                os.getpid(),
+                None if self.cores is None else self.cores[index - 1],
+            ),
             name=f"authz-worker-{index}",
             daemon=False,
         )
@@ -274,9 +320,12 @@ class Supervisor:
     def _announce(self) -> None:
         first = self._workers[1]
         log.info(
-            "%d workers serving: pids %s",
+            "%d workers serving: pids %s%s",
             self.count,
             ", ".join(str(w.process.pid) for w in self._workers.values()),
+            ""
+            if self.cores is None
+            else f", on cores {', '.join(map(str, self.cores))} (AUTHZ_CPU_AFFINITY=auto)",
         )
         if self._announce_to is not None:
             self._announce_to(first.address, first.url, first.revision)
@@ -388,9 +437,14 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _worker_main(
-    settings: Settings, index: int, pipe: multiprocessing.connection.Connection, parent: int
+    settings: Settings,
+    index: int,
+    pipe: multiprocessing.connection.Connection,
+    parent: int,
+    core: int | None,
 ) -> None:
     """One worker: serve ``settings`` until SIGTERM, telling the supervisor when ready."""
+    unpinned = _keep_to(core) if core is not None else None  # before any thread starts
     from authz.logs import configure_logging
     from authz.policy.model import PolicyError
     from authz.server import eventloop
@@ -398,6 +452,8 @@ def _worker_main(
 
     _die_with_parent(parent, pipe)
     configure_logging(settings.log_level, settings.log_format)
+    if unpinned is not None:
+        log.warning("worker %d: %s", index, unpinned)
     quiet = _StartupEcho() if index > 1 else None
     if quiet is not None:
         for handler in logging.getLogger().handlers:
