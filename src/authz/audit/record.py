@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from authz.audit.errors import AuditRecordInvalid
 from authz.clock import Clock
 
@@ -64,12 +66,43 @@ _NUMBER = (int, float)
 _SEQUENCE = (list, tuple)
 
 
+_ORJSON = (
+    orjson.OPT_SORT_KEYS
+    # Types the json module refuses go to it (orjson has no `default` here, so it raises).
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+_SHORT_EXPONENT = re.compile(rb"e-[0-9](?:[,\]}]|\Z)")
+"""Where orjson's text may differ from the json module's: a one-digit negative exponent (orjson
+1e-7, json 1e-07); with ``0.0000`` (orjson 0.00001 from 1e-5 to 1e-4, json 1e-05), and ``null``
+(orjson writes NaN and Infinity as null, and canonical JSON refuses them) found by plain search.
+A match inside a string is only a false alarm: the json module encodes that value."""
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, ASCII only, no NaN/Infinity: one text per value.
 
     Floats use Python's shortest round-trip form, so json.loads(canonical_json(v)) == v for
     every JSON value and re-encoding gives the same text.
+
+    The text is the json module's (`_ENCODER`), byte for byte, and what it refuses is refused
+    (TypeError, ValueError), except that a uuid.UUID or a plain enum member is written as its
+    value. orjson writes the text when it is certainly the same: ASCII without DEL (which json
+    escapes), no float written differently, no null (tests/test_canonical_json.py).
     """
+    try:
+        text = orjson.dumps(value, option=_ORJSON)
+    except TypeError:  # orjson.JSONEncodeError: a type, an integer or a depth it does not take
+        return _ENCODER.encode(value)
+    if (
+        text.isascii()
+        and b"\x7f" not in text
+        and b"null" not in text
+        and b"0.0000" not in text
+        and _SHORT_EXPONENT.search(text) is None
+    ):
+        return text.decode("ascii")
     return _ENCODER.encode(value)
 
 
@@ -402,7 +435,7 @@ def index_columns(record: Mapping[str, Any], rules: tuple[RuleRow, ...] | None =
 
 def _encode(value: Any, what: str) -> str:
     try:
-        return _ENCODER.encode(value)
+        return canonical_json(value)
     except (TypeError, ValueError) as exc:
         raise AuditRecordInvalid(f"{what} is not plain JSON: {exc}") from None
 
@@ -413,7 +446,7 @@ def _prepare_typed(
     """A DecisionRecord is valid by construction: its columns come from its fields, and only
     its JSON is encoded (once)."""
     rules = tuple((m.policy, m.rule_id, m.effect) for m in record.matched_rules)
-    rule_ids = _ENCODER.encode([m.rule_id for m in record.matched_rules]) if rules else "[]"
+    rule_ids = canonical_json([m.rule_id for m in record.matched_rules]) if rules else "[]"
     principal, resource = record.principal, record.resource
     columns = (
         record.decision_id,
