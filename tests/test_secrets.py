@@ -364,3 +364,23 @@ def test_redact_session_tokens_walks_only_records_that_hold_one() -> None:
         "when": odd["when"],
         "ids": ["[redacted]!", {"[redacted]": ["[redacted]"]}],
     }
+
+
+def test_redact_blanks_secret_looking_keys_at_any_depth_and_leaves_clean_trees_alone() -> None:
+    from types import MappingProxyType
+
+    from authz.decide import REDACTED, redact
+
+    clean = {"team": "red", "roles": ["editor", {"level": 2}], "limits": {"max": 3}}
+    assert redact(clean) is clean  # nothing to blank: the tree itself, not a copy
+    assert redact(clean) is clean  # and again, with its keys remembered
+    nested = {"team": "red", "items": [{"ok": 1}, {"api_token": "t", "deep": {"Password": "p"}}]}
+    assert redact(nested) == {
+        "team": "red",
+        "items": [{"ok": 1}, {"api_token": REDACTED, "deep": {"Password": REDACTED}}],
+    }
+    assert nested["items"][1]["api_token"] == "t"  # the caller's tree is never changed
+    # What is not a plain dict or list is copied into one (the audit log encodes plain JSON).
+    odd = {"pair": ("a", "b"), "view": MappingProxyType({"x": 1})}
+    assert redact(odd) == {"pair": ["a", "b"], "view": {"x": 1}}
+    assert type(redact(odd)["view"]) is dict

@@ -498,11 +498,43 @@ def _without_session_tokens(value: Any) -> Any:
 
 
 def redact(value: Any) -> Any:
-    """Copy of a fact tree with secret-looking keys blanked, for the audit log."""
+    """A fact tree with secret-looking keys blanked, for the audit log: the tree itself when
+    nothing in it needs blanking and it is made of plain dicts and lists (nearly always; the
+    record is encoded at once and never changes it), else a copy."""
+    return value if _clean(value) else _redacted(value)
+
+
+def _clean(value: Any) -> bool:
+    kind = type(value)
+    if kind is dict:
+        secret = _SECRET_KEYS.get
+        for k, v in value.items():
+            hit = secret(k)
+            if hit is None:
+                hit = _secret_key(k)
+            if hit or not _clean(v):
+                return False
+        return True
+    if kind is list:
+        return all(_clean(v) for v in value)
+    return not isinstance(value, Mapping | list | tuple)
+
+
+def _secret_key(key: Any) -> bool:
+    """Whether a key looks secret; remembered for the keys callers keep sending."""
+    hit = _SECRET_KEY.search(str(key)) is not None
+    if len(_SECRET_KEYS) < _SECRET_KEYS_MAX and type(key) is str:
+        _SECRET_KEYS[key] = hit
+    return hit
+
+
+_SECRET_KEYS: dict[str, bool] = {}
+_SECRET_KEYS_MAX = 4096
+
+
+def _redacted(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if _SECRET_KEY.search(str(k)) else redact(v)) for k, v in value.items()
-        }
+        return {k: (REDACTED if _secret_key(k) else _redacted(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
+        return [_redacted(v) for v in value]
     return value
