@@ -380,7 +380,9 @@ def test_redact_blanks_secret_looking_keys_at_any_depth_and_leaves_clean_trees_a
         "items": [{"ok": 1}, {"api_token": REDACTED, "deep": {"Password": REDACTED}}],
     }
     assert nested["items"][1]["api_token"] == "t"  # the caller's tree is never changed
-    # What is not a plain dict or list is copied into one (the audit log encodes plain JSON).
+    pairs = {"pair": ("a", "b"), "deeper": [("c", {"d": 1})]}
+    assert redact(pairs) is pairs  # tuples are written as JSON arrays too
+    # Another kind of mapping is copied into a dict (the audit log encodes plain JSON).
     odd = {"pair": ("a", "b"), "view": MappingProxyType({"x": 1})}
     assert redact(odd) == {"pair": ["a", "b"], "view": {"x": 1}}
     assert type(redact(odd)["view"]) is dict

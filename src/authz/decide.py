@@ -499,8 +499,8 @@ def _without_session_tokens(value: Any) -> Any:
 
 def redact(value: Any) -> Any:
     """A fact tree with secret-looking keys blanked, for the audit log: the tree itself when
-    nothing in it needs blanking and it is made of plain dicts and lists (nearly always; the
-    record is encoded at once and never changes it), else a copy."""
+    nothing in it needs blanking and it is made of plain dicts, lists and tuples (nearly
+    always; the record is encoded at once and never changes it), else a copy."""
     return value if _clean(value) else _redacted(value)
 
 
@@ -515,7 +515,7 @@ def _clean(value: Any) -> bool:
             if hit or not _clean(v):
                 return False
         return True
-    if kind is list:
+    if kind is list or kind is tuple:  # both are written as JSON arrays
         return all(_clean(v) for v in value)
     return not isinstance(value, Mapping | list | tuple)
 
@@ -534,7 +534,13 @@ _SECRET_KEYS_MAX = 4096
 
 def _redacted(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {k: (REDACTED if _secret_key(k) else _redacted(v)) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            hit = _SECRET_KEYS.get(k)
+            if hit is None:
+                hit = _secret_key(k)
+            out[k] = REDACTED if hit else _redacted(v)
+        return out
     if isinstance(value, list | tuple):
         return [_redacted(v) for v in value]
     return value
