@@ -403,11 +403,7 @@ class Decider:
             action=inputs["action"],
             resource={"type": resource.get("type", ""), "id": resource.get("id", "")},
             app_id=resource.get("addon", {}).get("app_id", ""),
-            matched_rules=tuple(
-                MatchedRule(m.policy, m.rule_id, m.effect.value, m.reason) for m in decision.matched
-            ),
-            reasons=tuple(decision.reasons),
-            errors=tuple(decision.errors),
+            **_recorded_outcome(decision),
             policy_revision=decision.policy_revision,
             input=_recorded_input(inputs, now_text or rfc3339(now), item_context),
             duration_ms=duration_ms,
@@ -416,6 +412,28 @@ class Decider:
 
 
 _SHARED_INPUTS = ("principal", "context")
+
+_OUTCOMES: dict[int, tuple[Decision, dict[str, tuple[Any, ...]]]] = {}
+_MAX_OUTCOMES = 4096
+
+
+def _recorded_outcome(decision: Decision) -> dict[str, tuple[Any, ...]]:
+    """A decision's matched rules, reasons and errors as its records hold them: built once per
+    decision (the engine shares one Decision among every evaluation that ends the same way),
+    and the same tuples for all its records, which lets the audit log encode them once too."""
+    known = _OUTCOMES.get(id(decision))
+    if known is None or known[0] is not decision:
+        if len(_OUTCOMES) >= _MAX_OUTCOMES:
+            _OUTCOMES.clear()  # decisions that are not shared (refusals, errors): never grow
+        fields = {
+            "matched_rules": tuple(
+                MatchedRule(m.policy, m.rule_id, m.effect.value, m.reason) for m in decision.matched
+            ),
+            "reasons": tuple(decision.reasons),
+            "errors": tuple(decision.errors),
+        }
+        known = _OUTCOMES[id(decision)] = (decision, fields)
+    return known[1]
 
 
 def _recorded_entity(entity: Mapping[str, Any]) -> Mapping[str, Any]:

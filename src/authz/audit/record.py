@@ -229,6 +229,9 @@ class DecisionRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as stored (and hashed): plain JSON values."""
+        return self._dict([m.to_dict() for m in self.matched_rules])
+
+    def _dict(self, matched_rules: list[dict[str, str]]) -> dict[str, Any]:
         out: dict[str, Any] = {
             **self.extra,
             "decision_id": self.decision_id,
@@ -243,7 +246,7 @@ class DecisionRecord:
             "resource": self.resource,
             "app_id": self.app_id,
             "effect": self.effect,
-            "matched_rules": [m.to_dict() for m in self.matched_rules],
+            "matched_rules": matched_rules,
             "reasons": list(self.reasons),
             "errors": list(self.errors),
             "policy_revision": self.policy_revision,
@@ -440,13 +443,43 @@ def _encode(value: Any, what: str) -> str:
         raise AuditRecordInvalid(f"{what} is not plain JSON: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What the audit log makes of one tuple of matched rules, made once for every record that
+    holds that same tuple (a decision's records do: authz.decide)."""
+
+    matched: tuple[MatchedRule, ...]
+    dicts: list[dict[str, str]]
+    """As stored; shared by the records being encoded, so never handed to a caller."""
+    rows: tuple[RuleRow, ...]
+    ids_json: str
+
+    @classmethod
+    def of(cls, matched: tuple[MatchedRule, ...]) -> _Rules:
+        known = _RULES.get(id(matched))
+        if known is not None and known.matched is matched:
+            return known
+        if len(_RULES) >= _MAX_RULES:
+            _RULES.clear()  # tuples built per record (hand-made records): never grow
+        rules = _RULES[id(matched)] = cls(
+            matched,
+            [m.to_dict() for m in matched],
+            tuple((m.policy, m.rule_id, m.effect) for m in matched),
+            canonical_json([m.rule_id for m in matched]) if matched else "[]",
+        )
+        return rules
+
+
+_RULES: dict[int, _Rules] = {}
+_MAX_RULES = 4096
+
+
 def _prepare_typed(
     record: DecisionRecord, stored: dict[str, Any], parts: tuple[PreparedPart, ...]
 ) -> PreparedRecord:
     """A DecisionRecord is valid by construction: its columns come from its fields, and only
     its JSON is encoded (once)."""
-    rules = tuple((m.policy, m.rule_id, m.effect) for m in record.matched_rules)
-    rule_ids = canonical_json([m.rule_id for m in record.matched_rules]) if rules else "[]"
+    rules = _Rules.of(record.matched_rules)
     principal, resource = record.principal, record.resource
     columns = (
         record.decision_id,
@@ -462,10 +495,10 @@ def _prepare_typed(
         record.app_id,
         record.effect,
         record.policy_revision,
-        rule_ids,
+        rules.ids_json,
     )
     text = _encode(stored, f"audit record {record.decision_id}")
-    return PreparedRecord(record.decision_id, columns, rules, text, parts)
+    return PreparedRecord(record.decision_id, columns, rules.rows, text, parts)
 
 
 def _check_typed(record: DecisionRecord) -> None:
@@ -491,7 +524,7 @@ def prepare(
     """
     if isinstance(record, DecisionRecord):
         _check_typed(record)
-        return _prepare_typed(record, record.to_dict(), parts)
+        return _prepare_typed(record, _stored_dict(record), parts)
     if not isinstance(record, dict | Mapping):
         raise AuditRecordInvalid(f"an audit record is a dict, not {type(record).__name__}")
     if "time" not in record:
@@ -531,16 +564,28 @@ def overlay(shared: Any, own: Any = _ABSENT) -> Any:
 def _with_shared(
     record: Mapping[str, Any], inline: Mapping[str, Any], refs: Mapping[str, str]
 ) -> dict[str, Any]:
-    if PARTS in record:
+    return _share_into(dict(record), inline, refs)
+
+
+def _share_into(
+    out: dict[str, Any], inline: Mapping[str, Any], refs: Mapping[str, str]
+) -> dict[str, Any]:
+    """A record's own dict (`out`, changed) with its batch's shared values inline or named."""
+    if PARTS in out:
         raise AuditRecordInvalid(f"audit record key {PARTS!r} is reserved for shared parts")
-    own = record.get("input")
+    own = out.get("input")
     merged = dict(own if type(own) is dict else _mapping(own, "input"))
     for name, value in inline.items():
         merged[name] = overlay(value, merged.get(name, _ABSENT))
-    out = {**record, "input": merged}
+    out["input"] = merged
     if refs:
         out[PARTS] = refs
     return out
+
+
+def _stored_dict(record: DecisionRecord) -> dict[str, Any]:
+    """record.to_dict(), for encoding at once: the matched rules' dicts are shared (_Rules)."""
+    return record._dict(_Rules.of(record.matched_rules).dicts)
 
 
 def prepare_many(
@@ -583,7 +628,7 @@ def prepare_many(
     for record in records:
         if isinstance(record, DecisionRecord):
             _check_typed(record)
-            stored = _with_shared(record.to_dict(), inline, refs)
+            stored = _share_into(_stored_dict(record), inline, refs)
             out.append(_prepare_typed(record, stored, held))
         else:
             out.append(prepare(_with_shared(record, inline, refs), clock, held))
