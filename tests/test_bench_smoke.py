@@ -265,9 +265,13 @@ status codes: 1049 2xx, 0 3xx, 0 4xx, 0 5xx
 
 
 def test_load_run_refuses_non_2xx_replies_only() -> None:
-    assert not non_2xx(H2LOAD_SUMMARY)  # one more 2xx than "done" is the warm-up's straddler
-    assert non_2xx(H2LOAD_SUMMARY.replace("0 4xx", "3 4xx"))
-    assert non_2xx(H2LOAD_SUMMARY.replace("1049 2xx", "1040 2xx"))
+    # One more 2xx than "done": the warm-up's straddler.
+    assert not non_2xx(H2LOAD_SUMMARY, in_flight=64)
+    assert non_2xx(H2LOAD_SUMMARY.replace("0 4xx", "3 4xx"), in_flight=64)
+    # A status read in the warm-up of a stream that ended after it (seen once, Cerbos at 9,000
+    # req/s): fewer 2xx than "done", by no more than the requests in flight.
+    assert not non_2xx(H2LOAD_SUMMARY.replace("1049 2xx", "1047 2xx"), in_flight=64)
+    assert non_2xx(H2LOAD_SUMMARY.replace("1049 2xx", "1040 2xx"), in_flight=4)
 
 
 # A grandchild that burns 0.3 s of CPU, says so, and stays alive until its stdin closes.
