@@ -4,12 +4,17 @@ same folder goes on where the first stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
+from authz.client import AsyncAuthzClient
+from authz.devtools.dev_world import dev_world, prepare
 from tests.binary import DevUp, authz, clean_env, expect_answers, run_pasted
+from tests.conftest import SHIPPED_POLICIES
 
 FREE_PORTS = ("--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
 
@@ -89,3 +94,25 @@ def test_without_a_policy_directory_it_says_where_to_run_it(tmp_path: Path) -> N
     assert result.returncode == 1
     assert "no policy directory at policies" in result.stderr
     assert "--policies" in result.stderr
+
+
+def test_logins_in_the_same_second_as_the_last_runs_are_signed_again(tmp_path: Path) -> None:
+    """Heroku's SSO form is a function of the second it is signed in: a second run on the same
+    folder that logs in within the second of the first run's logins gets the very forms the
+    replay guard has seen. It signs new ones in the next second instead of failing."""
+
+    async def twice() -> None:
+        async with (
+            dev_world(tmp_path / "dev", SHIPPED_POLICIES) as world,
+            AsyncAuthzClient(world.service.address) as client,
+        ):
+            while time.time() % 1.0 > 0.5:  # room in this second for the first logins
+                await asyncio.sleep(0.05)
+            first = await prepare(world, client)
+            second = await prepare(world, client)
+            assert first.refused.code == second.refused.code != "SSO_REPLAYED"
+            assert {s.session_token for s in first.sessions.values()}.isdisjoint(
+                s.session_token for s in second.sessions.values()
+            )
+
+    asyncio.run(twice())
