@@ -147,7 +147,7 @@ class ObservedAudit:
         started = time.perf_counter()
         await self.audit.record_many(recs, shared)
         self.observability.metrics.audit_wait.observe(time.perf_counter() - started)
-        self.observability.decided([DecisionLine.of(rec) for rec in recs])
+        self.observability.decided(recs)
 
 
 class ObservedLogins:
@@ -200,18 +200,18 @@ class Observability:
         """Parts whose own counters are read at each scrape (authz.metrics.StateCollector)."""
         self.metrics.watch(**parts)
 
-    def decided(self, decisions: Sequence[DecisionLine]) -> None:
-        """Decisions that were recorded, and are about to be answered."""
+    def decided(self, records: Sequence[DecisionRecord]) -> None:
+        """Decisions that were recorded, and are about to be answered (a DecisionLine is made
+        of each only for the decision log)."""
         catalogue = self.policies.current.catalogue
         call = CURRENT_CALL.get()
-        for decision in decisions:
-            self.metrics.count_decision(
-                decision.effect, decision.action, decision.caller, catalogue
-            )
+        for record in records:
+            self.metrics.count_decision(record.effect, record.action, record.caller, catalogue)
             if call is not None:
-                call.decision_ids.append(decision.decision_id)
+                call.decision_ids.append(record.decision_id)
             if self.log_decisions:
-                decision_log.info("decision", extra={FIELDS: dataclasses.asdict(decision)})
+                line = DecisionLine.of(record)
+                decision_log.info("decision", extra={FIELDS: dataclasses.asdict(line)})
 
     def call(
         self, span_name: str, attributes: Mapping[str, Any], carrier: Callable[[], Mapping]
