@@ -495,6 +495,7 @@ class Contender:
     product: str  # authz | cerbos
     audit: str  # off | durable | async | local
     workers: int | None = None  # authz's worker processes; None: AUTHZ_WORKERS
+    affinity: str = "auto"  # authz's AUTHZ_CPU_AFFINITY
 
 
 CONTENDERS = (
@@ -504,6 +505,14 @@ CONTENDERS = (
     # One process, for what authz does per core: with two, how the kernel spreads h2load's few
     # connections over the workers moves the figure from round to round.
     Contender("authz_off_1", "authz, audit off, 1 worker", "authz", "off", workers=1),
+    # What keeping each worker on a core of its own is worth (authz.server.workers).
+    Contender(
+        "authz_durable_free",
+        "authz, durable audit, workers placed by the kernel",
+        "authz",
+        "durable",
+        affinity="off",
+    ),
     Contender("cerbos_off", "Cerbos, audit off", "cerbos", "off"),
     Contender("cerbos_audit", "Cerbos, local audit (decision logs)", "cerbos", "local"),
 )
@@ -545,6 +554,7 @@ ROWS = (
     Row("batch10", "cerbos_off", 4, 16),
     Row("check", "authz_durable", 4, 16),
     Row("check", "cerbos_audit", 4, 16),
+    Row("check", "authz_durable_free", 4, 16, quick=False),
     Row("check", "authz_async", 4, 16),
     Row("batch10", "authz_durable", 4, 16, quick=False),
     Row("batch10", "cerbos_audit", 4, 16, quick=False),
@@ -672,6 +682,8 @@ def _start_authz(c: Contender, workdir: Path, policies: Path, lifetime: float) -
             str(round(lifetime)),
             "--workers",
             str(c.workers or AUTHZ_WORKERS),
+            "--cpu-affinity",
+            c.affinity,
         ],
         workdir / f"{c.key}.log",
         {"AUTHZ_BENCH_TOKEN_KEY": TOKEN_KEY},
@@ -811,15 +823,17 @@ def _audit_check(
     grid_calls: int,
 ) -> dict[str, Any]:
     check: dict[str, Any] = {}
-    if "authz_durable" in finals:
-        written = int(finals["authz_durable"].get("audit", {}).get("records_written", 0))
+    for key in finals:
+        if BY_KEY[key].product != "authz" or BY_KEY[key].audit != "durable":
+            continue
+        written = int(finals[key].get("audit", {}).get("records_written", 0))
         answered = sum(
             x.result.done * WORKLOADS[r.workload][1]
             for r in rows
-            if r.server == "authz_durable"
+            if r.server == key
             for x in runs[r.key]
         )
-        check["authz_durable"] = {
+        check[key] = {
             "records_written": written,
             "decisions_answered_under_load": answered,
             "ok": written >= answered + grid_decisions,
@@ -879,12 +893,13 @@ def _tables(
     workers = results.get("authz_workers", 1)
     at_max.notes.append(
         f"authz ran {workers} worker process{'es' if workers != 1 else ''} (`authz serve "
-        f"--workers {workers}`, one per core; the '1 worker' row excepted), all on one port; its "
-        "CPU counts every worker and the supervisor."
+        f"--workers {workers}`, one per core; the '1 worker' row excepted), all on one port, each "
+        "worker kept to a core of its own (AUTHZ_CPU_AFFINITY=auto) but in the row 'workers "
+        "placed by the kernel' (off); its CPU counts every worker and the supervisor."
     )
     if workers > 1:
         spreads = [
-            f"{WORKLOADS[s['workload']][0]}, audit {BY_KEY[s['server']].audit}: "
+            f"{WORKLOADS[s['workload']][0]} — {BY_KEY[s['server']].label}: "
             + ", ".join("+".join(map(str, c)) or "?" for c in s["connections_rounds"])
             for s in summaries.values()
             if s["product"] == "authz" and s["in_flight"] > 1 and not BY_KEY[s["server"]].workers
@@ -908,10 +923,11 @@ def _tables(
         )
     )
     audit = results["audit_check"]
-    if "authz_durable" in audit:
-        a = audit["authz_durable"]
+    for key, a in audit.items():
+        if BY_KEY[key].product != "authz":
+            continue
         at_max.notes.append(
-            f"authz durable audit: {a['records_written']:,} records written for "
+            f"{BY_KEY[key].label}: {a['records_written']:,} records written for "
             f"{a['decisions_answered_under_load']:,} decisions answered under load "
             f"({'every answered decision was recorded' if a['ok'] else 'RECORDS MISSING'})."
         )
