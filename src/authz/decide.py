@@ -7,6 +7,7 @@ is evaluated the same way and recorded exactly once before it is answered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import marshal
 import re
@@ -413,27 +414,20 @@ class Decider:
 
 _SHARED_INPUTS = ("principal", "context")
 
-_OUTCOMES: dict[int, tuple[Decision, dict[str, tuple[Any, ...]]]] = {}
-_MAX_OUTCOMES = 4096
 
-
+@functools.lru_cache(maxsize=4096)  # decisions that are not shared (errors) never grow it
 def _recorded_outcome(decision: Decision) -> dict[str, tuple[Any, ...]]:
     """A decision's matched rules, reasons and errors as its records hold them: built once per
     decision (the engine shares one Decision among every evaluation that ends the same way),
-    and the same tuples for all its records, which lets the audit log encode them once too."""
-    known = _OUTCOMES.get(id(decision))
-    if known is None or known[0] is not decision:
-        if len(_OUTCOMES) >= _MAX_OUTCOMES:
-            _OUTCOMES.clear()  # decisions that are not shared (refusals, errors): never grow
-        fields = {
-            "matched_rules": tuple(
-                MatchedRule(m.policy, m.rule_id, m.effect.value, m.reason) for m in decision.matched
-            ),
-            "reasons": tuple(decision.reasons),
-            "errors": tuple(decision.errors),
-        }
-        known = _OUTCOMES[id(decision)] = (decision, fields)
-    return known[1]
+    and the same tuples for all its records, which lets the audit log encode them once too.
+    The dict is shared: unpack it, never change it."""
+    return {
+        "matched_rules": tuple(
+            MatchedRule(m.policy, m.rule_id, m.effect.value, m.reason) for m in decision.matched
+        ),
+        "reasons": tuple(decision.reasons),
+        "errors": tuple(decision.errors),
+    }
 
 
 def _recorded_entity(entity: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -525,12 +519,8 @@ def redact(value: Any) -> Any:
 def _clean(value: Any) -> bool:
     kind = type(value)
     if kind is dict:
-        secret = _SECRET_KEYS.get
-        for k, v in value.items():
-            hit = secret(k)
-            if hit is None:
-                hit = _secret_key(k)
-            if hit or not _clean(v):
+        for k, v in value.items():  # noqa: SIM110 (all() over a generator: 0.3 µs more a call)
+            if _secret_key(k) or not _clean(v):
                 return False
         return True
     if kind is list or kind is tuple:  # both are written as JSON arrays
@@ -540,9 +530,11 @@ def _clean(value: Any) -> bool:
 
 def _secret_key(key: Any) -> bool:
     """Whether a key looks secret; remembered for the keys callers keep sending."""
-    hit = _SECRET_KEY.search(str(key)) is not None
-    if len(_SECRET_KEYS) < _SECRET_KEYS_MAX and type(key) is str:
-        _SECRET_KEYS[key] = hit
+    hit = _SECRET_KEYS.get(key)
+    if hit is None:
+        hit = _SECRET_KEY.search(str(key)) is not None
+        if len(_SECRET_KEYS) < _SECRET_KEYS_MAX and type(key) is str:
+            _SECRET_KEYS[key] = hit
     return hit
 
 
@@ -552,13 +544,7 @@ _SECRET_KEYS_MAX = 4096
 
 def _redacted(value: Any) -> Any:
     if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            hit = _SECRET_KEYS.get(k)
-            if hit is None:
-                hit = _secret_key(k)
-            out[k] = REDACTED if hit else _redacted(v)
-        return out
+        return {k: (REDACTED if _secret_key(k) else _redacted(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redacted(v) for v in value]
     return value

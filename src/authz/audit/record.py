@@ -20,6 +20,7 @@ together for readers, exactly as it was before it was split.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import marshal
@@ -445,33 +446,23 @@ def _encode(value: Any, what: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Rules:
-    """What the audit log makes of one tuple of matched rules, made once for every record that
-    holds that same tuple (a decision's records do: authz.decide)."""
+    """What the audit log makes of one tuple of matched rules (`_rules_of`)."""
 
-    matched: tuple[MatchedRule, ...]
     dicts: list[dict[str, str]]
     """As stored; shared by the records being encoded, so never handed to a caller."""
     rows: tuple[RuleRow, ...]
     ids_json: str
 
-    @classmethod
-    def of(cls, matched: tuple[MatchedRule, ...]) -> _Rules:
-        known = _RULES.get(id(matched))
-        if known is not None and known.matched is matched:
-            return known
-        if len(_RULES) >= _MAX_RULES:
-            _RULES.clear()  # tuples built per record (hand-made records): never grow
-        rules = _RULES[id(matched)] = cls(
-            matched,
-            [m.to_dict() for m in matched],
-            tuple((m.policy, m.rule_id, m.effect) for m in matched),
-            canonical_json([m.rule_id for m in matched]) if matched else "[]",
-        )
-        return rules
 
-
-_RULES: dict[int, _Rules] = {}
-_MAX_RULES = 4096
+@functools.lru_cache(maxsize=4096)  # tuples built per record (hand-made records): bounded
+def _rules_of(matched: tuple[MatchedRule, ...]) -> _Rules:
+    """Made once for every record that holds the same rules (a decision's records do:
+    authz.decide). Callers pass a tuple (`tuple()` of one is free), as the cache hashes it."""
+    return _Rules(
+        [m.to_dict() for m in matched],
+        tuple((m.policy, m.rule_id, m.effect) for m in matched),
+        canonical_json([m.rule_id for m in matched]) if matched else "[]",
+    )
 
 
 def _prepare_typed(
@@ -479,7 +470,7 @@ def _prepare_typed(
 ) -> PreparedRecord:
     """A DecisionRecord is valid by construction: its columns come from its fields, and only
     its JSON is encoded (once)."""
-    rules = _Rules.of(record.matched_rules)
+    rules = _rules_of(tuple(record.matched_rules))
     principal, resource = record.principal, record.resource
     columns = (
         record.decision_id,
@@ -584,8 +575,8 @@ def _share_into(
 
 
 def _stored_dict(record: DecisionRecord) -> dict[str, Any]:
-    """record.to_dict(), for encoding at once: the matched rules' dicts are shared (_Rules)."""
-    return record._dict(_Rules.of(record.matched_rules).dicts)
+    """record.to_dict(), for encoding at once: the matched rules' dicts are shared (_rules_of)."""
+    return record._dict(_rules_of(tuple(record.matched_rules)).dicts)
 
 
 def prepare_many(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -188,24 +189,15 @@ def check_response(outcome: Outcome, into: pb.CheckResponse | None = None) -> pb
     Everything but the decision id is the decision's, and the engine shares one Decision among
     every evaluation that ends the same way (authz.policy.plan), so that part is built once per
     decision and copied, which is a fifth of the cost of building it."""
-    decision = outcome.decision
-    known = _RESPONSES.get(id(decision))
-    if known is None or known[0] is not decision:
-        if len(_RESPONSES) >= _MAX_RESPONSES:
-            _RESPONSES.clear()  # decisions that are not shared (refusals, errors): never grow
-        known = _RESPONSES[id(decision)] = (decision, _response_of(decision))
     response = pb.CheckResponse() if into is None else into
-    response.CopyFrom(known[1])
+    response.CopyFrom(_response_of(outcome.decision))
     response.decision_id = outcome.decision_id
     return response
 
 
-_RESPONSES: dict[int, tuple[Decision, pb.CheckResponse]] = {}
-"""By id of the decision (kept alive beside its response, so its id is not reused)."""
-_MAX_RESPONSES = 4096
-
-
+@functools.lru_cache(maxsize=4096)  # decisions that are not shared (errors) never grow it
 def _response_of(decision: Decision) -> pb.CheckResponse:
+    """The reply template of a decision, less its id (kept: the caller copies it)."""
     return pb.CheckResponse(
         effect=EFFECT_TO_PROTO[decision.effect],
         allowed=decision.allowed,
