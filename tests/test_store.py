@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import sqlite3
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from authz.store import (
 )
 from authz.store.migrations import portable
 from authz.store.postgres import advisory_key, translate_placeholders
+from authz.store.sqlite import open_sqlite
 from tests.pg import Backend, count, tables
 
 ALL_VERSIONS = [m.version for m in MIGRATIONS]
@@ -405,3 +407,40 @@ def test_a_state_db_from_before_migrations_is_adopted(tmp_path: Path) -> None:
         assert migrate(db) == ALL_VERSIONS
         assert set(tables(db)) == FACT_TABLES
         assert db.execute("SELECT session_id FROM sessions").rows == [("ses_1",)]
+
+
+def test_a_sqlite_write_transaction_waits_for_another_then_gives_up_at_the_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    """BEGIN IMMEDIATE retried by SqliteDatabase itself (not SQLite's busy handler): it waits
+    while another connection writes, gives up with SQLite's own error once the connection's
+    busy timeout has passed, and leaves that timeout as it was."""
+    path = tmp_path / "shared.db"
+    holder = open_sqlite(path)
+    waiter = open_sqlite(path, busy_timeout_ms=200)
+    holder.execute("CREATE TABLE t (v INTEGER)")
+
+    with holder.transaction():
+        holder.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(sqlite3.OperationalError, match="locked"), waiter.transaction():
+            pass
+    assert waiter.execute("PRAGMA busy_timeout").scalar() == 200
+
+    holding = threading.Event()
+
+    def hold() -> None:
+        with holder.transaction():
+            holder.execute("INSERT INTO t VALUES (2)")
+            holding.set()
+            time.sleep(0.05)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    holding.wait(5)
+    with waiter.transaction():  # waits for the other's commit, then writes
+        waiter.execute("INSERT INTO t VALUES (3)")
+    other.join()
+    assert [r[0] for r in waiter.execute("SELECT v FROM t ORDER BY v").rows] == [1, 2, 3]
+    assert waiter.execute("PRAGMA busy_timeout").scalar() == 200
+    holder.close()
+    waiter.close()
