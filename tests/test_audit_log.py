@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -71,6 +72,18 @@ def test_concurrent_records_are_each_written_once_in_few_commits(target: Target,
     assert log.commits <= 2000 // 10, log.counters()
     assert log.largest_batch <= log.max_batch
     assert_written_exactly(path, [r["decision_id"] for r in records])
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_the_writer_waits_for_its_core_rather_than_preempting_the_callers(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.db").start()
+    try:
+        log.record_blocking(make_record())  # the writer has started and committed
+        assert log._thread is not None and log._thread.native_id is not None
+        assert os.sched_getscheduler(log._thread.native_id) == os.SCHED_BATCH
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is left alone
+    finally:
+        log.close()
 
 
 def test_durable_record_has_committed_when_it_returns(target: Target) -> None:
