@@ -72,7 +72,14 @@ def kill(child: subprocess.Popen[bytes], into: list[str]) -> None:
     """SIGKILL mid-stream (commits and prints are in flight); keep what it finished printing."""
     if child.poll() is None:
         os.kill(child.pid, signal.SIGKILL)
-    rest, _ = child.communicate(timeout=10)
+    child.wait(timeout=10)
+    # The rest through the same buffered reader that readline() used: communicate() would read
+    # the pipe beneath it and miss what readline() had read ahead, the start of a line included
+    # (which once made the end of an id look like a lost decision).
+    assert child.stdout is not None and child.stderr is not None
+    rest = child.stdout.read()
+    child.stdout.close()
+    child.stderr.close()
     # Lines the child finished printing before it died count too; a torn last line does not.
     into.extend(line for line in rest.decode().split("\n")[:-1] if line)
     assert child.returncode == -signal.SIGKILL
