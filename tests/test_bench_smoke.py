@@ -20,7 +20,12 @@ import pytest
 from authz.bench import cerbos, documents
 from authz.bench.common import Table
 from authz.bench.engine import SHIPPED_CASES, generate_rules, generated_engine, shipped_engine
-from authz.bench.load import connections_per_process, non_2xx, process_tree_cpu_seconds
+from authz.bench.load import (
+    connections_per_process,
+    h2load_path,
+    non_2xx,
+    process_tree_cpu_seconds,
+)
 from authz.bench.peers import available_peers, compare_peers
 from authz.bench.report import (
     KEEP_END,
@@ -38,6 +43,7 @@ from authz.policy.engine import evaluate
 from authz.policy.inputs import build_input
 
 ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
 POLICIES = ROOT / "policies"
 TINY = {"min_time": 0.002, "repeats": 1}
 
@@ -405,3 +411,32 @@ def test_audit_record_bench_reports_the_loop_thread_apart() -> None:
         assert 0 < row["loop_us_per_decision"] <= row["cpu_us_per_decision"] + 1
     assert result["off"]["writer_us_per_decision"] == 0
     assert result["off"]["evaluate_us_per_decision"] is None  # timed only with --steps
+
+
+def test_ab_refuses_what_is_not_a_tree_or_a_variable(tmp_path: Path) -> None:
+    from authz.bench import ab
+
+    tree = ab.Tree.parse(f"{SRC}:AUTHZ_X=1,AUTHZ_Y=a=b")
+    assert tree.env == {"AUTHZ_X": "1", "AUTHZ_Y": "a=b"} and tree.src == SRC.resolve()
+    with pytest.raises(Exception, match="holds no authz package"):
+        ab.Tree.parse(str(tmp_path))
+    with pytest.raises(Exception, match="is not NAME=VALUE"):
+        ab.Tree.parse(f"{SRC}:AUTHZ_X")
+
+
+@pytest.mark.skipif(h2load_path() is None, reason="h2load (Debian's nghttp2-client) is missing")
+def test_ab_measures_each_tree_in_turn_and_reports_ratios_to_the_first(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from authz.bench import ab
+
+    code = ab.main(
+        [str(SRC), f"{SRC}:AUTHZ_BENCH_UNUSED=1", "--audit", "off", "--rounds", "1"]
+        + ["--seconds", "0.5", "--in-flight", "1"]
+    )
+    out = capsys.readouterr()
+    assert code == 0
+    assert out.err.count("round 1:") == 2 and "round 2:" not in out.err
+    rows = [line for line in out.out.splitlines() if line.startswith(str(SRC.resolve()))]
+    assert len(rows) == 2, out.out
+    assert "1.00×" in rows[0] and "AUTHZ_BENCH_UNUSED=1" in rows[1]
