@@ -197,8 +197,7 @@ def _yield_on_waking() -> None:
     its event loop and its writer there, and the writer, woken for each commit, preempted the
     loop in the middle of calls. Now the loop finishes what it holds first and each commit
     takes more records; when the core is idle (a lone call waiting for its commit) the writer
-    runs at once, as before (docs/benchmarks.md, "What changed this round": the audit writer
-    waits for its core)."""
+    runs at once, as before (docs/benchmarks.md: "The audit writer waits for its core")."""
     with contextlib.suppress(AttributeError, OSError):  # not Linux: nothing changes
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 

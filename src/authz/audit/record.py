@@ -466,11 +466,19 @@ def _rules_of(matched: tuple[MatchedRule, ...]) -> _Rules:
 
 
 def _prepare_typed(
-    record: DecisionRecord, stored: dict[str, Any], parts: tuple[PreparedPart, ...]
+    record: DecisionRecord,
+    parts: tuple[PreparedPart, ...] = (),
+    inline: Mapping[str, Any] | None = None,
+    refs: Mapping[str, str] | None = None,
 ) -> PreparedRecord:
     """A DecisionRecord is valid by construction: its columns come from its fields, and only
-    its JSON is encoded (once)."""
+    its JSON is encoded (once), with its batch's shared values (`_share_into`) if any. Its
+    matched rules' dicts, rows and ids are those of every record holding the same rules."""
+    _check_typed(record)
     rules = _rules_of(tuple(record.matched_rules))
+    stored = record._dict(rules.dicts)
+    if inline or refs:
+        stored = _share_into(stored, inline or {}, refs or {})
     principal, resource = record.principal, record.resource
     columns = (
         record.decision_id,
@@ -514,8 +522,7 @@ def prepare(
     `parts` are the shared parts its "parts" key names (see `prepare_many`).
     """
     if isinstance(record, DecisionRecord):
-        _check_typed(record)
-        return _prepare_typed(record, _stored_dict(record), parts)
+        return _prepare_typed(record, parts)
     if not isinstance(record, dict | Mapping):
         raise AuditRecordInvalid(f"an audit record is a dict, not {type(record).__name__}")
     if "time" not in record:
@@ -574,11 +581,6 @@ def _share_into(
     return out
 
 
-def _stored_dict(record: DecisionRecord) -> dict[str, Any]:
-    """record.to_dict(), for encoding at once: the matched rules' dicts are shared (_rules_of)."""
-    return record._dict(_rules_of(tuple(record.matched_rules)).dicts)
-
-
 def prepare_many(
     records: Iterable[Mapping[str, Any] | DecisionRecord],
     clock: Clock,
@@ -618,9 +620,7 @@ def prepare_many(
     out: list[PreparedRecord] = []
     for record in records:
         if isinstance(record, DecisionRecord):
-            _check_typed(record)
-            stored = _share_into(_stored_dict(record), inline, refs)
-            out.append(_prepare_typed(record, stored, held))
+            out.append(_prepare_typed(record, held, inline, refs))
         else:
             out.append(prepare(_with_shared(record, inline, refs), clock, held))
     return out

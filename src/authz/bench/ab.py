@@ -4,7 +4,9 @@
 ``authz`` package (e.g. ``src`` of a ``git worktree`` of an earlier commit), optionally followed
 by ``:NAME=VALUE,...``, variables for that tree's servers. For every tree and audit mode it
 starts ``python -m authz.bench.serve --kind authz`` with the tree on ``PYTHONPATH`` and the
-Cerbos comparison's policy (`authz.bench.documents`), checks that each answers, then runs
+Cerbos comparison's policy, as that comparison does (`authz.bench.cerbos.start_authz`; a tree
+from commit 057e20d on, whose bench server takes ``--cpu-affinity``), checks that each answers,
+then runs
 h2load against them in turn, round after round, and prints each round (stderr) and the medians
 with their ratio to the first tree (stdout). Server CPU counts every process of the server.
 
@@ -26,13 +28,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
-from authz.bench.cerbos import AuthzClient
+from authz.bench.cerbos import AuthzClient, Contender, Server, start_authz
 from authz.bench.common import Table
 from authz.bench.documents import write_authz_policies
 from authz.bench.load import Run, h2load_path, measured_run
-from authz.bench.world import TOKEN_KEY, ServerProcess, grpc_frame
+from authz.bench.world import grpc_frame
 
 IN_FLIGHT = {64: (4, 16), 1: (1, 1)}
 """Requests in flight → h2load's connections × streams, as the Cerbos comparison runs them."""
@@ -68,45 +68,38 @@ class Tree:
 
 
 @dataclass
-class Contender:
+class Measured:
+    """One tree's server in one audit mode, and its rounds."""
+
     tree: Tree
     audit: str
-    process: ServerProcess
-    client: AuthzClient
+    server: Server
     runs: list[Run] = field(default_factory=list)
 
 
 @contextlib.contextmanager
 def started(
     trees: Sequence[Tree], audits: Sequence[str], workers: int, workdir: Path, lifetime: float
-) -> Iterator[list[Contender]]:
+) -> Iterator[list[Measured]]:
+    """Each tree's server in each audit mode, started as the Cerbos comparison starts authz."""
     policies = write_authz_policies(workdir / "policies")
-    contenders: list[Contender] = []
+    measured: list[Measured] = []
     try:
         for index, tree in enumerate(trees):
             for audit in audits:
                 key = f"{index}-{audit}"
-                process = ServerProcess(
-                    [
-                        *("--kind", "authz", "--audit", audit, "--policies", str(policies)),
-                        *("--data-dir", str(workdir / f"data-{key}")),
-                        *("--max-seconds", str(round(lifetime)), "--workers", str(workers)),
-                    ],
-                    workdir / f"{key}.log",
-                    {"AUTHZ_BENCH_TOKEN_KEY": TOKEN_KEY, **tree.env, "PYTHONPATH": str(tree.src)},
-                )
-                client = AuthzClient(process.address)
-                contenders.append(Contender(tree, audit, process, client))
-                grpc.channel_ready_future(client.channel).result(timeout=30)
-        yield contenders
+                contender = Contender(key, key, "authz", audit, workers=workers)
+                env = {**tree.env, "PYTHONPATH": str(tree.src)}
+                server = start_authz(contender, workdir, policies, lifetime, env)
+                measured.append(Measured(tree, audit, server))
+        yield measured
     finally:
-        for c in contenders:
-            c.client.close()
-            c.process.stop()
+        for m in measured:
+            m.server.stop()
 
 
 def measure(
-    contenders: Sequence[Contender],
+    contenders: Sequence[Measured],
     workload: str,
     *,
     rounds: int,
@@ -115,14 +108,14 @@ def measure(
 ) -> None:
     clients, streams = IN_FLIGHT[in_flight]
     for c in contenders:  # every server answers before any is measured
-        c.client.call(workload, c.client.request(workload))
+        c.server.client.call(workload, c.server.client.request(workload))
     for round_number in range(1, rounds + 1):
         for c in contenders:
             run = measured_run(
-                c.process.pid,
-                c.process.port,
-                c.client.paths[workload],
-                grpc_frame(c.client.request(workload)),
+                c.server.pid,
+                c.server.port,
+                c.server.client.paths[workload],
+                grpc_frame(c.server.client.request(workload)),
                 duration=seconds,
                 warmup=1.0,
                 clients=clients,
@@ -138,7 +131,7 @@ def measure(
             )
 
 
-def report(contenders: Sequence[Contender], workload: str, in_flight: int) -> Table:
+def report(contenders: Sequence[Measured], workload: str, in_flight: int) -> Table:
     rows = []
     first: dict[str, tuple[float, float]] = {}
     for c in contenders:

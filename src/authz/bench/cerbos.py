@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -643,7 +643,7 @@ def started(
             for c in contenders:
                 progress(f"cerbos: starting {c.label}")
                 if c.product == "authz":
-                    servers[c.key] = _start_authz(c, workdir, authz_policies, lifetime)
+                    servers[c.key] = start_authz(c, workdir, authz_policies, lifetime)
                 else:
                     if cerbos is None:
                         raise ValueError(f"{c.label} needs the Cerbos binary")
@@ -667,7 +667,15 @@ def _stop_once(client: AuthzClient | CerbosClient, stop: Callable[[], dict[str, 
     return once
 
 
-def _start_authz(c: Contender, workdir: Path, policies: Path, lifetime: float) -> Server:
+def start_authz(
+    c: Contender,
+    workdir: Path,
+    policies: Path,
+    lifetime: float,
+    env: Mapping[str, str] | None = None,
+) -> Server:
+    """`python -m authz.bench.serve --kind authz` for `c`, answering; `env` is added to its
+    environment (authz.bench.ab: the source tree on PYTHONPATH)."""
     process = ServerProcess(
         [
             "--kind",
@@ -686,7 +694,7 @@ def _start_authz(c: Contender, workdir: Path, policies: Path, lifetime: float) -
             c.affinity,
         ],
         workdir / f"{c.key}.log",
-        {"AUTHZ_BENCH_TOKEN_KEY": TOKEN_KEY},
+        {"AUTHZ_BENCH_TOKEN_KEY": TOKEN_KEY, **(env or {})},
     )
     client = AuthzClient(process.address)
     try:

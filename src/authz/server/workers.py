@@ -107,9 +107,8 @@ def worker_cores(
     affinity mask) at least ``count`` cores. A worker's threads (the event loop, grpc's poller,
     the audit writer) then wake on the core whose caches hold their data: left to the kernel,
     each wake-up of one of them could move the event loop to the other core and make it refill
-    its caches there, which costs more CPU per call (docs/benchmarks.md, "Earlier
-    today": each worker keeps to a core of its own). Fewer cores than workers, or ``off``: no
-    pinning.
+    its caches there, which costs more CPU per call (docs/benchmarks.md: "Each worker keeps to a
+    core of its own"). Fewer cores than workers, or ``off``: no pinning.
     """
     if affinity == "off" or count < 2:
         return None
