@@ -206,18 +206,24 @@ def test_decision_names_the_revision(policy_dir: PolicyDir) -> None:
     assert len(policy_set.revision) == 16
 
 
-def test_fused_conditions_beyond_one_chunk(policy_dir: PolicyDir) -> None:
-    """130 conditional rules on one action span three fused programs; each bit lands right."""
+def wide(policy_dir: PolicyDir, who: str):  # noqa: ANN201
+    """130 conditional rules on action x, rule i holding for `who` "p{i}" or "everyone", every
+    tenth a deny."""
     rules = "\n".join(
         f"""
   - id: r{i}
     effect: {"deny" if i % 10 == 9 else "allow"}
     actions: [x]
-    when: principal.id == "p{i}" || principal.id == "everyone"
+    when: {who} == "p{i}" || {who} == "everyone"
     reason: r{i}"""
         for i in range(130)
     )
-    policy_set = compiled(policy_dir, f"name: wide\nrules:{rules}\n")
+    return compiled(policy_dir, f"name: wide\nrules:{rules}\n")
+
+
+def test_fused_conditions_beyond_one_chunk(policy_dir: PolicyDir) -> None:
+    """130 conditional rules on one action span three fused programs; each bit lands right."""
+    policy_set = wide(policy_dir, "principal.id")
     plan = policy_set.plan("x", "")
     assert [len(c.positions) for c in plan.chunks] == [62, 62, 6]
     assert all(c.program is not None for c in plan.chunks)
@@ -340,3 +346,116 @@ def test_the_catalogue_mode_takes_only_open_or_closed(policy_dir: PolicyDir) -> 
         compile_policies(load_policy_dir(policy_dir(both)))
     assert "'catalogue: closed' here, but a.yaml declares 'catalogue: open'" in str(info.value)
     assert compiled(policy_dir, CATALOGUED + "catalogue: closed\n").closed
+
+
+# -- a batch's items evaluated together (evaluate_many) -----------------------------------------
+
+BATCHED = """
+name: documents
+actions:
+  doc.read: read
+  doc.edit: edit
+  doc.share: share
+rules:
+  - id: team-reads
+    effect: allow
+    actions: [doc.read]
+    resource_types: [doc]
+    when: principal.attributes.team == resource.attributes.team
+    reason: the team reads
+  - id: senior-reads
+    effect: allow
+    actions: [doc.read]
+    when: resource.attributes.level > 2
+    reason: anyone reads a senior document
+  - id: owner-edits-and-shares
+    effect: allow
+    actions: [doc.edit, doc.share]
+    when: resource.attributes.owner == principal.id
+    reason: the owner edits and shares
+  - id: locked-stays-locked
+    effect: deny
+    actions: ["*"]
+    when: resource.attributes.locked
+    reason: a locked document is left alone
+  - id: sharing-needs-a-reason
+    effect: deny
+    actions: [doc.share]
+    when: context.reason == ""
+    reason: say why you share
+"""
+
+
+def test_items_evaluated_together_get_the_decisions_each_would_get_alone(
+    policy_dir: PolicyDir,
+) -> None:
+    """Items that share all but their resource are evaluated in one CEL call per chunk; any
+    error there (a missing attribute, a non-bool) sends them one by one, so every decision,
+    error and reason is the one `evaluate` gives, in order."""
+    from datetime import UTC, datetime
+
+    from authz.policy.engine import evaluate_many
+    from authz.policy.inputs import evaluation_input, principal_input, resource_input
+
+    policy_set = compiled(policy_dir, BATCHED)
+    principal = principal_input("user", "u1", {"team": "red"})
+    shared = {"access": {}, "caller": {"id": "web"}, "now": datetime.now(tz=UTC)}
+    context, other_context = {"reason": ""}, {"reason": "audit"}
+    clean = [  # every condition of every rule evaluates to a bool
+        resource_input(
+            "doc", f"d{i}", {"team": team, "owner": owner, "level": level, "locked": False}
+        )
+        for i, (team, owner, level) in enumerate(
+            [("red", "u1", 1), ("blue", "u2", 3), ("red", "u2", 0), ("blue", "u1", 5)]
+        )
+    ]
+    troubled = [
+        resource_input("doc", "no-level", {"team": "red", "owner": "u1", "locked": False}),
+        resource_input(
+            "doc", "odd-lock", {"team": "red", "owner": "u1", "level": 0, "locked": "y"}
+        ),
+        resource_input("doc", "locked", {"team": "red", "owner": "u1", "level": 9, "locked": True}),
+        resource_input("folder", "f1", {"team": "red", "owner": "u1", "level": 0, "locked": False}),
+    ]
+    items = [
+        evaluation_input(action=action, principal=principal, resource=r, context=c, **shared)
+        for action in ("doc.read", "doc.edit", "doc.share", "doc.unknown")
+        for c in (context, other_context)
+        for r in [*clean, *troubled]
+    ]
+    alone = [evaluate(policy_set, one) for one in items]
+    assert evaluate_many(policy_set, items) == alone
+    assert any(d.errors for d in alone) and any(d.allowed for d in alone)
+    assert any(not d.allowed and not d.errors for d in alone)
+    # Only the clean resources, on their own, take the batched path (its program compiled):
+    # and they get the same answers.
+    clean_items = [one for one in items if one["resource"] in clean]
+    for plan in {id(p): p for p in policy_set._plans.values()}.values():
+        plan.batched.clear()
+    assert evaluate_many(policy_set, clean_items) == [evaluate(policy_set, o) for o in clean_items]
+    read_plan = policy_set.plan("doc.read", "doc")
+    assert read_plan.batched and all(p is not None for p in read_plan.batched.values())
+
+
+def test_items_evaluated_together_beyond_one_chunk(policy_dir: PolicyDir) -> None:
+    """130 conditions on one action span three fused programs; each item's bits land right."""
+    from authz.policy.engine import evaluate_many
+
+    policy_set = wide(policy_dir, "resource.id")
+    principal = {"type": "user", "id": "u1"}
+    first = build_input(action="x", principal=principal, resource={"id": "p0"})
+    items = [
+        {**first, "resource": build_input(action="x", resource={"id": rid})["resource"]}
+        for rid in ("p0", "p61", "p62", "p100", "p129", "everyone", "nobody")
+    ]
+    decisions = evaluate_many(policy_set, items)
+    assert decisions == [evaluate(policy_set, one) for one in items]
+    assert [[m.rule_id for m in d.matched] for d in decisions[:5]] == [
+        ["r0"],
+        ["r61"],
+        ["r62"],
+        ["r100"],
+        ["r129"],
+    ]
+    assert len(decisions[5].matched) == 130 and not decisions[6].matched
+    assert len(policy_set.plan("x", "").batched) == 3

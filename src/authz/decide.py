@@ -27,7 +27,7 @@ from authz.facts.sessions import TOKEN_PREFIX, SessionStore
 from authz.ids import new_decision_id, new_decision_ids
 from authz.offload import offload
 from authz.policy import inputs as policy_inputs
-from authz.policy.engine import evaluate
+from authz.policy.engine import evaluate_many
 from authz.policy.holder import PolicyHolder
 from authz.policy.inputs import ADDON, HEROKU_USER, NO_APP
 from authz.policy.model import Decision, Effect
@@ -226,21 +226,26 @@ class Decider:
         recording = self.audit.recording
         recorded: list[tuple[Outcome, dict[str, Any], Mapping[str, Any]]] = []
         decision_ids = new_decision_ids(len(items))
-        for item, resource, decision_id in zip(items, resources, decision_ids, strict=True):
-            item_context = {**base_context, **item.context} if item.context else base_context
-            inputs = policy_inputs.evaluation_input(
+        each_inputs = [
+            policy_inputs.evaluation_input(
                 action=item.action,
                 principal=subject.principal,
                 resource=resource,
                 access=access.get(resource["addon"]["app_id"], no_access),
                 caller=caller_fact,
                 now=now_dt,
-                context=item_context,
+                context={**base_context, **item.context} if item.context else base_context,
             )
-            if subject.refusal:
-                decision = Decision(Effect.DENY, (), (subject.refusal,), (), policy_set.revision)
-            else:
-                decision = evaluate(policy_set, inputs)
+            for item, resource in zip(items, resources, strict=True)
+        ]
+        if subject.refusal:
+            refused = Decision(Effect.DENY, (), (subject.refusal,), (), policy_set.revision)
+            decisions = [refused] * len(items)
+        else:
+            decisions = evaluate_many(policy_set, each_inputs)
+        for item, inputs, decision, decision_id in zip(
+            items, each_inputs, decisions, decision_ids, strict=True
+        ):
             outcome = Outcome(decision_id, decision)
             outcomes.append(outcome)
             if recording:
@@ -312,7 +317,16 @@ class Decider:
     # -- facts ----------------------------------------------------------------------------------
 
     def _resource_inputs(self, resources: list[Entity]) -> list[dict[str, Any]]:
-        return [self._resource_input(resource) for resource in resources]
+        """One input per resource; a resource named by several items (one Entity, as
+        convert.batch_items shares it) is looked up once and its input shared."""
+        built: dict[int, dict[str, Any]] = {}
+        out = []
+        for resource in resources:
+            found = built.get(id(resource))
+            if found is None:
+                found = built[id(resource)] = self._resource_input(resource)
+            out.append(found)
+        return out
 
     def _resource_input(self, resource: Entity) -> dict[str, Any]:
         addon_facts = None

@@ -7,8 +7,8 @@ async mode on a fresh SQLite file (or the PostgreSQL database of ``--database-ur
 (every thread: the event loop and the writer) per decision, less the no-op run's, is what the
 record costs; the writer thread's own share is shown apart. Rounds are interleaved and the
 median is reported. The event loop's own thread is shown apart too, and with ``--steps`` the
-CPU its `evaluate` calls take (timed by wrapping authz.decide's `evaluate` with a per-thread CPU
-clock, about 1 µs per call): the same evaluation costs more while the writer works.
+CPU its `evaluate_many` calls take (timed by wrapping authz.decide's `evaluate_many` with a
+per-thread CPU clock, about 1 µs per call): the same evaluation costs more while the writer works.
 
     python -m authz.bench.audit_record                    # SQLite, 20,000 decisions per run
     python -m authz.bench.audit_record --decisions 5000 --rounds 3 --json
@@ -62,12 +62,12 @@ _evaluate_cpu: float | None = None
 
 
 def time_evaluate() -> None:
-    """Count the CPU of every `evaluate` that authz.decide makes, in _evaluate_cpu."""
+    """Count the CPU of every `evaluate_many` that authz.decide makes, in _evaluate_cpu."""
     from authz import decide
 
     global _evaluate_cpu
     _evaluate_cpu = 0.0
-    evaluate = decide.evaluate
+    evaluate = decide.evaluate_many
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         global _evaluate_cpu
@@ -77,7 +77,7 @@ def time_evaluate() -> None:
         finally:
             _evaluate_cpu = (_evaluate_cpu or 0.0) + time.thread_time() - started
 
-    decide.evaluate = timed  # type: ignore[assignment]
+    decide.evaluate_many = timed  # type: ignore[assignment]
 
 
 def run_once(

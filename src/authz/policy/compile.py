@@ -15,7 +15,7 @@ from authz.policy import inputs
 from authz.policy.attributes import attribute_problems
 from authz.policy.load import LoadedSet, PolicyError, Problem, load_policy_dir
 from authz.policy.model import EntityType, Policy, Rule, Source
-from authz.policy.plan import CompiledRule, Plan, build_plan, reads_of
+from authz.policy.plan import BATCH_RESOURCES, CompiledRule, Plan, build_plan, reads_of
 
 # What every condition may read: the contract of authz.policy.inputs. Conditions are
 # type-checked against its typed form (a typo or a type error fails at load, not at 3 a.m.) and
@@ -33,6 +33,13 @@ def new_env() -> cel.Env:
     return cel.NewEnv(variables=VARIABLES)
 
 
+def new_batch_env() -> cel.Env:
+    """`new_env` and the list a batched program maps over (authz.policy.plan.Plan.batch_program)."""
+    return cel.NewEnv(
+        variables={**VARIABLES, BATCH_RESOURCES: cel.Type.List(VARIABLES["resource"])}
+    )
+
+
 @dataclass
 class CompiledPolicySet:
     """An immutable, fully compiled policy set. Swapped whole on reload, never edited in place."""
@@ -43,6 +50,8 @@ class CompiledPolicySet:
     catalogue: dict[str, str]
     env: cel.Env
     directory: Path | None = None
+    # Where plans compile their batched programs (new_batch_env); None: items one by one.
+    batch_env: cel.Env | None = None
     loaded_at: float = field(default_factory=time.time)
     # Reference data (the `data` variable), built once at load and shared by every evaluation.
     data: dict[str, Any] = field(default_factory=dict)
@@ -109,7 +118,7 @@ class CompiledPolicySet:
         rules_key = tuple(self._order[id(r)] for r in rules)
         plan = self._plans_by_rules.get(rules_key)
         if plan is None:
-            plan = build_plan(self.env, rules)
+            plan = build_plan(self.env, rules, self.batch_env)
             self._plans_by_rules[rules_key] = plan
         if len(self._plans) < _MAX_CACHED_ACTIONS:
             self._plans[key] = plan
@@ -168,6 +177,7 @@ def compile_policies(loaded: LoadedSet) -> CompiledPolicySet:
         catalogue=catalogue,
         env=env,
         directory=loaded.directory,
+        batch_env=new_batch_env(),
         data=loaded.data,
         resource_types={
             name: text for policy in loaded.policies for name, text in policy.resource_types

@@ -3,20 +3,24 @@ and in a closed catalogue an action nobody catalogued is denied before any rule 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cel_expr_python import cel
 
 from authz.policy.compile import CompiledPolicySet
+from authz.policy.inputs import VARIABLE_NAMES
 from authz.policy.model import Decision, Effect
-from authz.policy.plan import DECISIONS_PER_PLAN, CompiledRule, Plan
+from authz.policy.plan import BATCH_RESOURCES, DECISIONS_PER_PLAN, CompiledRule, Plan
 
 _ERROR = cel.Type.ERROR
 _BOOL = cel.Type.BOOL
 _INT = cel.Type.INT
 _DENY = Effect.DENY
 ACTION_UNKNOWN = "ACTION_UNKNOWN"
+_SHARED_VARIABLES = tuple(name for name in VARIABLE_NAMES if name not in ("action", "resource"))
+"""What items evaluated together share (evaluate_many): every declared variable but these."""
+_ABSENT = object()
 
 
 def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decision:
@@ -65,6 +69,84 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
                 held[position] = _holds(plan.rules[position], activation, errors)
     if errors:
         return _decision(policy_set, plan, action, held, tuple(errors))
+    return _shared_decision(policy_set, plan, action, held)
+
+
+def evaluate_many(
+    policy_set: CompiledPolicySet, inputs: Sequence[Mapping[str, Any]]
+) -> list[Decision]:
+    """`evaluate` of each input, in order, with the same decisions. Inputs that differ only in
+    their resource (the items of one batch: one subject, one context, resources of one type
+    and app under one action) are evaluated together, one CEL call per chunk of conditions
+    (`Plan.batch_program`) rather than one per input; any error in that call sends them
+    through `evaluate` one by one, which attributes it to its rule."""
+    if len(inputs) == 1:
+        return [evaluate(policy_set, inputs[0])]
+    alike: dict[tuple[Any, ...], list[int]] = {}
+    for index, one in enumerate(inputs):
+        # Identity, not equality: the builders share one object per subject, context and app.
+        # (Keys no condition may name cannot change a decision.)
+        key = (
+            one["action"],
+            one["resource"].get("type", ""),
+            *[id(one.get(name, _ABSENT)) for name in _SHARED_VARIABLES],
+        )
+        alike.setdefault(key, []).append(index)
+    decisions: list[Decision] = [None] * len(inputs)  # type: ignore[list-item]
+    for indexes in alike.values():
+        group = [inputs[i] for i in indexes]
+        decided = _evaluate_alike(policy_set, group) if len(group) > 1 else None
+        if decided is None:
+            decided = [evaluate(policy_set, one) for one in group]
+        for i, decision in zip(indexes, decided, strict=True):
+            decisions[i] = decision
+    return decisions
+
+
+def _evaluate_alike(
+    policy_set: CompiledPolicySet, group: list[Mapping[str, Any]]
+) -> list[Decision] | None:
+    """The decisions of inputs that differ only in `resource`; None when they must be evaluated
+    one by one (an uncatalogued action, a chunk with no batched program, or any error)."""
+    first = group[0]
+    action: str = first["action"]
+    if policy_set.closed and action not in policy_set.catalogue:
+        return None
+    plan = policy_set.plan(action, first["resource"].get("type", ""))
+    if not plan.chunks:
+        return None  # no condition to evaluate: each is only a lookup
+    if plan.reads_data and "data" not in first:
+        group = [{**one, "data": policy_set.data} for one in group]
+    projected = group if plan.project is None else [plan.project(one) for one in group]
+    shared = {name: value for name, value in projected[0].items() if name != "resource"}
+    shared[BATCH_RESOURCES] = [one["resource"] for one in projected]
+    held = [[False] * len(plan.rules) for _ in group]
+    for position in plan.always:
+        for row in held:
+            row[position] = True
+    for index, chunk in enumerate(plan.chunks):
+        program = plan.batch_program(index)
+        if program is None:
+            return None
+        result = program.eval(data=shared)
+        if result.type() == _ERROR:
+            return None
+        items = result.value()  # one accessor per resource
+        if len(items) != len(group):
+            return None
+        for row, item in zip(held, items, strict=True):
+            if item.type() != _INT:
+                return None  # some condition yielded a non-bool: rule by rule says which
+            mask = item.value()
+            for bit, position in enumerate(chunk.positions):
+                row[position] = bool(mask >> bit & 1)
+    return [_shared_decision(policy_set, plan, action, row) for row in held]
+
+
+def _shared_decision(
+    policy_set: CompiledPolicySet, plan: Plan, action: str, held: list[bool]
+) -> Decision:
+    """The decision for these rules held and no error: built once per plan and shared."""
     key = (policy_set.revision, action, tuple(held))
     decision = plan.decisions.get(key)
     if decision is None:

@@ -23,6 +23,10 @@ from authz.policy.inputs import VARIABLE_NAMES
 from authz.policy.model import Decision, MatchedRule, Rule
 
 CHUNK = 62  # bits of a CEL int (int64) that stay positive
+BATCH_RESOURCES = "__resources"
+"""The variable a batched program maps over: the resources of items that share everything else
+(`Plan.batch_program`). Declared only in the environment batched programs compile in, so no
+condition can name it."""
 
 # The input paths a condition reads, e.g. ("principal", "auth", "method"); ("context",) reads
 # the whole variable. None: not known (the whole input is passed).
@@ -160,6 +164,12 @@ class Plan:
     project: Any = None
     # Each rule's MatchedRule, built once: the engine reports these.
     matched: tuple[MatchedRule, ...] = ()
+    # The environment `batch_program` compiles in (compile.new_batch_env); None: no batching.
+    batch_env: cel.Env | None = None
+    # Each chunk's batched program, by chunk position, compiled when first asked for.
+    batched: dict[int, cel.Expression | None] = field(
+        default_factory=dict, compare=False, hash=False
+    )
     # The decisions this plan has given, by (revision, action, which rules held), when no
     # condition errored: a decision is a function of those alone, so each is built once and
     # shared (authz.policy.engine; bounded by DECISIONS_PER_PLAN).
@@ -167,11 +177,30 @@ class Plan:
         default_factory=dict, compare=False, hash=False
     )
 
+    def batch_program(self, index: int) -> cel.Expression | None:
+        """Chunk `index`'s conditions for many resources at once: `BATCH_RESOURCES.map(resource,
+        mask)` gives one bitmask per resource, the chunk's fused mask with `resource` bound to
+        each in turn (a comprehension's variable shadows the declared one) and every other
+        variable shared. None when there is no batch environment or it does not compile."""
+        if index in self.batched:
+            return self.batched[index]
+        program = None
+        if self.batch_env is not None:
+            mask = _mask_text([self.rules[p] for p in self.chunks[index].positions])
+            try:
+                program = self.batch_env.compile(f"{BATCH_RESOURCES}.map(resource, {mask})")
+            except Exception:  # e.g. CEL's parser depth limit: evaluate item by item
+                program = None
+        self.batched[index] = program
+        return program
+
 
 DECISIONS_PER_PLAN = 1024
 
 
-def build_plan(env: cel.Env, rules: tuple[CompiledRule, ...]) -> Plan:
+def build_plan(
+    env: cel.Env, rules: tuple[CompiledRule, ...], batch_env: cel.Env | None = None
+) -> Plan:
     always = tuple(i for i, r in enumerate(rules) if r.program is None)
     conditional = [i for i, r in enumerate(rules) if r.program is not None]
     chunks = []
@@ -187,18 +216,24 @@ def build_plan(env: cel.Env, rules: tuple[CompiledRule, ...]) -> Plan:
         projection,
         project=projector(projection) if projection is not None else None,
         matched=tuple(r.matched for r in rules),
+        batch_env=batch_env,
     )
 
 
 def _fuse(env: cel.Env, rules: list[CompiledRule]) -> cel.Expression | None:
     if len(rules) == 1:
         return None  # one condition: the rule's own program is as fast
-    # Newlines keep a `//` comment inside a condition from swallowing the rest.
-    terms = [f"((\n{r.rule.when}\n) ? {1 << bit} : 0)" for bit, r in enumerate(rules)]
     try:
-        return env.compile(_balanced_sum(terms))
+        return env.compile(_mask_text(rules))
     except Exception:  # e.g. CEL's parser depth limit: evaluate these rule by rule
         return None
+
+
+def _mask_text(rules: list[CompiledRule]) -> str:
+    """`(c1 ? 1 : 0) + (c2 ? 2 : 0) + …` for these rules' conditions."""
+    # Newlines keep a `//` comment inside a condition from swallowing the rest.
+    terms = [f"((\n{r.rule.when}\n) ? {1 << bit} : 0)" for bit, r in enumerate(rules)]
+    return _balanced_sum(terms)
 
 
 def _balanced_sum(terms: list[str]) -> str:
