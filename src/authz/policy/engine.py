@@ -21,6 +21,7 @@ ACTION_UNKNOWN = "ACTION_UNKNOWN"
 _SHARED_VARIABLES = tuple(name for name in VARIABLE_NAMES if name not in ("action", "resource"))
 """What items evaluated together share (evaluate_many): every declared variable but these."""
 _ABSENT = object()
+_NOTHING: Mapping[str, Any] = {}
 
 
 def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decision:
@@ -119,7 +120,8 @@ def _evaluate_alike(
         group = [{**one, "data": policy_set.data} for one in group]
     projected = group if plan.project is None else [plan.project(one) for one in group]
     shared = {name: value for name, value in projected[0].items() if name != "resource"}
-    shared[BATCH_RESOURCES] = [one["resource"] for one in projected]
+    # A plan whose conditions read no resource field projects none: each item maps to {}.
+    shared[BATCH_RESOURCES] = [one.get("resource", _NOTHING) for one in projected]
     held = [[False] * len(plan.rules) for _ in group]
     for position in plan.always:
         for row in held:
