@@ -379,6 +379,11 @@ rules:
     actions: [doc.edit, doc.share]
     when: resource.attributes.owner == principal.id
     reason: the owner edits and shares
+  - id: listed-editors-edit-junior-documents
+    effect: allow
+    actions: [doc.edit]
+    when: principal.id in data.editors.ids && resource.attributes.level <= data.editors.up_to
+    reason: the editors listed in data edit documents up to their level
   - id: locked-stays-locked
     effect: deny
     actions: [doc.read, doc.edit, doc.share]
@@ -393,17 +398,22 @@ rules:
 
 
 def test_items_evaluated_together_get_the_decisions_each_would_get_alone(
-    policy_dir: PolicyDir,
+    policy_dir: PolicyDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Items that share all but their resource are evaluated in one CEL call per chunk; any
     error there (a missing attribute, a non-bool) sends them one by one, so every decision,
     error and reason is the one `evaluate` gives, in order."""
     from datetime import UTC, datetime
 
+    from authz.policy import engine
     from authz.policy.engine import evaluate_many
     from authz.policy.inputs import evaluation_input, principal_input, resource_input
 
-    policy_set = compiled(policy_dir, BATCHED)
+    directory = policy_dir({"p.yaml": BATCHED})
+    (directory / "data").mkdir()
+    (directory / "data" / "editors.yaml").write_text("ids: [u1]\nup_to: 3\n")
+    policy_set = compile_policies(load_policy_dir(directory))
+    assert policy_set.plan("doc.edit", "doc").reads_data
     principal = principal_input("user", "u1", {"team": "red"})
     shared = {"access": {}, "caller": {"id": "web"}, "now": datetime.now(tz=UTC)}
     context, other_context = {"reason": ""}, {"reason": "audit"}
@@ -433,13 +443,23 @@ def test_items_evaluated_together_get_the_decisions_each_would_get_alone(
     assert evaluate_many(policy_set, items) == alone
     assert any(d.errors for d in alone) and any(d.allowed for d in alone)
     assert any(not d.allowed and not d.errors for d in alone)
-    # Only the clean resources, on their own, take the batched path (its program compiled):
-    # and they get the same answers.
-    clean_items = [one for one in items if one["resource"] in clean]
-    for plan in {id(p): p for p in policy_set._plans.values()}.values():
-        plan.batched.clear()
-    assert evaluate_many(policy_set, clean_items) == [evaluate(policy_set, o) for o in clean_items]
-    for action in ("doc.read", "doc.comment"):  # the second reads no resource field at all
+    assert any(
+        m.rule_id == "listed-editors-edit-junior-documents" for d in alone for m in d.matched
+    )
+    # The clean resources under catalogued actions, on their own, take the batched path
+    # throughout (never `evaluate` one by one), and get the same answers.
+    clean_items = [
+        one for one in items if one["resource"] in clean and one["action"] != "doc.unknown"
+    ]
+    expected = [evaluate(policy_set, one) for one in clean_items]
+    one_by_one: list[object] = []
+    monkeypatch.setattr(
+        engine, "evaluate", lambda *args: one_by_one.append(args) or evaluate(*args)
+    )
+    assert evaluate_many(policy_set, clean_items) == expected
+    assert one_by_one == []
+    # doc.edit's conditions read data; doc.comment's read no field of the resource at all.
+    for action in ("doc.read", "doc.edit", "doc.comment"):
         plan = policy_set.plan(action, "doc")
         assert plan.batched and all(p is not None for p in plan.batched.values())
 

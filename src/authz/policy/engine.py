@@ -21,7 +21,7 @@ ACTION_UNKNOWN = "ACTION_UNKNOWN"
 _SHARED_VARIABLES = tuple(name for name in VARIABLE_NAMES if name not in ("action", "resource"))
 """What items evaluated together share (evaluate_many): every declared variable but these."""
 _ABSENT = object()
-_NOTHING: Mapping[str, Any] = {}
+_MASKS = "masks"  # tags the decisions a plan keeps by bitmasks rather than by rules held
 
 
 def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decision:
@@ -117,16 +117,17 @@ def _evaluate_alike(
     if not plan.chunks:
         return None  # no condition to evaluate: each is only a lookup
     if plan.reads_data and "data" not in first:
-        group = [{**one, "data": policy_set.data} for one in group]
-    projected = group if plan.project is None else [plan.project(one) for one in group]
-    shared = {name: value for name, value in projected[0].items() if name != "resource"}
-    # A plan whose conditions read no resource field projects none: each item maps to {}.
-    shared[BATCH_RESOURCES] = [one.get("resource", _NOTHING) for one in projected]
-    held = [[False] * len(plan.rules) for _ in group]
-    for position in plan.always:
-        for row in held:
-            row[position] = True
-    for index, chunk in enumerate(plan.chunks):
+        first = {**first, "data": policy_set.data}
+    # What the items share, projected once; of each resource only what the conditions read.
+    shared = dict(first) if plan.project is None else plan.project(first)
+    shared.pop("resource", None)
+    project_resource = plan.project_resource
+    shared[BATCH_RESOURCES] = [
+        one["resource"] if project_resource is None else project_resource(one["resource"])
+        for one in group
+    ]
+    masks: list[list[int]] = []  # per chunk, one bitmask per item
+    for index in range(len(plan.chunks)):
         program = plan.batch_program(index)
         if program is None:
             return None
@@ -134,15 +135,30 @@ def _evaluate_alike(
         if result.type() == _ERROR:
             return None
         items = result.value()  # one accessor per resource
-        if len(items) != len(group):
-            return None
-        for row, item in zip(held, items, strict=True):
-            if item.type() != _INT:
-                return None  # some condition yielded a non-bool: rule by rule says which
-            mask = item.value()
-            for bit, position in enumerate(chunk.positions):
-                row[position] = bool(mask >> bit & 1)
-    return [_shared_decision(policy_set, plan, action, row) for row in held]
+        if len(items) != len(group) or any(item.type() != _INT for item in items):
+            return None  # some condition yielded a non-bool: rule by rule says which
+        masks.append([item.value() for item in items])
+    return [_decided_by_masks(policy_set, plan, action, held) for held in zip(*masks, strict=True)]
+
+
+def _decided_by_masks(
+    policy_set: CompiledPolicySet, plan: Plan, action: str, masks: tuple[int, ...]
+) -> Decision:
+    """The decision for the rules each chunk's bitmask says held, and no error (shared)."""
+    key = (policy_set.revision, action, _MASKS, masks)
+    decision = plan.decisions.get(key)  # type: ignore[call-overload]
+    if decision is not None:
+        return decision
+    held = [False] * len(plan.rules)
+    for position in plan.always:
+        held[position] = True
+    for chunk, mask in zip(plan.chunks, masks, strict=True):
+        for bit, position in enumerate(chunk.positions):
+            held[position] = bool(mask >> bit & 1)
+    decision = _shared_decision(policy_set, plan, action, held)
+    if len(plan.decisions) < DECISIONS_PER_PLAN:
+        plan.decisions[key] = decision  # type: ignore[index]
+    return decision
 
 
 def _shared_decision(

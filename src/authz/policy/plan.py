@@ -164,6 +164,9 @@ class Plan:
     project: Any = None
     # Each rule's MatchedRule, built once: the engine reports these.
     matched: tuple[MatchedRule, ...] = ()
+    # What the conditions read of one resource, as one call (`resource`'s part of `project`):
+    # a batched program gets it for each resource. None: the whole resource.
+    project_resource: Any = None
     # The environment `batch_program` compiles in (compile.new_batch_env); None: no batching.
     batch_env: cel.Env | None = None
     # Each chunk's batched program, by chunk position, compiled when first asked for.
@@ -216,8 +219,18 @@ def build_plan(
         projection,
         project=projector(projection) if projection is not None else None,
         matched=tuple(r.matched for r in rules),
+        project_resource=_resource_projector(projection),
         batch_env=batch_env,
     )
+
+
+def _resource_projector(projection: Projection | None) -> Any:
+    read = True if projection is None else projection.get("resource", {})
+    if read is True:
+        return None
+    if not read:  # no condition reads the resource: each is an empty map
+        return lambda resource: {}
+    return projector(read)
 
 
 def _fuse(env: cel.Env, rules: list[CompiledRule]) -> cel.Expression | None:
