@@ -461,7 +461,7 @@ def test_items_evaluated_together_get_the_decisions_each_would_get_alone(
     # doc.edit's conditions read data; doc.comment's read no field of the resource at all.
     for action in ("doc.read", "doc.edit", "doc.comment"):
         plan = policy_set.plan(action, "doc")
-        assert plan.batched and all(p is not None for p in plan.batched.values())
+        assert plan.chunks and all(c.batched is not None for c in plan.chunks)
 
 
 def test_items_evaluated_together_beyond_one_chunk(policy_dir: PolicyDir) -> None:
@@ -485,4 +485,4 @@ def test_items_evaluated_together_beyond_one_chunk(policy_dir: PolicyDir) -> Non
         ["r129"],
     ]
     assert len(decisions[5].matched) == 130 and not decisions[6].matched
-    assert len(policy_set.plan("x", "").batched) == 3
+    assert sum(c.batched is not None for c in policy_set.plan("x", "").chunks) == 3

@@ -34,7 +34,7 @@ def new_env() -> cel.Env:
 
 
 def new_batch_env() -> cel.Env:
-    """`new_env` and the list a batched program maps over (authz.policy.plan.Plan.batch_program)."""
+    """`new_env` and the list a batched program maps over (authz.policy.plan.Chunk.batched)."""
     return cel.NewEnv(
         variables={**VARIABLES, BATCH_RESOURCES: cel.Type.List(VARIABLES["resource"])}
     )

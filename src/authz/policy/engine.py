@@ -11,7 +11,7 @@ from cel_expr_python import cel
 from authz.policy.compile import CompiledPolicySet
 from authz.policy.inputs import VARIABLE_NAMES
 from authz.policy.model import Decision, Effect
-from authz.policy.plan import BATCH_RESOURCES, DECISIONS_PER_PLAN, CompiledRule, Plan
+from authz.policy.plan import BATCH_RESOURCES, DECISIONS_PER_PLAN, Chunk, CompiledRule, Plan
 
 _ERROR = cel.Type.ERROR
 _BOOL = cel.Type.BOOL
@@ -21,7 +21,6 @@ ACTION_UNKNOWN = "ACTION_UNKNOWN"
 _SHARED_VARIABLES = tuple(name for name in VARIABLE_NAMES if name not in ("action", "resource"))
 """What items evaluated together share (evaluate_many): every declared variable but these."""
 _ABSENT = object()
-_MASKS = "masks"  # tags the decisions a plan keeps by bitmasks rather than by rules held
 
 
 def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decision:
@@ -60,9 +59,7 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
                 activation = activation or policy_set.env.Activation(projected)
                 result = chunk.program.eval(activation)
             if result is not None and result.type() == _INT:
-                mask = result.value()
-                for bit, position in enumerate(chunk.positions):
-                    held[position] = bool(mask >> bit & 1)
+                _hold(held, chunk, result.value())
                 continue
             # Something in this chunk errored (or it could not be fused): rule by rule.
             activation = activation or policy_set.env.Activation(projected)
@@ -79,7 +76,7 @@ def evaluate_many(
     """`evaluate` of each input, in order, with the same decisions. Inputs that differ only in
     their resource (the items of one batch: one subject, one context, resources of one type
     and app under one action) are evaluated together, one CEL call per chunk of conditions
-    (`Plan.batch_program`) rather than one per input; any error in that call sends them
+    (`Chunk.batched`) rather than one per input; any error in that call sends them
     through `evaluate` one by one, which attributes it to its rule."""
     if len(inputs) == 1:
         return [evaluate(policy_set, inputs[0])]
@@ -121,44 +118,29 @@ def _evaluate_alike(
     # What the items share, projected once; of each resource only what the conditions read.
     shared = dict(first) if plan.project is None else plan.project(first)
     shared.pop("resource", None)
-    project_resource = plan.project_resource
-    shared[BATCH_RESOURCES] = [
-        one["resource"] if project_resource is None else project_resource(one["resource"])
-        for one in group
-    ]
-    masks: list[list[int]] = []  # per chunk, one bitmask per item
-    for index in range(len(plan.chunks)):
-        program = plan.batch_program(index)
-        if program is None:
+    shared[BATCH_RESOURCES] = [plan.project_resource(one["resource"]) for one in group]
+    held = [[False] * len(plan.rules) for _ in group]
+    for position in plan.always:
+        for row in held:
+            row[position] = True
+    for chunk in plan.chunks:
+        if chunk.batched is None:
             return None
-        result = program.eval(data=shared)
+        result = chunk.batched.eval(data=shared)
         if result.type() == _ERROR:
             return None
         items = result.value()  # one accessor per resource
         if len(items) != len(group) or any(item.type() != _INT for item in items):
             return None  # some condition yielded a non-bool: rule by rule says which
-        masks.append([item.value() for item in items])
-    return [_decided_by_masks(policy_set, plan, action, held) for held in zip(*masks, strict=True)]
+        for row, item in zip(held, items, strict=True):
+            _hold(row, chunk, item.value())
+    return [_shared_decision(policy_set, plan, action, row) for row in held]
 
 
-def _decided_by_masks(
-    policy_set: CompiledPolicySet, plan: Plan, action: str, masks: tuple[int, ...]
-) -> Decision:
-    """The decision for the rules each chunk's bitmask says held, and no error (shared)."""
-    key = (policy_set.revision, action, _MASKS, masks)
-    decision = plan.decisions.get(key)  # type: ignore[call-overload]
-    if decision is not None:
-        return decision
-    held = [False] * len(plan.rules)
-    for position in plan.always:
-        held[position] = True
-    for chunk, mask in zip(plan.chunks, masks, strict=True):
-        for bit, position in enumerate(chunk.positions):
-            held[position] = bool(mask >> bit & 1)
-    decision = _shared_decision(policy_set, plan, action, held)
-    if len(plan.decisions) < DECISIONS_PER_PLAN:
-        plan.decisions[key] = decision  # type: ignore[index]
-    return decision
+def _hold(held: list[bool], chunk: Chunk, mask: int) -> None:
+    """Mark the rules of `chunk` its bitmask says held."""
+    for bit, position in enumerate(chunk.positions):
+        held[position] = bool(mask >> bit & 1)
 
 
 def _shared_decision(

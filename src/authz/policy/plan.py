@@ -25,7 +25,7 @@ from authz.policy.model import Decision, MatchedRule, Rule
 CHUNK = 62  # bits of a CEL int (int64) that stay positive
 BATCH_RESOURCES = "__resources"
 """The variable a batched program maps over: the resources of items that share everything else
-(`Plan.batch_program`). Declared only in the environment batched programs compile in, so no
+(`Chunk.batched`). Declared only in the environment batched programs compile in, so no
 condition can name it."""
 
 # The input paths a condition reads, e.g. ("principal", "auth", "method"); ("context",) reads
@@ -151,6 +151,11 @@ class Chunk:
     # Positions (in Plan.rules) of the conditional rules this program covers, low bit first.
     positions: tuple[int, ...]
     program: cel.Expression | None  # None: fusing failed; evaluate rule by rule
+    # The same mask for many resources at once, `BATCH_RESOURCES.map(resource, mask)`: one
+    # bitmask per resource, `resource` bound to each in turn (a comprehension's variable
+    # shadows the declared one), every other variable shared (engine.evaluate_many). None: no
+    # batch environment, or it did not compile; the items are then evaluated one by one.
+    batched: cel.Expression | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,38 +169,15 @@ class Plan:
     project: Any = None
     # Each rule's MatchedRule, built once: the engine reports these.
     matched: tuple[MatchedRule, ...] = ()
-    # What the conditions read of one resource, as one call (`resource`'s part of `project`):
-    # a batched program gets it for each resource. None: the whole resource.
+    # What the conditions read of one resource (`resource`'s part of `project`), as one call:
+    # a batched program gets it for each resource.
     project_resource: Any = None
-    # The environment `batch_program` compiles in (compile.new_batch_env); None: no batching.
-    batch_env: cel.Env | None = None
-    # Each chunk's batched program, by chunk position, compiled when first asked for.
-    batched: dict[int, cel.Expression | None] = field(
-        default_factory=dict, compare=False, hash=False
-    )
     # The decisions this plan has given, by (revision, action, which rules held), when no
     # condition errored: a decision is a function of those alone, so each is built once and
     # shared (authz.policy.engine; bounded by DECISIONS_PER_PLAN).
     decisions: dict[tuple[str, str, tuple[bool, ...]], Decision] = field(
         default_factory=dict, compare=False, hash=False
     )
-
-    def batch_program(self, index: int) -> cel.Expression | None:
-        """Chunk `index`'s conditions for many resources at once: `BATCH_RESOURCES.map(resource,
-        mask)` gives one bitmask per resource, the chunk's fused mask with `resource` bound to
-        each in turn (a comprehension's variable shadows the declared one) and every other
-        variable shared. None when there is no batch environment or it does not compile."""
-        if index in self.batched:
-            return self.batched[index]
-        program = None
-        if self.batch_env is not None:
-            mask = _mask_text([self.rules[p] for p in self.chunks[index].positions])
-            try:
-                program = self.batch_env.compile(f"{BATCH_RESOURCES}.map(resource, {mask})")
-            except Exception:  # e.g. CEL's parser depth limit: evaluate item by item
-                program = None
-        self.batched[index] = program
-        return program
 
 
 DECISIONS_PER_PLAN = 1024
@@ -209,7 +191,8 @@ def build_plan(
     chunks = []
     for start in range(0, len(conditional), CHUNK):
         positions = tuple(conditional[start : start + CHUNK])
-        chunks.append(Chunk(positions, _fuse(env, [rules[i] for i in positions])))
+        covered = [rules[i] for i in positions]
+        chunks.append(Chunk(positions, _fuse(env, covered), _batched(batch_env, covered)))
     projection = projection_of(rules)
     return Plan(
         rules,
@@ -220,17 +203,25 @@ def build_plan(
         project=projector(projection) if projection is not None else None,
         matched=tuple(r.matched for r in rules),
         project_resource=_resource_projector(projection),
-        batch_env=batch_env,
     )
 
 
 def _resource_projector(projection: Projection | None) -> Any:
     read = True if projection is None else projection.get("resource", {})
     if read is True:
-        return None
+        return lambda resource: resource
     if not read:  # no condition reads the resource: each is an empty map
         return lambda resource: {}
     return projector(read)
+
+
+def _batched(batch_env: cel.Env | None, rules: list[CompiledRule]) -> cel.Expression | None:
+    if batch_env is None:
+        return None
+    try:
+        return batch_env.compile(f"{BATCH_RESOURCES}.map(resource, {_mask_text(rules)})")
+    except Exception:  # e.g. CEL's parser depth limit: evaluate item by item
+        return None
 
 
 def _fuse(env: cel.Env, rules: list[CompiledRule]) -> cel.Expression | None:
