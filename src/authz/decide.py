@@ -219,8 +219,14 @@ class Decider:
         now_dt = datetime.fromtimestamp(now, tz=UTC)
         base_context = dict(context or {})
         resources = await self.facts.call(self._resource_inputs, [i.resource for i in items])
-        access = await self._access_facts(subject, resources, now)
-        no_access = access_fact(None, subject.principal.get("id", ""), now, NO_APP)
+        apps = _apps_to_ask(subject, resources)
+        access = await self._access_facts(subject, apps, now) if apps else {}
+        # Every resource whose app was not asked about (no add-on, not a Heroku user...).
+        no_access = (
+            access_fact(None, subject.principal.get("id", ""), now, NO_APP)
+            if len(access) < len(resources)
+            else None
+        )
         caller_fact = policy_inputs.caller_input(caller)
         outcomes: list[Outcome] = []
         recording = self.audit.recording
@@ -344,19 +350,10 @@ class Decider:
         )
 
     async def _access_facts(
-        self, subject: Subject, resources: list[dict[str, Any]], now: float
+        self, subject: Subject, apps: dict[str, str], now: float
     ) -> dict[str, dict[str, Any]]:
-        """The principal's roles on each app that owns a resource in the request."""
-        user_id = subject.principal.get("id", "")
-        if subject.principal.get("type") != HEROKU_USER or not user_id or subject.refusal:
-            return {}
-        apps: dict[str, str] = {}
-        for resource in resources:
-            addon = resource.get("addon")
-            if addon and addon["app_id"] and addon["state"] == "provisioned":
-                apps.setdefault(addon["app_id"], resource["id"])
-        if not apps:
-            return {}
+        """The principal's roles on each app (`_apps_to_ask`: app id -> a resource of it)."""
+        user_id = subject.principal["id"]
         cache = self.facts.access
 
         async def one(app_id: str, resource_id: str) -> tuple[str, dict[str, Any]]:
@@ -424,6 +421,20 @@ class Decider:
             duration_ms=duration_ms,
         )
         return _without_session_tokens_in(record)
+
+
+def _apps_to_ask(subject: Subject, resources: list[dict[str, Any]]) -> dict[str, str]:
+    """The apps whose access list decides for this subject (app id -> the first resource of
+    it): those owning a provisioned add-on in the request, when a Heroku user asks."""
+    principal = subject.principal
+    if principal.get("type") != HEROKU_USER or not principal.get("id") or subject.refusal:
+        return {}
+    apps: dict[str, str] = {}
+    for resource in resources:
+        addon = resource.get("addon")
+        if addon and addon["app_id"] and addon["state"] == "provisioned":
+            apps.setdefault(addon["app_id"], resource["id"])
+    return apps
 
 
 _SHARED_INPUTS = ("principal", "context")

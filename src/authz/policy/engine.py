@@ -11,16 +11,16 @@ from cel_expr_python import cel
 from authz.policy.compile import CompiledPolicySet
 from authz.policy.inputs import VARIABLE_NAMES
 from authz.policy.model import Decision, Effect
-from authz.policy.plan import BATCH_RESOURCES, DECISIONS_PER_PLAN, Chunk, CompiledRule, Plan
+from authz.policy.plan import BATCH_RESOURCES, DECISIONS_PER_PLAN, CompiledRule, Plan
 
 _ERROR = cel.Type.ERROR
 _BOOL = cel.Type.BOOL
-_INT = cel.Type.INT
 _DENY = Effect.DENY
 ACTION_UNKNOWN = "ACTION_UNKNOWN"
 _SHARED_VARIABLES = tuple(name for name in VARIABLE_NAMES if name not in ("action", "resource"))
 """What items evaluated together share (evaluate_many): every declared variable but these."""
 _ABSENT = object()
+_ABSENTS = (_ABSENT,) * len(_SHARED_VARIABLES)  # each variable's default, for map()
 
 
 def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decision:
@@ -37,9 +37,7 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
     if policy_set.closed and action not in policy_set.catalogue:
         return unknown_action(policy_set, action)
     plan = policy_set.plan(action, inputs["resource"].get("type", ""))
-    held = [False] * len(plan.rules)
-    for position in plan.always:
-        held[position] = True
+    masks: list[int] = []  # per chunk: which of its rules held, low bit first
     errors: list[str] = []
     if plan.chunks:
         if plan.reads_data and "data" not in inputs:
@@ -58,16 +56,21 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
             else:
                 activation = activation or policy_set.env.Activation(projected)
                 result = chunk.program.eval(activation)
-            if result is not None and result.type() == _INT:
-                _hold(held, chunk, result.value())
+            # plain_value(): the int, or the error's text (one call instead of type and value).
+            mask = None if result is None else result.plain_value()
+            if type(mask) is int:
+                masks.append(mask)
                 continue
             # Something in this chunk errored (or it could not be fused): rule by rule.
             activation = activation or policy_set.env.Activation(projected)
-            for position in chunk.positions:
-                held[position] = _holds(plan.rules[position], activation, errors)
+            mask = 0
+            for bit, position in enumerate(chunk.positions):
+                if _holds(plan.rules[position], activation, errors):
+                    mask |= 1 << bit
+            masks.append(mask)
     if errors:
-        return _decision(policy_set, plan, action, held, tuple(errors))
-    return _shared_decision(policy_set, plan, action, held)
+        return _decision(policy_set, plan, action, _held(plan, masks), tuple(errors))
+    return _shared_decision(policy_set, plan, action, tuple(masks))
 
 
 def evaluate_many(
@@ -87,7 +90,7 @@ def evaluate_many(
         key = (
             one["action"],
             one["resource"].get("type", ""),
-            *[id(one.get(name, _ABSENT)) for name in _SHARED_VARIABLES],
+            *map(id, map(one.get, _SHARED_VARIABLES, _ABSENTS)),
         )
         alike.setdefault(key, []).append(index)
     decisions: list[Decision] = [None] * len(inputs)  # type: ignore[list-item]
@@ -119,38 +122,42 @@ def _evaluate_alike(
     shared = dict(first) if plan.project is None else plan.project(first)
     shared.pop("resource", None)
     shared[BATCH_RESOURCES] = [plan.project_resource(one["resource"]) for one in group]
-    held = [[False] * len(plan.rules) for _ in group]
-    for position in plan.always:
-        for row in held:
-            row[position] = True
+    masks: list[list[int]] = [[] for _ in group]  # per item, per chunk
     for chunk in plan.chunks:
         if chunk.batched is None:
             return None
         result = chunk.batched.eval(data=shared)
         if result.type() == _ERROR:
+            return None  # some condition errored or yielded a non-bool: rule by rule says which
+        values = result.plain_value()  # one bitmask per resource, as Python ints
+        if len(values) != len(group):
             return None
-        items = result.value()  # one accessor per resource
-        if len(items) != len(group) or any(item.type() != _INT for item in items):
-            return None  # some condition yielded a non-bool: rule by rule says which
-        for row, item in zip(held, items, strict=True):
-            _hold(row, chunk, item.value())
-    return [_shared_decision(policy_set, plan, action, row) for row in held]
+        for item_masks, mask in zip(masks, values, strict=True):
+            if type(mask) is not int:
+                return None
+            item_masks.append(mask)
+    return [_shared_decision(policy_set, plan, action, tuple(m)) for m in masks]
 
 
-def _hold(held: list[bool], chunk: Chunk, mask: int) -> None:
-    """Mark the rules of `chunk` its bitmask says held."""
-    for bit, position in enumerate(chunk.positions):
-        held[position] = bool(mask >> bit & 1)
+def _held(plan: Plan, masks: Sequence[int]) -> list[bool]:
+    """Whether each rule of the plan held, given each chunk's bitmask."""
+    held = [False] * len(plan.rules)
+    for position in plan.always:
+        held[position] = True
+    for chunk, mask in zip(plan.chunks, masks, strict=True):
+        for bit, position in enumerate(chunk.positions):
+            held[position] = bool(mask >> bit & 1)
+    return held
 
 
 def _shared_decision(
-    policy_set: CompiledPolicySet, plan: Plan, action: str, held: list[bool]
+    policy_set: CompiledPolicySet, plan: Plan, action: str, masks: tuple[int, ...]
 ) -> Decision:
-    """The decision for these rules held and no error: built once per plan and shared."""
-    key = (policy_set.revision, action, tuple(held))
+    """The decision for these chunk bitmasks and no error: built once per plan and shared."""
+    key = (action, masks)
     decision = plan.decisions.get(key)
     if decision is None:
-        decision = _decision(policy_set, plan, action, held, ())
+        decision = _decision(policy_set, plan, action, _held(plan, masks), ())
         if len(plan.decisions) < DECISIONS_PER_PLAN:
             plan.decisions[key] = decision
     return decision

@@ -172,10 +172,12 @@ class Plan:
     # What the conditions read of one resource (`resource`'s part of `project`), as one call:
     # a batched program gets it for each resource.
     project_resource: Any = None
-    # The decisions this plan has given, by (revision, action, which rules held), when no
-    # condition errored: a decision is a function of those alone, so each is built once and
-    # shared (authz.policy.engine; bounded by DECISIONS_PER_PLAN).
-    decisions: dict[tuple[str, str, tuple[bool, ...]], Decision] = field(
+    # The decisions this plan has given, by (action, each chunk's bitmask), when no condition
+    # errored: with the rules without a condition, which always hold, the masks say which
+    # rules held, and a decision is a function of that and the action alone; so each is built
+    # once and shared (authz.policy.engine; bounded by DECISIONS_PER_PLAN). A plan belongs
+    # to one policy set, so to one revision.
+    decisions: dict[tuple[str, tuple[int, ...]], Decision] = field(
         default_factory=dict, compare=False, hash=False
     )
 

@@ -133,11 +133,32 @@ def identifier(value: str, field: str) -> str:
 
 
 def entity(message: pb.Principal | pb.Resource, field: str) -> Entity:
-    return Entity(
-        identifier(message.type, f"{field}.type"),
-        identifier(message.id, f"{field}.id"),
-        struct_to_dict(message.attributes, f"{field}.attributes"),
-    )
+    """The principal or resource a message names; BadRequest naming `field` when it is invalid.
+
+    Callers name the same principals and resources over and over, and converting attributes
+    from a Struct is the dearest part of reading a request, so an Entity is kept by the bytes
+    of the message it came from (equal bytes, equal Entity: nothing downstream changes one)
+    and shared by later requests that send the same bytes.
+    """
+    raw = message.SerializeToString()
+    found = _ENTITIES.get(raw)
+    if found is None:
+        found = Entity(
+            identifier(message.type, f"{field}.type"),
+            identifier(message.id, f"{field}.id"),
+            struct_to_dict(message.attributes, f"{field}.attributes"),
+        )
+        if len(raw) <= ENTITY_MEMO_BYTES:
+            if len(_ENTITIES) >= ENTITY_MEMO_SIZE:
+                _ENTITIES.pop(next(iter(_ENTITIES)), None)  # the oldest
+            _ENTITIES[raw] = found
+    return found
+
+
+ENTITY_MEMO_SIZE = 4096
+ENTITY_MEMO_BYTES = 1024
+"""Entities kept (the oldest goes first), and the largest message kept: at most 4 MiB of keys."""
+_ENTITIES: dict[bytes, Entity] = {}
 
 
 def action_of(action: str, field: str = "action") -> str:
@@ -164,20 +185,14 @@ def batch_items(request: pb.CheckBatchRequest) -> list[Item]:
             f"items has {len(request.items)} entries; at most {MAX_BATCH_ITEMS} per CheckBatch"
         )
     items = []
-    # Items often ask several actions of one resource: each distinct resource is converted
-    # once and its Entity shared (equal bytes, equal message; nothing downstream changes one).
-    resources: dict[bytes, Entity] = {}
+    # Items often ask several actions of one resource: `entity` gives them one shared Entity.
     for i, item in enumerate(request.items):
         if not item.HasField("resource"):
             raise BadRequest(f"items[{i}].resource is missing; send resource {{type, id}}")
-        raw = item.resource.SerializeToString()
-        resource = resources.get(raw)
-        if resource is None:
-            resource = resources[raw] = entity(item.resource, f"items[{i}].resource")
         items.append(
             Item(
                 action_of(item.action, f"items[{i}].action"),
-                resource,
+                entity(item.resource, f"items[{i}].resource"),
                 struct_to_dict(item.context, f"items[{i}].context"),
             )
         )
