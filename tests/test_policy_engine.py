@@ -486,3 +486,99 @@ def test_items_evaluated_together_beyond_one_chunk(policy_dir: PolicyDir) -> Non
     ]
     assert len(decisions[5].matched) == 130 and not decisions[6].matched
     assert sum(c.batched is not None for c in policy_set.plan("x", "").chunks) == 3
+
+
+MEMO = """
+name: memo
+actions:
+  doc.read: read
+  doc.stamp: stamp
+rules:
+  - id: team-reads
+    effect: allow
+    actions: [doc.read]
+    when: principal.attributes.team == resource.attributes.team
+    reason: team reads
+  - id: flagged-never
+    effect: deny
+    actions: [doc.read]
+    when: resource.attributes.flag == true
+    reason: flagged
+  - id: before-2100
+    effect: allow
+    actions: [doc.stamp]
+    when: now < timestamp("2100-01-01T00:00:00Z")
+    reason: before 2100
+"""
+
+
+def _doc(action: str, team: str = "red", **attributes: object) -> dict:
+    return build_input(
+        action=action,
+        principal={"type": "user", "id": "u1", "attributes": {"team": "red"}},
+        resource={"type": "doc", "id": "d1", "attributes": {"team": team, **attributes}},
+    )
+
+
+def test_a_question_asked_again_is_answered_from_what_its_conditions_read(
+    policy_dir: PolicyDir,
+) -> None:
+    """A plan keeps each chunk's bitmask by the values its conditions read: the same values
+    again (new objects) get the same shared decision without CEL; other values, another entry.
+    True and 1 are different values to CEL, and so to the memo."""
+    policy_set = compiled(policy_dir, MEMO)
+    plan = policy_set.plan("doc.read", "doc")
+    first = evaluate(policy_set, _doc("doc.read", flag=False))
+    assert first.allowed and len(plan.masks_by_input) == 1
+    assert evaluate(policy_set, _doc("doc.read", flag=False)) is first
+    assert len(plan.masks_by_input) == 1
+    # The kept masks answer (here made to say the deny rule held as well): no evaluation.
+    [key] = plan.masks_by_input
+    plan.masks_by_input[key] = (0b11,)
+    assert not evaluate(policy_set, _doc("doc.read", flag=False)).allowed
+    plan.masks_by_input[key] = (0b01,)
+    flagged = evaluate(policy_set, _doc("doc.read", flag=True))
+    as_number = evaluate(policy_set, _doc("doc.read", flag=1))
+    other_team = evaluate(policy_set, _doc("doc.read", team="blue", flag=False))
+    assert [m.rule_id for m in flagged.matched] == ["team-reads", "flagged-never"]
+    assert not flagged.allowed and as_number.allowed and not other_team.allowed
+    assert len(plan.masks_by_input) == 4
+
+
+def test_what_cannot_be_a_key_or_errored_is_evaluated_every_time(policy_dir: PolicyDir) -> None:
+    """A condition reading `now` (a datetime), or one that errors, keeps nothing."""
+    policy_set = compiled(policy_dir, MEMO)
+    stamp = policy_set.plan("doc.stamp", "doc")
+    assert evaluate(policy_set, _doc("doc.stamp")).allowed
+    assert stamp.masks_by_input == {}
+    read = policy_set.plan("doc.read", "doc")
+    failed = evaluate(policy_set, _doc("doc.read"))  # no `flag`: the deny rule errors
+    assert not failed.allowed and failed.errors
+    assert read.masks_by_input == {}
+
+
+def test_a_batch_asked_again_is_answered_from_what_its_conditions_read(
+    policy_dir: PolicyDir,
+) -> None:
+    """The batched path keeps each item's masks by (what the items share, its resource)."""
+    from authz.policy.engine import evaluate_many
+
+    policy_set = compiled(policy_dir, MEMO)
+    plan = policy_set.plan("doc.read", "doc")
+    base = _doc("doc.read", flag=False)
+
+    def batch() -> list:
+        return [
+            {**base, "resource": _doc("doc.read", team=team, flag=flag)["resource"]}
+            for team, flag in (("red", False), ("blue", False), ("red", True))
+        ]
+
+    decisions = evaluate_many(policy_set, batch())
+    assert decisions == [evaluate(policy_set, one) for one in batch()]
+    assert [d.allowed for d in decisions] == [True, False, False]
+    batched = [k for k in plan.masks_by_input if isinstance(k, tuple)]
+    assert len(batched) == 3
+    for key in batched:  # made to say nothing held: the next batch is answered from here
+        plan.masks_by_input[key] = (0,)
+    again = evaluate_many(policy_set, batch())
+    assert [d.matched for d in again] == [(), (), ()]

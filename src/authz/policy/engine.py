@@ -3,6 +3,7 @@ and in a closed catalogue an action nobody catalogued is denied before any rule 
 
 from __future__ import annotations
 
+import marshal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,7 +12,14 @@ from cel_expr_python import cel
 from authz.policy.compile import CompiledPolicySet
 from authz.policy.inputs import VARIABLE_NAMES
 from authz.policy.model import Decision, Effect
-from authz.policy.plan import BATCH_RESOURCES, DECISIONS_PER_PLAN, CompiledRule, Plan
+from authz.policy.plan import (
+    BATCH_RESOURCES,
+    DECISIONS_PER_PLAN,
+    MASKS_KEY_BYTES,
+    MASKS_PER_PLAN,
+    CompiledRule,
+    Plan,
+)
 
 _ERROR = cel.Type.ERROR
 _BOOL = cel.Type.BOOL
@@ -39,12 +47,17 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
     plan = policy_set.plan(action, inputs["resource"].get("type", ""))
     masks: list[int] = []  # per chunk: which of its rules held, low bit first
     errors: list[str] = []
+    key = None
     if plan.chunks:
         if plan.reads_data and "data" not in inputs:
             # The set's one prebuilt mapping; only plans that read it pay for the copy.
             inputs = {**inputs, "data": policy_set.data}
         # Only what the conditions read is converted to CEL values.
         projected = inputs if plan.project is None else plan.project(inputs)
+        key = _read_key(plan, projected)
+        known = plan.masks_by_input.get(key) if key is not None else None
+        if known is not None:
+            return _shared_decision(policy_set, plan, action, known)
         activation = None
         for chunk in plan.chunks:
             # One chunk (the usual case): eval(data=...) converts the input itself, which is
@@ -70,7 +83,10 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
             masks.append(mask)
     if errors:
         return _decision(policy_set, plan, action, _held(plan, masks), tuple(errors))
-    return _shared_decision(policy_set, plan, action, tuple(masks))
+    found = tuple(masks)
+    if key is not None:
+        _remember(plan, key, found)
+    return _shared_decision(policy_set, plan, action, found)
 
 
 def evaluate_many(
@@ -121,7 +137,16 @@ def _evaluate_alike(
     # What the items share, projected once; of each resource only what the conditions read.
     shared = dict(first) if plan.project is None else plan.project(first)
     shared.pop("resource", None)
-    shared[BATCH_RESOURCES] = [plan.project_resource(one["resource"]) for one in group]
+    resources = [plan.project_resource(one["resource"]) for one in group]
+    # Keyed as (what they share, the resource), never equal to evaluate's keys (bytes).
+    shared_key = _read_key(plan, shared)
+    keys: list[Any] = []
+    if shared_key is not None:
+        keys = [(shared_key, _read_key(plan, resource)) for resource in resources]
+        known = [plan.masks_by_input.get(k) if k[1] is not None else None for k in keys]
+        if None not in known:
+            return [_shared_decision(policy_set, plan, action, m) for m in known]  # type: ignore[arg-type]
+    shared[BATCH_RESOURCES] = resources
     masks: list[list[int]] = [[] for _ in group]  # per item, per chunk
     for chunk in plan.chunks:
         if chunk.batched is None:
@@ -136,7 +161,35 @@ def _evaluate_alike(
             if type(mask) is not int:
                 return None
             item_masks.append(mask)
-    return [_shared_decision(policy_set, plan, action, tuple(m)) for m in masks]
+    found = [tuple(m) for m in masks]
+    for k, item_masks in zip(keys, found, strict=False):  # no keys: nothing is remembered
+        if k[1] is not None:
+            _remember(plan, k, item_masks)
+    return [_shared_decision(policy_set, plan, action, m) for m in found]
+
+
+def _read_key(plan: Plan, read: Mapping[str, Any]) -> bytes | None:
+    """What the conditions read, as bytes that are equal only for equal values (marshal, format
+    2: no back-references, so the same values give the same bytes; bool, int and float stay
+    apart), or None when it cannot be a key: a value marshal does not take (a datetime, such
+    as `now`), more than MASKS_KEY_BYTES, or a plan reading `data` (the set's reference data,
+    large, or a test's own)."""
+    if plan.reads_data:
+        return None
+    try:
+        key = marshal.dumps(read, 2)
+    except ValueError:
+        return None
+    return key if len(key) <= MASKS_KEY_BYTES else None
+
+
+def _remember(plan: Plan, key: Any, masks: tuple[int, ...]) -> None:
+    """Keep the masks evaluated for `key`; all are let go once MASKS_PER_PLAN are kept (a
+    dict let go of its oldest one at a time costs a µs per key, a scan past the gaps)."""
+    kept = plan.masks_by_input
+    if len(kept) >= MASKS_PER_PLAN:
+        kept.clear()
+    kept[key] = masks
 
 
 def _held(plan: Plan, masks: Sequence[int]) -> list[bool]:

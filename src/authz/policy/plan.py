@@ -180,9 +180,19 @@ class Plan:
     decisions: dict[tuple[str, tuple[int, ...]], Decision] = field(
         default_factory=dict, compare=False, hash=False
     )
+    # Each chunk's bitmask by what the conditions read (authz.policy.engine._read_key): CEL
+    # is deterministic, so equal values read give equal masks, and a question asked again
+    # (the same principal and resource, attributes and facts) costs a lookup, not an
+    # evaluation. Kept only when nothing errored; emptied when MASKS_PER_PLAN are kept.
+    masks_by_input: dict[Any, tuple[int, ...]] = field(
+        default_factory=dict, compare=False, hash=False
+    )
 
 
 DECISIONS_PER_PLAN = 1024
+MASKS_PER_PLAN = 4096
+MASKS_KEY_BYTES = 1024
+"""Inputs whose masks a plan keeps, and the largest (marshalled) it keeps: at most 4 MiB."""
 
 
 def build_plan(

@@ -150,14 +150,14 @@ def entity(message: pb.Principal | pb.Resource, field: str) -> Entity:
         )
         if len(raw) <= ENTITY_MEMO_BYTES:
             if len(_ENTITIES) >= ENTITY_MEMO_SIZE:
-                _ENTITIES.pop(next(iter(_ENTITIES)), None)  # the oldest
+                _ENTITIES.clear()  # cheaper than letting go of the oldest one at a time
             _ENTITIES[raw] = found
     return found
 
 
 ENTITY_MEMO_SIZE = 4096
 ENTITY_MEMO_BYTES = 1024
-"""Entities kept (the oldest goes first), and the largest message kept: at most 4 MiB of keys."""
+"""Entities kept (all are let go when full), and the largest message kept: at most 4 MiB of keys."""
 _ENTITIES: dict[bytes, Entity] = {}
 
 
