@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from authz.policy import Effect, PolicyError, compile_policies, evaluate, load_policy_dir
+from authz.policy.engine import evaluating_every_time
 from authz.policy.inputs import build_input
 
 PolicyDir = Callable[[dict[str, str]], Path]
@@ -555,6 +556,11 @@ def test_what_cannot_be_a_key_or_errored_is_evaluated_every_time(policy_dir: Pol
     failed = evaluate(policy_set, _doc("doc.read"))  # no `flag`: the deny rule errors
     assert not failed.allowed and failed.errors
     assert read.masks_by_input == {}
+    with evaluating_every_time():  # as the engine's benchmarks measure it
+        assert evaluate(policy_set, _doc("doc.read", flag=False)).allowed
+    assert read.masks_by_input == {}
+    assert evaluate(policy_set, _doc("doc.read", flag=False)).allowed
+    assert len(read.masks_by_input) == 1
 
 
 def test_a_batch_asked_again_is_answered_from_what_its_conditions_read(
@@ -582,3 +588,27 @@ def test_a_batch_asked_again_is_answered_from_what_its_conditions_read(
         plan.masks_by_input[key] = (0,)
     again = evaluate_many(policy_set, batch())
     assert [d.matched for d in again] == [(), (), ()]
+
+
+def test_a_memo_that_fills_up_without_answering_is_turned_off(
+    policy_dir: PolicyDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Conditions that read a value that never repeats (the access fact's age, say) would only
+    pay for keys: a plan whose memo fills up without one hit stops keeping any; one that
+    answered from it goes on."""
+    from authz.policy import engine
+
+    monkeypatch.setattr(engine, "MASKS_PER_PLAN", 4)
+    policy_set = compiled(policy_dir, MEMO)
+    plan = policy_set.plan("doc.read", "doc")
+    for team in ("a", "b", "c", "d", "e"):  # the fifth finds it full, and never asked again
+        assert not evaluate(policy_set, _doc("doc.read", team=team, flag=False)).allowed
+    assert plan.recall.off and plan.masks_by_input == {}
+    assert evaluate(policy_set, _doc("doc.read", flag=False)).allowed
+    assert plan.masks_by_input == {}
+
+    policy_set = compiled(policy_dir, MEMO)
+    plan = policy_set.plan("doc.read", "doc")
+    for team in ("red", "red", "b", "c", "d", "e"):  # one hit, then full
+        evaluate(policy_set, _doc("doc.read", team=team, flag=False))
+    assert not plan.recall.off and len(plan.masks_by_input) == 1

@@ -3,8 +3,9 @@ and in a closed catalogue an action nobody catalogued is denied before any rule 
 
 from __future__ import annotations
 
+import contextlib
 import marshal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from cel_expr_python import cel
@@ -57,6 +58,7 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
         key = _read_key(plan, projected)
         known = plan.masks_by_input.get(key) if key is not None else None
         if known is not None:
+            plan.recall.hits += 1
             return _shared_decision(policy_set, plan, action, known)
         activation = None
         for chunk in plan.chunks:
@@ -145,6 +147,7 @@ def _evaluate_alike(
         keys = [(shared_key, _read_key(plan, resource)) for resource in resources]
         known = [plan.masks_by_input.get(k) if k[1] is not None else None for k in keys]
         if None not in known:
+            plan.recall.hits += len(known)
             return [_shared_decision(policy_set, plan, action, m) for m in known]  # type: ignore[arg-type]
     shared[BATCH_RESOURCES] = resources
     masks: list[list[int]] = [[] for _ in group]  # per item, per chunk
@@ -168,13 +171,29 @@ def _evaluate_alike(
     return [_shared_decision(policy_set, plan, action, m) for m in found]
 
 
+REMEMBER = True
+"""Whether plans keep masks by input (Plan.masks_by_input). Off only in `evaluating_every_time`."""
+
+
+@contextlib.contextmanager
+def evaluating_every_time() -> Iterator[None]:
+    """Within it nothing is kept or looked up by input: the engine's own benchmarks measure
+    CEL evaluation, and they ask the same questions over and over (one thread at a time)."""
+    global REMEMBER
+    before, REMEMBER = REMEMBER, False
+    try:
+        yield
+    finally:
+        REMEMBER = before
+
+
 def _read_key(plan: Plan, read: Mapping[str, Any]) -> bytes | None:
     """What the conditions read, as bytes that are equal only for equal values (marshal, format
     2: no back-references, so the same values give the same bytes; bool, int and float stay
     apart), or None when it cannot be a key: a value marshal does not take (a datetime, such
     as `now`), more than MASKS_KEY_BYTES, or a plan reading `data` (the set's reference data,
     large, or a test's own)."""
-    if plan.reads_data:
+    if plan.reads_data or not REMEMBER or plan.recall.off:
         return None
     try:
         key = marshal.dumps(read, 2)
@@ -185,10 +204,14 @@ def _read_key(plan: Plan, read: Mapping[str, Any]) -> bytes | None:
 
 def _remember(plan: Plan, key: Any, masks: tuple[int, ...]) -> None:
     """Keep the masks evaluated for `key`; all are let go once MASKS_PER_PLAN are kept (a
-    dict let go of its oldest one at a time costs a µs per key, a scan past the gaps)."""
-    kept = plan.masks_by_input
+    dict let go of its oldest one at a time costs a µs per key, a scan past the gaps), and
+    none is kept again if not one of them was asked for again (see plan.Recall)."""
+    kept, recall = plan.masks_by_input, plan.recall
     if len(kept) >= MASKS_PER_PLAN:
         kept.clear()
+        recall.off, recall.hits = recall.hits == 0, 0
+        if recall.off:
+            return
     kept[key] = masks
 
 

@@ -158,6 +158,17 @@ class Chunk:
     batched: cel.Expression | None = None
 
 
+@dataclass(slots=True)
+class Recall:
+    """How Plan.masks_by_input serves: its hits since it was last emptied, and whether it is
+    off. A memo that fills up without one hit is turned off for good (for this plan, until the
+    policies reload): its conditions read something that never repeats, such as the access
+    fact's age, and every key would only cost."""
+
+    hits: int = 0
+    off: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     rules: tuple[CompiledRule, ...]  # every candidate, in file order
@@ -187,6 +198,7 @@ class Plan:
     masks_by_input: dict[Any, tuple[int, ...]] = field(
         default_factory=dict, compare=False, hash=False
     )
+    recall: Recall = field(default_factory=Recall, compare=False, hash=False)
 
 
 DECISIONS_PER_PLAN = 1024
