@@ -221,7 +221,8 @@ class Decider:
         resources = await self.facts.call(self._resource_inputs, [i.resource for i in items])
         apps = _apps_to_ask(subject, resources)
         access = await self._access_facts(subject, apps, now) if apps else {}
-        # Every resource whose app was not asked about (no add-on, not a Heroku user...).
+        # The fact of resources whose app's list was not asked for (no add-on, not a Heroku
+        # user...); not built when every resource has its app's list.
         no_access = (
             access_fact(None, subject.principal.get("id", ""), now, NO_APP)
             if len(access) < len(resources)

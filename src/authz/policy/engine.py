@@ -56,9 +56,8 @@ def evaluate(policy_set: CompiledPolicySet, inputs: Mapping[str, Any]) -> Decisi
         # Only what the conditions read is converted to CEL values.
         projected = inputs if plan.project is None else plan.project(inputs)
         key = _read_key(plan, projected)
-        known = plan.masks_by_input.get(key) if key is not None else None
+        known = _recalled(plan, key)
         if known is not None:
-            plan.recall.hits += 1
             return _shared_decision(policy_set, plan, action, known)
         activation = None
         for chunk in plan.chunks:
@@ -142,13 +141,13 @@ def _evaluate_alike(
     resources = [plan.project_resource(one["resource"]) for one in group]
     # Keyed as (what they share, the resource), never equal to evaluate's keys (bytes).
     shared_key = _read_key(plan, shared)
-    keys: list[Any] = []
-    if shared_key is not None:
-        keys = [(shared_key, _read_key(plan, resource)) for resource in resources]
-        known = [plan.masks_by_input.get(k) if k[1] is not None else None for k in keys]
-        if None not in known:
-            plan.recall.hits += len(known)
-            return [_shared_decision(policy_set, plan, action, m) for m in known]  # type: ignore[arg-type]
+    keys = [
+        None if shared_key is None or (own := _read_key(plan, r)) is None else (shared_key, own)
+        for r in resources
+    ]
+    recalled = [m for k in keys if (m := _recalled(plan, k)) is not None]
+    if len(recalled) == len(group):  # every item asked before: no CEL call
+        return [_shared_decision(policy_set, plan, action, m) for m in recalled]
     shared[BATCH_RESOURCES] = resources
     masks: list[list[int]] = [[] for _ in group]  # per item, per chunk
     for chunk in plan.chunks:
@@ -165,41 +164,49 @@ def _evaluate_alike(
                 return None
             item_masks.append(mask)
     found = [tuple(m) for m in masks]
-    for k, item_masks in zip(keys, found, strict=False):  # no keys: nothing is remembered
-        if k[1] is not None:
+    for k, item_masks in zip(keys, found, strict=True):
+        if k is not None:
             _remember(plan, k, item_masks)
     return [_shared_decision(policy_set, plan, action, m) for m in found]
 
 
-REMEMBER = True
-"""Whether plans keep masks by input (Plan.masks_by_input). Off only in `evaluating_every_time`."""
+_recalling = True  # off only within `evaluating_every_time`
 
 
 @contextlib.contextmanager
 def evaluating_every_time() -> Iterator[None]:
     """Within it nothing is kept or looked up by input: the engine's own benchmarks measure
     CEL evaluation, and they ask the same questions over and over (one thread at a time)."""
-    global REMEMBER
-    before, REMEMBER = REMEMBER, False
+    global _recalling
+    before, _recalling = _recalling, False
     try:
         yield
     finally:
-        REMEMBER = before
+        _recalling = before
 
 
 def _read_key(plan: Plan, read: Mapping[str, Any]) -> bytes | None:
     """What the conditions read, as bytes that are equal only for equal values (marshal, format
     2: no back-references, so the same values give the same bytes; bool, int and float stay
-    apart), or None when it cannot be a key: a value marshal does not take (a datetime, such
-    as `now`), more than MASKS_KEY_BYTES, or a plan reading `data` (the set's reference data,
-    large, or a test's own)."""
-    if plan.reads_data or not REMEMBER or plan.recall.off:
+    apart), or None when it cannot be a key: recall is off for the plan (see plan.Recall), a
+    value marshal does not take (a datetime, such as `now`), or more than MASKS_KEY_BYTES."""
+    if plan.recall.off or not _recalling:
         return None
     try:
         key = marshal.dumps(read, 2)
     except ValueError:
         return None
     return key if len(key) <= MASKS_KEY_BYTES else None
+
+
+def _recalled(plan: Plan, key: Any) -> tuple[int, ...] | None:
+    """The masks kept for `key` (None: no key, or none kept), counted as a hit if found."""
+    if key is None:
+        return None
+    known = plan.masks_by_input.get(key)
+    if known is not None:
+        plan.recall.hits += 1
+    return known
 
 
 def _remember(plan: Plan, key: Any, masks: tuple[int, ...]) -> None:

@@ -161,9 +161,11 @@ class Chunk:
 @dataclass(slots=True)
 class Recall:
     """How Plan.masks_by_input serves: its hits since it was last emptied, and whether it is
-    off. A memo that fills up without one hit is turned off for good (for this plan, until the
-    policies reload): its conditions read something that never repeats, such as the access
-    fact's age, and every key would only cost."""
+    off. It is off from the start for a plan whose conditions may read `data` (the set's
+    reference data is large to key on, and a test suite may pass its own). A memo that fills
+    up without one hit is turned off for good (for this plan, until the policies reload): its
+    conditions read something that never repeats, such as the access fact's age, and every
+    key would only cost."""
 
     hits: int = 0
     off: bool = False
@@ -218,15 +220,17 @@ def build_plan(
         covered = [rules[i] for i in positions]
         chunks.append(Chunk(positions, _fuse(env, covered), _batched(batch_env, covered)))
     projection = projection_of(rules)
+    reads_data = any(r.reads_data for r in rules)
     return Plan(
         rules,
         always,
         tuple(chunks),
-        any(r.reads_data for r in rules),
+        reads_data,
         projection,
         project=projector(projection) if projection is not None else None,
         matched=tuple(r.matched for r in rules),
         project_resource=_resource_projector(projection),
+        recall=Recall(off=reads_data),
     )
 
 
