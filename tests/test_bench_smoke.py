@@ -260,6 +260,15 @@ def test_goals_say_by_how_much() -> None:
     assert placeholder.startswith("Goals missed:") and "written by hand below" in placeholder
     assert "Check req/s" in placeholder and "Server CPU per Check" in placeholder
     assert "Batch of 10" not in placeholder
+    # A goal holds only if it holds with every question evaluated as well (h2load's one body is
+    # otherwise all recalled questions).
+    rows["batch10:authz_eval:64"] = row(decisions_per_s=25_000)
+    batch = cerbos_goals({"cerbos": {"all_agree": True, "rows": rows}})[1]
+    assert batch.holds is False
+    assert batch.measured.endswith("; every question evaluated: authz 25,000 = 1.25×")
+    assert batch.margin.endswith(
+        "; evaluated: 1.25× against ≥ 1.50×: 17% short, needs 1.20× what it has"
+    )
 
 
 # h2load's summary of a run where one request straddled the end of the warm-up (seen in a run).

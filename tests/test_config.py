@@ -33,11 +33,13 @@ SWITCHES = {
     "AUTHZ_SSO_ALLOW_SHA1": (("never", "legacy-addons"), "never"),
     "AUTHZ_AUDIT_MODE": (("durable", "async", "off"), "durable"),
     "AUTHZ_LOG_LEVEL": (("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+    "AUTHZ_RECALL": (("on", "off"), "on"),
 }
 FIELDS = {
     "AUTHZ_SSO_ALLOW_SHA1": "sso_allow_sha1",
     "AUTHZ_AUDIT_MODE": "audit_mode",
     "AUTHZ_LOG_LEVEL": "log_level",
+    "AUTHZ_RECALL": "recall",
 }
 
 
@@ -73,6 +75,9 @@ def test_switches_take_their_documented_values_and_default_when_unset(name: str)
         ("AUTHZ_LOG_LEVEL", "debug"),
         ("AUTHZ_LOG_LEVEL", "verbose"),
         ("AUTHZ_LOG_LEVEL", "10"),
+        ("AUTHZ_RECALL", "true"),
+        ("AUTHZ_RECALL", "OFF"),
+        ("AUTHZ_RECALL", "0"),
     ],
 )
 def test_anything_else_refuses_to_start_naming_the_variable_and_the_accepted_values(
@@ -90,6 +95,7 @@ def test_anything_else_refuses_to_start_naming_the_variable_and_the_accepted_val
         ("sso_allow_sha1", True, "AUTHZ_SSO_ALLOW_SHA1"),
         ("audit_mode", "sync", "AUTHZ_AUDIT_MODE"),
         ("log_level", "loud", "AUTHZ_LOG_LEVEL"),
+        ("recall", "no", "AUTHZ_RECALL"),
     ],
 )
 def test_settings_built_in_code_obey_the_same_rules(field: str, value: object, name: str) -> None:

@@ -210,3 +210,31 @@ def test_every_service_answers_and_an_unknown_method_is_unimplemented(
     with pytest.raises(grpc.RpcError) as refused:
         unknown(pb.CheckRequest(), timeout=10)
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize("recall", ["on", "off"])
+def test_recall_setting_decides_whether_a_request_sent_again_is_converted_and_evaluated_again(
+    start: Callable[..., RunningService],
+    base_settings: Settings,
+    policy_dir: Callable[[dict[str, str]], Path],
+    recall: str,
+) -> None:
+    """AUTHZ_RECALL=off: the same Check twice is converted and evaluated twice (nothing kept
+    from the first), with the same answer as when the second is recalled."""
+    from authz.server import convert
+    from authz.server.app import apply_recall
+
+    svc = start(base_settings, policy_dir=policy_dir({"docs.yaml": POLICY}), recall=recall)
+    try:
+        plan = svc.service.policies.current.plan("doc.read", "doc")
+        request = pb.CheckRequest(principal=alice(), action="doc.read", resource=doc("bob"))
+        request.context.update({"channel": "internal"})
+        answers = [stub(svc).Check(request) for _ in range(2)]
+        assert [a.allowed for a in answers] == [True, True]
+        assert [m.rule_id for m in answers[1].matched_rules] == ["context-read"]
+        kept = request.resource.SerializeToString() in convert._ENTITIES
+        assert (len(plan.masks_by_input), plan.recall.hits, kept) == (
+            (1, 1, True) if recall == "on" else (0, 0, False)
+        )
+    finally:
+        apply_recall(base_settings)  # the process-wide default again, for the tests after this

@@ -37,6 +37,7 @@ EVENT_LOOPS = ("uvloop", "asyncio")
 """AUTHZ_EVENT_LOOP (authz.server.eventloop): ``uvloop`` (libuv's loop; less CPU per call for
 grpc.aio and uvicorn) or ``asyncio``, the standard library's own."""
 CPU_AFFINITIES = ("auto", "off")
+RECALL_MODES = ("on", "off")
 """AUTHZ_CPU_AFFINITY (authz.server.workers): ``auto`` keeps each worker of ``serve --workers N``
 on a core of its own when there are at least N cores to give, ``off`` lets the kernel move them."""
 SWITCH = ("0", "1")
@@ -425,6 +426,9 @@ class Settings:
     log_format: str = "text"  # one of LOG_FORMATS
     event_loop: str = "uvloop"  # one of EVENT_LOOPS
     cpu_affinity: str = "auto"  # one of CPU_AFFINITIES
+    # "off": nothing is reused from earlier requests (each principal and resource converted,
+    # each question evaluated); see authz.server.app.apply_recall.
+    recall: str = "on"  # one of RECALL_MODES
     log_decisions: bool = False  # AUTHZ_LOG_DECISIONS=1: one INFO line per decision
     metrics_open: bool = False  # AUTHZ_METRICS_OPEN=1: GET /metrics for anyone, not callers only
     otlp_traces_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; None: off
@@ -442,6 +446,7 @@ class Settings:
         accepted_value("AUTHZ_LOG_FORMAT", self.log_format, LOG_FORMATS)
         accepted_value("AUTHZ_EVENT_LOOP", self.event_loop, EVENT_LOOPS)
         accepted_value("AUTHZ_CPU_AFFINITY", self.cpu_affinity, CPU_AFFINITIES)
+        accepted_value("AUTHZ_RECALL", self.recall, RECALL_MODES)
         if self.public_url is not None:
             parse_public_url(self.public_url)
         self._check_reviewers()
@@ -590,6 +595,7 @@ class Settings:
             log_format=choice(env, "AUTHZ_LOG_FORMAT", LOG_FORMATS, "text"),
             event_loop=choice(env, "AUTHZ_EVENT_LOOP", EVENT_LOOPS, "uvloop"),
             cpu_affinity=choice(env, "AUTHZ_CPU_AFFINITY", CPU_AFFINITIES, "auto"),
+            recall=choice(env, "AUTHZ_RECALL", RECALL_MODES, "on"),
             log_decisions=choice(env, "AUTHZ_LOG_DECISIONS", SWITCH, "0") == "1",
             metrics_open=choice(env, "AUTHZ_METRICS_OPEN", SWITCH, "0") == "1",
             otlp_traces_endpoint=_otlp_traces_endpoint(env),

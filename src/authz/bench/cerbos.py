@@ -496,6 +496,7 @@ class Contender:
     audit: str  # off | durable | async | local
     workers: int | None = None  # authz's worker processes; None: AUTHZ_WORKERS
     affinity: str = "auto"  # authz's AUTHZ_CPU_AFFINITY
+    recall: str = "on"  # authz's AUTHZ_RECALL
 
 
 CONTENDERS = (
@@ -505,6 +506,16 @@ CONTENDERS = (
     # One process, for what authz does per core: with two, how the kernel spreads h2load's few
     # connections over the workers moves the figure from round to round.
     Contender("authz_off_1", "authz, audit off, 1 worker", "authz", "off", workers=1),
+    # h2load sends one body over and over: every question after the first is recalled
+    # (AUTHZ_RECALL), which traffic whose questions never repeat would not be. Off, each
+    # request is converted and evaluated, as such traffic would be.
+    Contender(
+        "authz_eval",
+        "authz, audit off, every question evaluated (AUTHZ_RECALL=off)",
+        "authz",
+        "off",
+        recall="off",
+    ),
     # What keeping each worker on a core of its own is worth (authz.server.workers).
     Contender(
         "authz_durable_free",
@@ -550,8 +561,10 @@ ROWS = (
     Row("check", "authz_off", 4, 16),
     Row("check", "cerbos_off", 4, 16),
     Row("check", "authz_off_1", 4, 16),
+    Row("check", "authz_eval", 4, 16),
     Row("batch10", "authz_off", 4, 16),
     Row("batch10", "cerbos_off", 4, 16),
+    Row("batch10", "authz_eval", 4, 16),
     Row("check", "authz_durable", 4, 16),
     Row("check", "cerbos_audit", 4, 16),
     Row("check", "authz_durable_free", 4, 16, quick=False),
@@ -560,6 +573,7 @@ ROWS = (
     Row("batch10", "cerbos_audit", 4, 16, quick=False),
     Row("check", "authz_off", 1, 1),
     Row("check", "cerbos_off", 1, 1),
+    Row("check", "authz_eval", 1, 1, quick=False),
     Row("check", "authz_durable", 1, 1, quick=False),
     Row("check", "cerbos_audit", 1, 1, quick=False),
 )
@@ -692,6 +706,8 @@ def start_authz(
             str(c.workers or AUTHZ_WORKERS),
             "--cpu-affinity",
             c.affinity,
+            # Only when asked for: trees from before AUTHZ_RECALL (authz.bench.ab) lack it.
+            *(["--recall", c.recall] if c.recall != "on" else []),
         ],
         workdir / f"{c.key}.log",
         {"AUTHZ_BENCH_TOKEN_KEY": TOKEN_KEY, **(env or {})},

@@ -33,7 +33,7 @@ import grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha import reflection  # noqa: E402
 
-from authz.config import CPU_AFFINITIES, EVENT_LOOPS, Settings  # noqa: E402
+from authz.config import CPU_AFFINITIES, EVENT_LOOPS, RECALL_MODES, Settings  # noqa: E402
 from authz.server import app, eventloop  # noqa: E402
 from authz.server.app import SERVICE_NAMES, start_service  # noqa: E402
 from authz.server.registration import EdgeLayer, Services, enable_reflection  # noqa: E402
@@ -191,6 +191,7 @@ def authz_settings(args: argparse.Namespace) -> Settings:
         http_listen=args.listen if args.http else None,
         event_loop=args.event_loop,
         cpu_affinity=args.cpu_affinity,
+        recall=args.recall,
     )
 
 
@@ -258,6 +259,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         choices=CPU_AFFINITIES,
         default=Settings.cpu_affinity,
         help="authz --workers N: a core of its own per worker, or not (AUTHZ_CPU_AFFINITY)",
+    )
+    parser.add_argument(
+        "--recall",
+        choices=RECALL_MODES,
+        default=Settings.recall,
+        help="authz: reuse what earlier requests converted and evaluated, or not (AUTHZ_RECALL)",
     )
     parser.add_argument("--cprofile", default="", help="write cProfile stats here at exit")
     parser.add_argument(

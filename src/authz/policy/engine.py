@@ -170,19 +170,26 @@ def _evaluate_alike(
     return [_shared_decision(policy_set, plan, action, m) for m in found]
 
 
-_recalling = True  # off only within `evaluating_every_time`
+_recalling = True
+
+
+def recall(on: bool) -> bool:
+    """Turn recall (Plan.masks_by_input) on or off for this process; returns what it was.
+    Off, every question is evaluated: AUTHZ_RECALL=off (authz.server.app.apply_recall)."""
+    global _recalling
+    before, _recalling = _recalling, on
+    return before
 
 
 @contextlib.contextmanager
 def evaluating_every_time() -> Iterator[None]:
     """Within it nothing is kept or looked up by input: the engine's own benchmarks measure
     CEL evaluation, and they ask the same questions over and over (one thread at a time)."""
-    global _recalling
-    before, _recalling = _recalling, False
+    before = recall(False)
     try:
         yield
     finally:
-        _recalling = before
+        recall(before)
 
 
 def _read_key(plan: Plan, read: Mapping[str, Any]) -> bytes | None:

@@ -26,8 +26,10 @@ from authz.facts.replay import ReplayGuard
 from authz.facts.sessions import SessionStore
 from authz.facts.webhooks import WebhookSubscriptions
 from authz.login import SsoLogins
+from authz.policy import engine
 from authz.policy.holder import PolicyHolder, watch_policies
 from authz.provisioning import Provisioning, renaming
+from authz.server import convert
 from authz.server.admin import AdminServicer
 from authz.server.authorization import AuthorizationServicer
 from authz.server.eventloop import running_loop_name
@@ -140,6 +142,7 @@ async def start_service(
     credentials do not go together (see authz.server.transport.plan_transport).
     """
     transport = plan_transport(settings)
+    apply_recall(settings)
     if ephemeral := settings.check_storage():
         log.warning(ephemeral)
     policies = policies or PolicyHolder.load(settings.policy_dir, strict=settings.policy_strict)
@@ -180,12 +183,13 @@ async def start_service(
             public_url = resolve_public_url(settings.public_url, service.http.port)
             service.provisioning.public_url = public_url
     log.info(
-        "authz listening on %s, policy revision %s (%d rules), audit %s, event loop %s, "
-        "grpc endpoints %s",
+        "authz listening on %s, policy revision %s (%d rules), audit %s, recall %s, "
+        "event loop %s, grpc endpoints %s",
         service.address,
         policies.current.revision,
         policies.current.rule_count,
         settings.audit_mode,
+        settings.recall,
         running_loop_name(),
         endpoints_in_use(),
     )
@@ -193,6 +197,16 @@ async def start_service(
     _log_sso_settings(settings)
     _log_webhook_settings(settings, service.provisioning)
     return service
+
+
+def apply_recall(settings: Settings) -> None:
+    """AUTHZ_RECALL, for the whole process (one server per process, or per worker): on, a
+    request's principal and resource messages seen before are not converted again and a
+    question asked before is not evaluated again (authz.server.convert.entity,
+    authz.policy.engine); off, each is done for every request."""
+    on = settings.recall == "on"
+    engine.recall(on)
+    convert.keep_entities(on)
 
 
 async def _assemble(

@@ -141,14 +141,14 @@ def entity(message: pb.Principal | pb.Resource, field: str) -> Entity:
     and shared by later requests that send the same bytes.
     """
     raw = message.SerializeToString()
-    found = _ENTITIES.get(raw)
+    found = _ENTITIES.get(raw) if _keeping else None
     if found is None:
         found = Entity(
             identifier(message.type, f"{field}.type"),
             identifier(message.id, f"{field}.id"),
             struct_to_dict(message.attributes, f"{field}.attributes"),
         )
-        if len(raw) <= ENTITY_MEMO_BYTES:
+        if _keeping and len(raw) <= ENTITY_MEMO_BYTES:
             if len(_ENTITIES) >= ENTITY_MEMO_SIZE:
                 _ENTITIES.clear()  # cheaper than letting go of the oldest one at a time
             _ENTITIES[raw] = found
@@ -159,6 +159,17 @@ ENTITY_MEMO_SIZE = 4096
 ENTITY_MEMO_BYTES = 1024
 """Entities kept (all are let go when full), and the largest message kept: at most 4 MiB of keys."""
 _ENTITIES: dict[bytes, Entity] = {}
+_keeping = True
+
+
+def keep_entities(on: bool) -> bool:
+    """Keep and share converted entities (see `entity`) in this process, or convert every
+    message again (AUTHZ_RECALL=off); returns what it was. Off also lets go of those kept."""
+    global _keeping
+    before, _keeping = _keeping, on
+    if not on:
+        _ENTITIES.clear()
+    return before
 
 
 def action_of(action: str, field: str = "action") -> str:
