@@ -402,9 +402,10 @@ def test_servicer_bench_times_authz_code_without_grpc() -> None:
 
     from authz.bench import servicer
 
-    timed = asyncio.run(servicer.measure(calls=40, repeats=1))
-    assert set(timed) == {"check", "batch10"}
-    assert 0 < timed["check"] < timed["batch10"]  # ten decisions cost more than one
+    for recall in ("on", "off"):
+        timed = asyncio.run(servicer.measure(calls=40, repeats=1, recall=recall))
+        assert set(timed) == {"check", "batch10"}
+        assert 0 < timed["check"] < timed["batch10"]  # ten decisions cost more than one
 
 
 def test_audit_record_bench_reports_the_loop_thread_apart() -> None:

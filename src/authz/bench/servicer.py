@@ -4,7 +4,10 @@ of 10 (authz.bench.cerbos), parsed, answered by AuthorizationServicer and serial
 The difference between this and the server CPU per request at load (section 5 of the report) is
 the transport and the per-call machinery around authz's code.
 
-    python -m authz.bench.servicer [--calls N] [--repeats R]
+    python -m authz.bench.servicer [--calls N] [--repeats R] [--recall off]
+
+With ``--recall off`` (AUTHZ_RECALL) every call is converted and evaluated again, as a call
+whose question was never asked before is.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from authz.bench import cerbos
-from authz.config import Settings
-from authz.server.app import start_service
+from authz.config import RECALL_MODES, Settings
+from authz.server.app import apply_recall, start_service
 from authz.server.authorization import AuthorizationServicer
 
 WORKLOADS = ("check", "batch10")
@@ -36,7 +39,7 @@ def _run(coroutine: Any) -> Any:
     raise RuntimeError("the servicer waited for something: its facts are not warm")
 
 
-async def measure(calls: int, repeats: int) -> dict[str, float]:
+async def measure(calls: int, repeats: int, recall: str = "on") -> dict[str, float]:
     """Best-of-`repeats` µs per call, parse to serialized reply, for each workload."""
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="authz-bench-servicer-") as tmp:
@@ -50,6 +53,7 @@ async def measure(calls: int, repeats: int) -> dict[str, float]:
             heroku_api_url="http://127.0.0.1:9",
             heroku_id_url="http://127.0.0.1:9",
             audit_mode="off",
+            recall=recall,
         )
         service = await start_service(settings, watch_interval=None)
         client = cerbos.AuthzClient(f"127.0.0.1:{service.port}")  # builds the requests only
@@ -71,6 +75,7 @@ async def measure(calls: int, repeats: int) -> dict[str, float]:
         finally:
             client.close()
             await service.stop(grace=0)
+            apply_recall(Settings())
     return out
 
 
@@ -78,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m authz.bench.servicer")
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--recall", choices=RECALL_MODES, default=Settings.recall)
     args = parser.parse_args(argv)
-    for workload, us in asyncio.run(measure(args.calls, args.repeats)).items():
+    for workload, us in asyncio.run(measure(args.calls, args.repeats, args.recall)).items():
         print(f"{workload}: {us:.1f} µs per call in process (parse, servicer, serialize)")
 
 
