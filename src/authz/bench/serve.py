@@ -263,8 +263,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--recall",
         choices=RECALL_MODES,
-        default=Settings.recall,
-        help="authz: reuse what earlier requests converted and evaluated, or not (AUTHZ_RECALL)",
+        default=os.environ.get("AUTHZ_RECALL") or Settings.recall,
+        help="authz: reuse what earlier requests converted and evaluated, or not (default: "
+        "AUTHZ_RECALL, as `authz serve`; so `python -m authz.bench.ab src:AUTHZ_RECALL=off`)",
     )
     parser.add_argument("--cprofile", default="", help="write cProfile stats here at exit")
     parser.add_argument(
