@@ -115,6 +115,10 @@ process of the server, divided by requests served. Each side answers as it does 
 authz's replies carry decision ids, matched rules and reasons, Cerbos's only the effects and a
 call id. After the load, both audit logs are counted: authz's durable records, and Cerbos's
 decision log entries read back through its Admin API by a second instance on the same store.
+h2load sends one body over and over, and authz recalls a question asked before instead of
+evaluating it again (`AUTHZ_RECALL`, on by default), so authz also runs with `AUTHZ_RECALL=off`
+("every question evaluated"), converting and evaluating each request as it would a question
+never asked before; a goal holds only if it holds both ways.
 """,
     "authzen": """
 The AuthZEN Authorization API 1.0 (issue 14) on authz's HTTP listener, beside gRPC Check, from
