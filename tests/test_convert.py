@@ -52,3 +52,27 @@ def test_the_kept_entities_are_bounded() -> None:
     assert len(convert._ENTITIES) <= convert.ENTITY_MEMO_SIZE
     newest = _resource(f"doc-{convert.ENTITY_MEMO_SIZE + 49}")
     assert newest.SerializeToString() in convert._ENTITIES
+
+
+@pytest.mark.parametrize("keeping", [True, False])
+def test_a_batch_shares_each_resource_among_its_items_whatever_the_setting(keeping: bool) -> None:
+    """Within one request, items naming the same resource get one Entity, large or small, and
+    with AUTHZ_RECALL=off too (then nothing is kept for later requests)."""
+    small, big = _resource("doc-s", team="red"), _resource("doc-b", text="x" * 2000)
+    batch = pb.CheckBatchRequest(
+        items=[
+            pb.CheckItem(action=action, resource=resource)
+            for resource in (small, big)
+            for action in ("doc.read", "doc.edit")
+        ]
+    )
+    before = convert.keep_entities(keeping)
+    try:
+        convert._ENTITIES.clear()
+        items = convert.batch_items(batch)
+        kept = small.SerializeToString() in convert._ENTITIES
+    finally:
+        convert.keep_entities(before)
+    assert [item.resource.id for item in items] == ["doc-s", "doc-s", "doc-b", "doc-b"]
+    assert items[0].resource is items[1].resource and items[2].resource is items[3].resource
+    assert (kept, big.SerializeToString() in convert._ENTITIES) == (keeping, False)

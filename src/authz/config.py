@@ -37,9 +37,11 @@ EVENT_LOOPS = ("uvloop", "asyncio")
 """AUTHZ_EVENT_LOOP (authz.server.eventloop): ``uvloop`` (libuv's loop; less CPU per call for
 grpc.aio and uvicorn) or ``asyncio``, the standard library's own."""
 CPU_AFFINITIES = ("auto", "off")
-RECALL_MODES = ("on", "off")
 """AUTHZ_CPU_AFFINITY (authz.server.workers): ``auto`` keeps each worker of ``serve --workers N``
 on a core of its own when there are at least N cores to give, ``off`` lets the kernel move them."""
+RECALL_MODES = ("on", "off")
+"""AUTHZ_RECALL (authz.server.app.apply_recall): ``on`` reuses what earlier requests converted
+and evaluated, ``off`` converts and evaluates every request afresh."""
 SWITCH = ("0", "1")
 """The values of an on/off setting (AUTHZ_LOG_DECISIONS, AUTHZ_METRICS_OPEN, ...)."""
 OTLP_PROTOCOLS = ("http/protobuf",)
@@ -426,8 +428,6 @@ class Settings:
     log_format: str = "text"  # one of LOG_FORMATS
     event_loop: str = "uvloop"  # one of EVENT_LOOPS
     cpu_affinity: str = "auto"  # one of CPU_AFFINITIES
-    # "off": nothing is reused from earlier requests (each principal and resource converted,
-    # each question evaluated); see authz.server.app.apply_recall.
     recall: str = "on"  # one of RECALL_MODES
     log_decisions: bool = False  # AUTHZ_LOG_DECISIONS=1: one INFO line per decision
     metrics_open: bool = False  # AUTHZ_METRICS_OPEN=1: GET /metrics for anyone, not callers only

@@ -132,27 +132,43 @@ def identifier(value: str, field: str) -> str:
     return value
 
 
-def entity(message: pb.Principal | pb.Resource, field: str) -> Entity:
+def entity(
+    message: pb.Principal | pb.Resource,
+    field: str,
+    request: dict[bytes, Entity] | None = None,
+) -> Entity:
     """The principal or resource a message names; BadRequest naming `field` when it is invalid.
 
     Callers name the same principals and resources over and over, and converting attributes
     from a Struct is the dearest part of reading a request, so an Entity is kept by the bytes
     of the message it came from (equal bytes, equal Entity: nothing downstream changes one)
-    and shared by later requests that send the same bytes.
+    and shared by later requests that send the same bytes (not with AUTHZ_RECALL=off).
+    `request` holds the entities of this request so far (a batch's items): those are shared
+    whatever the setting and the message's size.
     """
+    if request is None and not _keeping:
+        return _converted(message, field)
     raw = message.SerializeToString()
-    found = _ENTITIES.get(raw) if _keeping else None
+    found = request.get(raw) if request is not None else None
+    if found is None and _keeping:
+        found = _ENTITIES.get(raw)
     if found is None:
-        found = Entity(
-            identifier(message.type, f"{field}.type"),
-            identifier(message.id, f"{field}.id"),
-            struct_to_dict(message.attributes, f"{field}.attributes"),
-        )
+        found = _converted(message, field)
         if _keeping and len(raw) <= ENTITY_MEMO_BYTES:
             if len(_ENTITIES) >= ENTITY_MEMO_SIZE:
                 _ENTITIES.clear()  # cheaper than letting go of the oldest one at a time
             _ENTITIES[raw] = found
+    if request is not None:
+        request[raw] = found
     return found
+
+
+def _converted(message: pb.Principal | pb.Resource, field: str) -> Entity:
+    return Entity(
+        identifier(message.type, f"{field}.type"),
+        identifier(message.id, f"{field}.id"),
+        struct_to_dict(message.attributes, f"{field}.attributes"),
+    )
 
 
 ENTITY_MEMO_SIZE = 4096
@@ -197,13 +213,14 @@ def batch_items(request: pb.CheckBatchRequest) -> list[Item]:
         )
     items = []
     # Items often ask several actions of one resource: `entity` gives them one shared Entity.
+    resources: dict[bytes, Entity] = {}
     for i, item in enumerate(request.items):
         if not item.HasField("resource"):
             raise BadRequest(f"items[{i}].resource is missing; send resource {{type, id}}")
         items.append(
             Item(
                 action_of(item.action, f"items[{i}].action"),
-                entity(item.resource, f"items[{i}].resource"),
+                entity(item.resource, f"items[{i}].resource", resources),
                 struct_to_dict(item.context, f"items[{i}].context"),
             )
         )
