@@ -13,7 +13,9 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 # Lower numbers are lower layers; a module may import its own layer or lower ones.
 LAYERS = {
-    **dict.fromkeys(("store", "clock", "ids", "errors", "config", "logs", "offload"), 0),
+    **dict.fromkeys(
+        ("store", "clock", "ids", "errors", "config", "logs", "offload", "deadlines"), 0
+    ),
     **dict.fromkeys(("policy", "facts", "audit"), 1),
     **dict.fromkeys(
         ("decide", "login", "provisioning", "evaluations", "search", "metrics", "tracing"), 2

@@ -222,6 +222,48 @@ def test_durable_fails_closed_when_database_is_locked(target: Target) -> None:
     assert_written_exactly(path, [first["decision_id"], after["decision_id"]])
 
 
+def test_a_durable_caller_gives_up_at_wait_timeout_while_the_writer_is_stuck(
+    tmp_path: Path,
+) -> None:
+    """The safety net should the writer hang: here it waits for a lock longer than callers may
+    wait (commit_timeout 5 s, wait_timeout 0.3 s). Each caller fails closed at its own deadline,
+    on whichever event loop it runs; the records were queued, so they are written once the lock
+    is gone (the safe direction: recorded but refused, never answered but unrecorded)."""
+    path = tmp_path / "audit.db"
+    log = AuditLog(path, commit_timeout=5.0, wait_timeout=0.3).start()
+    log.record_blocking(make_record())
+    stuck = [make_record() for _ in range(6)]
+
+    async def one_loop(records: list[dict[str, Any]]) -> list[tuple[BaseException | None, float]]:
+        async def timed(rec: dict[str, Any]) -> tuple[BaseException | None, float]:
+            started = time.monotonic()
+            try:
+                await log.record(rec)
+            except AuditUnavailable as exc:
+                return exc, time.monotonic() - started
+            return None, time.monotonic() - started
+
+        return await asyncio.gather(*(timed(r) for r in records))
+
+    results: list[tuple[BaseException | None, float]] = []
+    with hold_write_lock(path):
+        others = threading.Thread(target=lambda: results.extend(asyncio.run(one_loop(stuck[3:]))))
+        others.start()
+        results.extend(asyncio.run(one_loop(stuck[:3])))
+        others.join(10)
+    assert len(results) == 6
+    for error, waited in results:
+        assert isinstance(error, AuditUnavailable), error
+        assert "not committed within 0.3 s" in str(error)
+        assert 0.25 <= waited < 2.0, waited
+    deadline = time.monotonic() + 10
+    while log.records_written < 7 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log.close()
+    assert log.records_written == 7
+    assert log.records_failed == 0
+
+
 def test_durable_fails_closed_when_the_disk_is_full(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     log = AuditLog(path).start()

@@ -46,7 +46,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +75,7 @@ from authz.audit.schema import (
     open_audit,
 )
 from authz.clock import Clock, system_clock
+from authz.deadlines import Deadlines, Wait
 from authz.store import Database, Dialect
 
 log = logging.getLogger("authz.audit")
@@ -223,9 +224,19 @@ def _abandon(futures: list[asyncio.Future[None]]) -> None:
             future.exception()
 
 
-def _expire_all(futures: list[asyncio.Future[None]], message: str) -> None:
-    for future in futures:
-        _expire(future, message)
+class _CommitWait(Wait):
+    """A durable caller waiting for its records' commits: at wait_timeout they fail."""
+
+    __slots__ = ("futures", "message")
+
+    def __init__(self, futures: Sequence[asyncio.Future[None]], message: str) -> None:
+        super().__init__()
+        self.futures = futures
+        self.message = message
+
+    def expire(self) -> None:
+        for future in self.futures:
+            _expire(future, self.message)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -314,6 +325,8 @@ class AuditLog:
         self.caller_budget = caller_budget
         self.commit_timeout = commit_timeout
         self.wait_timeout = 2 * commit_timeout + 1.0 if wait_timeout is None else wait_timeout
+        self._waits = Deadlines(self.wait_timeout)
+        self._late = f"audit record not committed within {self.wait_timeout:g} s"
         self._clock = clock
 
         self._lock = threading.Lock()
@@ -509,9 +522,8 @@ class AuditLog:
             for p, size in zip(prepared, _sized(prepared), strict=True)
         ]
         futures = [item.future for item in items if item.future is not None]
-        # One timer for the whole batch: a safety net should the writer hang.
-        message = f"audit record not committed within {self.wait_timeout:g} s"
-        timer = loop.call_later(self.wait_timeout, _expire_all, futures, message)
+        # A safety net should the writer hang: the batch's futures fail at wait_timeout.
+        wait = self._waits.add(_CommitWait(futures, self._late))
         errors: list[BaseException] = []
         try:
             await self._put_async(loop, items)
@@ -521,7 +533,8 @@ class AuditLog:
                 except AuditUnavailable as exc:  # keep waiting for the others, then report
                     errors.append(exc)
         finally:
-            timer.cancel()
+            wait.done = True
+            wait.futures = ()
             _abandon(futures)
         if errors:
             raise errors[0]
@@ -541,9 +554,7 @@ class AuditLog:
             try:
                 waiter.result(timeout=self.wait_timeout)
             except concurrent.futures.TimeoutError:
-                raise AuditUnavailable(
-                    f"audit record not committed within {self.wait_timeout:g} s"
-                ) from None
+                raise AuditUnavailable(self._late) from None
 
     # -- the queue -------------------------------------------------------------------------
 

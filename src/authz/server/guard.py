@@ -19,7 +19,6 @@ INVALID_ARGUMENT that says so, and a unary request must arrive within ``AUTHZ_RE
 from __future__ import annotations
 
 import asyncio
-import collections
 import inspect
 import logging
 import time
@@ -32,6 +31,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health
 
 from authz.config import Settings
+from authz.deadlines import Deadlines, Wait
 from authz.server.errors import abort
 
 log = logging.getLogger("authz.callers")
@@ -47,7 +47,6 @@ REFUSING_ROOM = 64
 a budget): each holds one only for that moment, and may not eat into either budget meanwhile."""
 WATCH_METHOD = f"/{health.SERVICE_NAME}/Watch"
 _MAX_WRAPPED = 4096
-_SWEEP = 1.0  # seconds between drops of finished reads (bounds the queue to ~1 s of calls)
 
 Admit = Callable[[grpc.aio.ServicerContext], Awaitable[bool]]
 """Admits a call, or aborts it; True when it is an open call (no caller credentials)."""
@@ -160,59 +159,20 @@ class SparseLog:
         log.info("refused %s from %s: %s%s", method, context.peer(), reason, more)
 
 
-class _Read:
-    """One request read in flight, and its deadline (see _ReadDeadlines)."""
+class _Read(Wait):
+    """One request read in flight: at its deadline, its call's task is cancelled."""
 
-    __slots__ = ("cancelling", "deadline", "done", "expired", "task")
+    __slots__ = ("cancelling", "expired", "task")
 
-    def __init__(self, deadline: float, task: asyncio.Task[Any]) -> None:
-        self.deadline = deadline
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        super().__init__()
         self.task = task
         self.cancelling = task.cancelling()
-        self.done = False
         self.expired = False
 
-
-class _ReadDeadlines:
-    """The deadlines of the request reads in flight: one timer for all of them.
-
-    Every read gets the same `seconds`, so reads are queued in deadline order, and one timer, at
-    the earliest deadline of a read still waiting (looking at least every _SWEEP seconds, to
-    drop finished reads), cancels the calls whose request is late, at their deadline. The same
-    limit as an ``asyncio.timeout`` per call, without a timer armed and cancelled for each.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._pending: collections.deque[_Read] = collections.deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def start(self) -> _Read:
-        """A read of the current task starts now."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # the first call, or a new event loop (tests)
-            self._loop, self._pending, self._timer = loop, collections.deque(), None
-        task = asyncio.current_task()
-        assert task is not None
-        read = _Read(loop.time() + self.seconds, task)
-        self._pending.append(read)
-        if self._timer is None:
-            self._timer = loop.call_at(read.deadline, self._expire)
-        return read
-
-    def _expire(self) -> None:
-        loop, pending = self._loop, self._pending
-        assert loop is not None
-        now = loop.time()
-        while pending and (pending[0].done or pending[0].deadline <= now):
-            read = pending.popleft()
-            if not read.done:
-                read.expired = True
-                read.task.cancel()
-        self._timer = None
-        if pending:
-            self._timer = loop.call_at(min(pending[0].deadline, now + _SWEEP), self._expire)
+    def expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
 
 
 class Guard:
@@ -235,7 +195,8 @@ class Guard:
     ) -> None:
         self.budgets = Budgets(max_concurrent_rpcs, open_rpcs)
         self.request_timeout = request_timeout
-        self._deadlines = _ReadDeadlines(request_timeout or REQUEST_TIMEOUT)
+        # Every read has the same limit: one timer for all (authz.deadlines).
+        self._deadlines = Deadlines(request_timeout or REQUEST_TIMEOUT)
         self.stream_idle = stream_idle
         self.log = SparseLog()
         self._methods: dict[str, _Method] = {}  # by name; only registered methods get here
@@ -339,7 +300,9 @@ class Guard:
         return None
 
     async def _one_request(self, method: _Method, context: grpc.aio.ServicerContext) -> Any:
-        read = self._deadlines.start()
+        task = asyncio.current_task()
+        assert task is not None
+        read = self._deadlines.add(_Read(task))
         try:
             raw = await context.read()
         except asyncio.CancelledError:
