@@ -5,10 +5,15 @@ dashboard, warm facts) runs with a no-op audit sink, then with an `AuditLog` in 
 async mode on a fresh SQLite file (or the PostgreSQL database of ``--database-url``), with
 ``--concurrency`` requests in flight so commits group as under load. The process's CPU time
 (every thread: the event loop and the writer) per decision, less the no-op run's, is what the
-record costs; the writer thread's own share is shown apart. Rounds are interleaved and the
-median is reported. The event loop's own thread is shown apart too, and with ``--steps`` the
-CPU its `evaluate_many` calls take (timed by wrapping authz.decide's `evaluate_many` with a
-per-thread CPU clock, about 1 µs per call): the same evaluation costs more while the writer works.
+record costs; the writer thread's own share is shown apart. Two runs in between split the loop's
+share: ``built``, where the decision path builds its records and a sink drops them, and
+``encoded``, where the sink also encodes them as the log does (`prepare_many`: checks, canonical
+JSON, shared parts) before dropping them; durable's cost beyond ``encoded`` is handing the
+records to the writer, waiting for the commit, and the writer's own work. Rounds are interleaved
+and the median is reported. The event loop's own thread is shown apart too, and with ``--steps``
+the CPU its `evaluate_many` calls take (timed by wrapping authz.decide's `evaluate_many` with a
+per-thread CPU clock, about 1 µs per call): the same evaluation costs more while the writer
+works.
 
     python -m authz.bench.audit_record                    # SQLite, 20,000 decisions per run
     python -m authz.bench.audit_record --decisions 5000 --rounds 3 --json
@@ -31,10 +36,49 @@ from pathlib import Path
 from typing import Any
 
 from authz.audit import open_audit_log, verify
+from authz.audit.record import prepare_many
 from authz.bench.engine import ShippedWorld
+from authz.clock import system_clock
 from authz.decide import Item, Subject
 
-MODES = ("off", "durable", "async")
+MODES = ("off", "built", "encoded", "durable", "async")
+
+
+class _Dropping:
+    """The audit sink of the ``built`` run: the decision path builds its records (`recording`
+    is True), and they are dropped."""
+
+    recording = True
+    records_written = 0
+    commits = 0
+
+    def start(self) -> _Dropping:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    async def record(self, rec: Any) -> None:
+        await self.record_many((rec,))
+
+    async def record_many(self, recs: Any, shared: Any = None) -> None:
+        pass
+
+
+class _Encoding(_Dropping):
+    """The audit sink of the ``encoded`` run: records are encoded as `AuditLog` encodes them
+    before queueing (`prepare_many`), then dropped."""
+
+    async def record_many(self, recs: Any, shared: Any = None) -> None:
+        prepare_many(recs, system_clock, shared)
+
+
+def _sink(mode: str, target: Path | str) -> Any:
+    if mode == "built":
+        return _Dropping()
+    if mode == "encoded":
+        return _Encoding()
+    return open_audit_log(target, mode=mode).start()  # type: ignore[arg-type]
 
 
 def _thread_cpu(thread: threading.Thread | None) -> float:
@@ -91,7 +135,7 @@ def run_once(
     batch: int,
 ) -> dict[str, float]:
     """One run: µs of CPU per decision (process and writer thread) and decisions per second."""
-    sink = open_audit_log(target, mode=mode).start()  # type: ignore[arg-type]
+    sink = _sink(mode, target)
     world.decider.audit = sink
     items = [Item("dashboard.view", world.service.__class__("addon", world.addon.resource_id))]
     items = items * batch
