@@ -78,8 +78,10 @@ class Deadlines:
         loop = asyncio.get_running_loop()
         queue = self._queues.get(loop)
         if queue is None:
-            for closed in [old for old in self._queues if old.is_closed()]:
-                del self._queues[closed]
+            # Loops on other threads may add theirs meanwhile: work on a copy of the keys.
+            for old in list(self._queues):
+                if old.is_closed():
+                    self._queues.pop(old, None)
             queue = self._queues[loop] = _Queue(loop, self.sweep)
         wait.deadline = loop.time() + self.seconds
         queue.add(wait)
