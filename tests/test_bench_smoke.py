@@ -401,11 +401,17 @@ def test_servicer_bench_times_authz_code_without_grpc() -> None:
     import asyncio
 
     from authz.bench import servicer
+    from authz.policy import engine
+    from authz.server import convert
 
-    for recall in ("on", "off"):
-        timed = asyncio.run(servicer.measure(calls=40, repeats=1, recall=recall))
+    runs = [{"recall": recall} for recall in ("on", "off")]
+    runs += [{"halves": halves} for halves in servicer.SPLIT]  # --split
+    for run in runs:
+        timed = asyncio.run(servicer.measure(calls=40, repeats=1, **run))
         assert set(timed) == {"check", "batch10"}
         assert 0 < timed["check"] < timed["batch10"]  # ten decisions cost more than one
+        # Each run leaves the process as it found it: AUTHZ_RECALL's default, on.
+        assert engine.recall(True) is True and convert.keep_entities(True) is True
 
 
 def test_audit_record_bench_reports_the_loop_thread_and_its_steps_apart() -> None:

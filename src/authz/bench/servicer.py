@@ -7,7 +7,9 @@ the transport and the per-call machinery around authz's code.
     python -m authz.bench.servicer [--calls N] [--repeats R] [--recall off]
 
 With ``--recall off`` (AUTHZ_RECALL) every call is converted and evaluated again, as a call
-whose question was never asked before is.
+whose question was never asked before is. ``--split`` measures the setting's two halves apart:
+principal and resource messages converted again or kept (`convert.keep_entities`), questions
+evaluated again or recalled (`engine.recall`), in each of the four combinations.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 from authz.bench import cerbos
 from authz.config import RECALL_MODES, Settings
+from authz.policy import engine
+from authz.server import convert
 from authz.server.app import apply_recall, start_service
 from authz.server.authorization import AuthorizationServicer
 
@@ -39,8 +43,11 @@ def _run(coroutine: Any) -> Any:
     raise RuntimeError("the servicer waited for something: its facts are not warm")
 
 
-async def measure(calls: int, repeats: int, recall: str = "on") -> dict[str, float]:
-    """Best-of-`repeats` µs per call, parse to serialized reply, for each workload."""
+async def measure(
+    calls: int, repeats: int, recall: str = "on", halves: tuple[bool, bool] | None = None
+) -> dict[str, float]:
+    """Best-of-`repeats` µs per call, parse to serialized reply, for each workload. `halves`
+    (entities kept, questions recalled) overrides what `recall` sets for each."""
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="authz-bench-servicer-") as tmp:
         workdir = Path(tmp)
@@ -56,6 +63,9 @@ async def measure(calls: int, repeats: int, recall: str = "on") -> dict[str, flo
             recall=recall,
         )
         service = await start_service(settings, watch_interval=None)
+        if halves is not None:
+            convert.keep_entities(halves[0])
+            engine.recall(halves[1])
         client = cerbos.AuthzClient(f"127.0.0.1:{service.port}")  # builds the requests only
         try:
             servicer = AuthorizationServicer(service.decider)
@@ -84,9 +94,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--recall", choices=RECALL_MODES, default=Settings.recall)
+    parser.add_argument(
+        "--split", action="store_true", help="entities kept and questions recalled, apart"
+    )
     args = parser.parse_args(argv)
-    for workload, us in asyncio.run(measure(args.calls, args.repeats, args.recall)).items():
-        print(f"{workload}: {us:.1f} µs per call in process (parse, servicer, serialize)")
+    if not args.split:
+        for workload, us in asyncio.run(measure(args.calls, args.repeats, args.recall)).items():
+            print(f"{workload}: {us:.1f} µs per call in process (parse, servicer, serialize)")
+        return
+    print(f"{'entities':10} {'questions':10} " + " ".join(f"{w:>9}" for w in WORKLOADS))
+    for halves in SPLIT:
+        result = asyncio.run(measure(args.calls, args.repeats, halves=halves))
+        entities = "kept" if halves[0] else "converted"
+        questions = "recalled" if halves[1] else "evaluated"
+        print(f"{entities:10} {questions:10} " + " ".join(f"{result[w]:7.1f}µs" for w in WORKLOADS))
+
+
+SPLIT = ((True, True), (True, False), (False, True), (False, False))
+"""(entities kept, questions recalled): AUTHZ_RECALL=on, its halves, and off."""
 
 
 if __name__ == "__main__":
