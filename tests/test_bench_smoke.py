@@ -316,6 +316,61 @@ def test_server_cpu_counts_every_process_of_the_server() -> None:
     assert process_tree_cpu_seconds(root.pid) != process_tree_cpu_seconds(root.pid)  # gone: NaN
 
 
+# A worker process: its main thread burns 0.15 s of CPU; then, told to go, its audit writer
+# thread (named as authz names it) burns 0.3 s while the main thread waits; then both wait.
+THREADS = """
+import sys, threading, time
+from authz.audit import log
+
+go, done = threading.Event(), threading.Event()
+
+def writer():
+    log._name_for_the_system()
+    go.wait()
+    started = time.thread_time()
+    while time.thread_time() - started < 0.3:
+        pass
+    done.set()
+    threading.Event().wait()  # a live thread: an ended one's CPU is no longer its own
+
+threading.Thread(target=writer, daemon=True).start()
+started = time.thread_time()
+while time.thread_time() - started < 0.15:
+    pass
+print("loop burnt", flush=True)
+sys.stdin.readline()
+go.set()
+done.wait()
+print("writer burnt", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_server_cpu_is_split_by_thread() -> None:
+    """The A/B report's split: a worker's main thread is its event loop, the thread named as
+    the audit writer names itself is the writer, and the root over workers is the supervisor."""
+    from authz.bench.load import thread_cpu_seconds
+
+    spawn = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {THREADS!r}])"
+    root = subprocess.Popen(
+        [sys.executable, "-c", spawn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert root.stdout is not None and root.stdin is not None
+        assert root.stdout.readline().strip() == "loop burnt"
+        before = thread_cpu_seconds(root.pid)
+        root.stdin.write("go\n")
+        root.stdin.flush()
+        assert root.stdout.readline().strip() == "writer burnt"
+        after = thread_cpu_seconds(root.pid)
+    finally:
+        root.communicate(timeout=30)
+    assert before["event loop"] >= 0.1  # the worker's main thread, not the root's
+    assert after["audit writer"] - before["audit writer"] >= 0.25
+    assert after["event loop"] - before["event loop"] < 0.1  # the writer's CPU is not the loop's
+    assert after["supervisor"] < 0.25  # the root only waited (its start-up is all it used)
+
+
 def test_connections_are_counted_per_worker_of_the_server(tmp_path: Path) -> None:
     """The report's spread of connections over authz's workers: every connection is found, in
     the worker that holds it, and each listening worker is listed (with 0 if it holds none)."""

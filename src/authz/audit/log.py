@@ -203,6 +203,17 @@ def _yield_on_waking() -> None:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
+WRITER_THREAD = "authz-audit"
+"""The writer thread's name for the system (`top -H`, `ps -L`, /proc/PID/task/TID/comm), which
+keeps only its first 15 bytes; Python's name for it is `authz-audit-writer`."""
+
+
+def _name_for_the_system() -> None:
+    """Give the calling thread WRITER_THREAD as its system name (Linux; elsewhere nothing)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(WRITER_THREAD)
+
+
 def _settle(pairs: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
     """Runs on the caller's loop: resolve the futures of one committed (or failed) batch."""
     for future, error in pairs:
@@ -671,6 +682,7 @@ class AuditLog:
     # -- the writer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        _name_for_the_system()
         _yield_on_waking()
         try:
             while (batch := self._take_batch()) is not None:

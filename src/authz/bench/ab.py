@@ -8,7 +8,9 @@ Cerbos comparison's policy, as that comparison does (`authz.bench.cerbos.start_a
 from commit 057e20d on, whose bench server takes ``--cpu-affinity``), checks that each answers,
 then runs
 h2load against them in turn, round after round, and prints each round (stderr) and the medians
-with their ratio to the first tree (stdout). Server CPU counts every process of the server.
+with their ratio to the first tree (stdout). Server CPU counts every process of the server; the
+last columns split it by thread (`authz.bench.load.thread_cpu_seconds`): the workers' event
+loops, their audit writers, their other threads (grpc's poller above all) and the supervisor.
 
     git worktree add /tmp/before HEAD~1
     python -m authz.bench.ab /tmp/before/src src --audit durable,off --rounds 7
@@ -31,7 +33,7 @@ from pathlib import Path
 from authz.bench.cerbos import AuthzClient, Contender, Server, start_authz
 from authz.bench.common import Table
 from authz.bench.documents import write_authz_policies
-from authz.bench.load import Run, h2load_path, measured_run
+from authz.bench.load import THREAD_ROLES, Run, h2load_path, measured_run
 from authz.bench.world import grpc_frame
 
 IN_FLIGHT = {64: (4, 16), 1: (1, 1)}
@@ -149,11 +151,26 @@ def report(contenders: Sequence[Measured], workload: str, in_flight: int) -> Tab
                 f"{cpu:,.0f}",
                 f"{cpu / base_cpu:.2f}×",
                 f"{statistics.median(r.result.latency.p50 for r in c.runs):.2f}",
+                *(
+                    f"{statistics.median(r.threads_us_per_req.get(role, 0.0) for r in c.runs):,.0f}"
+                    for role in THREAD_ROLES
+                ),
             ]
         )
     return Table(
-        f"A/B: {workload}, {in_flight} in flight, medians of {len(contenders[0].runs)} rounds",
-        ["tree", "audit", "req/s", "rounds' range", "× first", "CPU µs/req", "× first", "p50 ms"],
+        f"A/B: {workload}, {in_flight} in flight, medians of {len(contenders[0].runs)} rounds; "
+        "the last columns split the server's CPU µs/req by thread",
+        [
+            "tree",
+            "audit",
+            "req/s",
+            "rounds' range",
+            "× first",
+            "CPU µs/req",
+            "× first",
+            "p50 ms",
+            *THREAD_ROLES,
+        ],
         rows,
     )
 

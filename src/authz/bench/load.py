@@ -16,9 +16,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from authz.audit.log import WRITER_THREAD
 from authz.bench.common import Latency
 
 _FINISHED = re.compile(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s")
@@ -199,6 +200,37 @@ def process_tree_cpu_seconds(root: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+THREAD_ROLES = ("event loop", "audit writer", "other threads", "supervisor")
+"""What `thread_cpu_seconds` sums a server's threads into."""
+
+
+def thread_cpu_seconds(root: int) -> dict[str, float]:
+    """User + system CPU time so far of every live thread of a server (Linux), summed by role:
+    each serving process's main thread (its event loop), its audit writer (the thread named
+    authz.audit.log.WRITER_THREAD), its other threads (grpc's poller, the default executor),
+    and the main thread of a root with worker processes under it (the supervisor)."""
+    stats = _stats()
+    tree = _tree(root, stats)
+    out = dict.fromkeys(THREAD_ROLES, 0.0)
+    for pid in tree:
+        try:
+            tasks = list(os.scandir(f"/proc/{pid}/task"))
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                fields = Path(task.path, "stat").read_text().rsplit(")", 1)[1].split()
+                name = Path(task.path, "comm").read_text().strip()
+            except (OSError, IndexError):
+                continue  # ended while we looked
+            if int(task.name) == pid:
+                role = "supervisor" if pid == root and len(tree) > 1 else "event loop"
+            else:
+                role = "audit writer" if name == WRITER_THREAD else "other threads"
+            out[role] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 _LISTEN, _ESTABLISHED = "0A", "01"
 
 
@@ -233,6 +265,8 @@ class Run:
     result: LoadResult
     cpu_us_per_req: float  # the server's CPU (all its processes) per request served
     connections: tuple[int, ...] = ()  # per listening process, mid-run (connections_per_process)
+    threads_us_per_req: dict[str, float] = field(default_factory=dict)
+    """The live threads' share of it, by THREAD_ROLES (thread_cpu_seconds)."""
 
 
 def measured_run(
@@ -256,6 +290,7 @@ def measured_run(
     )
     sampler.daemon = True
     before = process_tree_cpu_seconds(pid)
+    threads_before = thread_cpu_seconds(pid)
     sampler.start()
     try:
         result = run_h2load(
@@ -270,9 +305,12 @@ def measured_run(
             h1=h1,
         )
         cpu = process_tree_cpu_seconds(pid) - before
+        threads_after = thread_cpu_seconds(pid)
     finally:  # a failed run leaves no sampler behind
         sampler.cancel()
         sampler.join()
     # Warm-up requests used CPU too: spread the CPU over every request of the run.
     total = result.done * (duration + warmup) / duration if duration else result.done
-    return Run(result, cpu / max(1.0, total) * 1e6, spread[0] if spread else ())
+    per_req = 1e6 / max(1.0, total)
+    threads = {r: (threads_after[r] - threads_before[r]) * per_req for r in THREAD_ROLES}
+    return Run(result, cpu * per_req, spread[0] if spread else (), threads)
