@@ -271,6 +271,30 @@ def test_goals_say_by_how_much() -> None:
     )
 
 
+def test_the_comparison_splits_authz_cpu_by_thread_for_its_rows_at_the_maximum_rate() -> None:
+    """Only authz's rows at 64 in flight: Cerbos's threads are Go's, and at one in flight the
+    split would say nothing new."""
+    from authz.bench.cerbos import ROWS, _by_thread
+    from authz.bench.load import THREAD_ROLES
+
+    split = {"event loop": 250.0, "audit writer": 60.0, "other threads": 40.0, "supervisor": 0.0}
+    summaries = {
+        r.key: {
+            "product": cerbos.BY_KEY[r.server].product,
+            "cpu_us_per_req": 360.0,
+            "threads_us_per_req": split,
+        }
+        for r in ROWS
+    }
+    table = _by_thread(list(ROWS), summaries)
+    wanted = [
+        r.label for r in ROWS if cerbos.BY_KEY[r.server].product == "authz" and r.in_flight > 1
+    ]
+    assert table.column("scenario") == wanted and wanted
+    assert table.headers == ["scenario", "all threads", *THREAD_ROLES]
+    assert set(table.column("audit writer")) == {"60.0"}
+
+
 # h2load's summary of a run where one request straddled the end of the warm-up (seen in a run).
 H2LOAD_SUMMARY = """
 finished in 1.00s, 2096.00 req/s, 270.75KB/s

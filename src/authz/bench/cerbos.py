@@ -64,7 +64,7 @@ from authz.bench.documents import (
     write_authz_policies,
     write_cerbos_policies,
 )
-from authz.bench.load import Run, h2load_path, measured_run
+from authz.bench.load import THREAD_ROLES, Run, h2load_path, measured_run
 from authz.bench.world import (
     BATCH_PATH,
     CHECK_PATH,
@@ -835,6 +835,10 @@ def _summaries(rows: list[Row], runs: dict[str, list[Run]]) -> dict[str, dict[st
             "cpu_us_per_decision": cpu / decisions,
             "failed": sum(x.result.failed for x in runs[r.key]),
             "connections_rounds": [list(x.connections) for x in runs[r.key]],
+            "threads_us_per_req": {
+                role: statistics.median(x.threads_us_per_req.get(role, 0.0) for x in runs[r.key])
+                for role in THREAD_ROLES
+            },
         }
     return out
 
@@ -964,4 +968,26 @@ def _tables(
             f"({'every answered call was recorded' if c['ok'] else 'ENTRIES MISSING'})."
         )
     one.notes.append("h2load 1 connection × 1 stream: each request waits for the one before.")
-    return [at_max, one]
+    return [at_max, one, _by_thread(rows, summaries)]
+
+
+def _by_thread(rows: list[Row], summaries: dict[str, dict[str, Any]]) -> Table:
+    """authz's server CPU at the maximum rate, split by thread: where a durable record's cost
+    goes (event loops or audit writers), run after run."""
+    table = Table(
+        "authz's server CPU by thread at the maximum rate (µs per request)",
+        ["scenario", "all threads", *THREAD_ROLES],
+    )
+    for r in rows:
+        s = summaries[r.key]
+        if s["product"] == "authz" and r.in_flight > 1:
+            threads = s["threads_us_per_req"]
+            table.add(r.label, s["cpu_us_per_req"], *(threads[role] for role in THREAD_ROLES))
+    table.notes.append(
+        "Medians of the rounds above. Each worker's main thread runs its event loop (gRPC, "
+        "admission, the decision, the audit record's building and encoding); its audit writer "
+        "thread chains and commits records; its other threads are grpc's poller above all. "
+        "'all threads' also counts threads that ended during a run, which the split cannot "
+        "see (authz.bench.load.thread_cpu_seconds)."
+    )
+    return table
