@@ -44,12 +44,10 @@ class _Queue:
         self.pending: collections.deque[Wait] = collections.deque()
         self.timer: asyncio.TimerHandle | None = None
 
-    def add(self, wait: Wait) -> None:
+    def add(self, wait: Wait, now: float) -> None:
         self.pending.append(wait)
         if self.timer is None:
-            self.timer = self.loop.call_at(
-                min(wait.deadline, self.loop.time() + self.sweep), self._expire
-            )
+            self.timer = self.loop.call_at(min(wait.deadline, now + self.sweep), self._expire)
 
     def _expire(self) -> None:
         now = self.loop.time()
@@ -83,8 +81,9 @@ class Deadlines:
                 if old.is_closed():
                     self._queues.pop(old, None)
             queue = self._queues[loop] = _Queue(loop, self.sweep)
-        wait.deadline = loop.time() + self.seconds
-        queue.add(wait)
+        now = loop.time()
+        wait.deadline = now + self.seconds
+        queue.add(wait, now)
         return wait
 
     def pending(self) -> int:

@@ -33,7 +33,7 @@ from pathlib import Path
 from authz.bench.cerbos import AuthzClient, Contender, Server, start_authz
 from authz.bench.common import Table
 from authz.bench.documents import write_authz_policies
-from authz.bench.load import THREAD_ROLES, Run, h2load_path, measured_run
+from authz.bench.load import THREAD_ROLES, Run, h2load_path, measured_run, median_threads
 from authz.bench.world import grpc_frame
 
 IN_FLIGHT = {64: (4, 16), 1: (1, 1)}
@@ -151,10 +151,7 @@ def report(contenders: Sequence[Measured], workload: str, in_flight: int) -> Tab
                 f"{cpu:,.0f}",
                 f"{cpu / base_cpu:.2f}×",
                 f"{statistics.median(r.result.latency.p50 for r in c.runs):.2f}",
-                *(
-                    f"{statistics.median(r.threads_us_per_req.get(role, 0.0) for r in c.runs):,.0f}"
-                    for role in THREAD_ROLES
-                ),
+                *(f"{us:,.0f}" for us in median_threads(c.runs).values()),
             ]
         )
     return Table(

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.audit import open_audit_log, verify
+from authz.audit.log import NopAuditLog
 from authz.audit.record import prepare_many
 from authz.bench.engine import ShippedWorld
 from authz.clock import system_clock
@@ -44,25 +45,14 @@ from authz.decide import Item, Subject
 MODES = ("off", "built", "encoded", "durable", "async")
 
 
-class _Dropping:
+class _Dropping(NopAuditLog):
     """The audit sink of the ``built`` run: the decision path builds its records (`recording`
     is True), and they are dropped."""
 
     recording = True
-    records_written = 0
-    commits = 0
-
-    def start(self) -> _Dropping:
-        return self
-
-    def close(self) -> None:
-        pass
 
     async def record(self, rec: Any) -> None:
         await self.record_many((rec,))
-
-    async def record_many(self, recs: Any, shared: Any = None) -> None:
-        pass
 
 
 class _Encoding(_Dropping):

@@ -64,7 +64,7 @@ from authz.bench.documents import (
     write_authz_policies,
     write_cerbos_policies,
 )
-from authz.bench.load import THREAD_ROLES, Run, h2load_path, measured_run
+from authz.bench.load import THREAD_ROLES, Run, h2load_path, measured_run, median_threads
 from authz.bench.world import (
     BATCH_PATH,
     CHECK_PATH,
@@ -835,10 +835,7 @@ def _summaries(rows: list[Row], runs: dict[str, list[Run]]) -> dict[str, dict[st
             "cpu_us_per_decision": cpu / decisions,
             "failed": sum(x.result.failed for x in runs[r.key]),
             "connections_rounds": [list(x.connections) for x in runs[r.key]],
-            "threads_us_per_req": {
-                role: statistics.median(x.threads_us_per_req.get(role, 0.0) for x in runs[r.key])
-                for role in THREAD_ROLES
-            },
+            "threads_us_per_req": median_threads(runs[r.key]),
         }
     return out
 

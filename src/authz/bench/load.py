@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -162,15 +163,19 @@ def _read_log(log_path: Path) -> list[float]:
 # -- server CPU ------------------------------------------------------------------------------------
 
 
+def _stat_fields(directory: str) -> list[str]:
+    """The fields of DIRECTORY/stat (a process's or a thread's) after the command name ("state"
+    first); OSError or IndexError if it ended while we looked."""
+    return Path(directory, "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _stats() -> dict[int, list[str]]:
     """Every process's /proc/PID/stat fields after the command name ("state" first)."""
     stats: dict[int, list[str]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                stats[int(entry.name)] = (
-                    Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-                )
+                stats[int(entry.name)] = _stat_fields(entry.path)
             except (OSError, IndexError):
                 continue  # exited while we looked
     return stats
@@ -209,9 +214,8 @@ def thread_cpu_seconds(root: int) -> dict[str, float]:
     each serving process's main thread (its event loop), its audit writer (the thread named
     authz.audit.log.WRITER_THREAD), its other threads (grpc's poller, the default executor),
     and the main thread of a root with worker processes under it (the supervisor)."""
-    stats = _stats()
-    tree = _tree(root, stats)
-    out = dict.fromkeys(THREAD_ROLES, 0.0)
+    tree = _tree(root)
+    ticks = dict.fromkeys(THREAD_ROLES, 0)
     for pid in tree:
         try:
             tasks = list(os.scandir(f"/proc/{pid}/task"))
@@ -219,7 +223,7 @@ def thread_cpu_seconds(root: int) -> dict[str, float]:
             continue
         for task in tasks:
             try:
-                fields = Path(task.path, "stat").read_text().rsplit(")", 1)[1].split()
+                fields = _stat_fields(task.path)
                 name = Path(task.path, "comm").read_text().strip()
             except (OSError, IndexError):
                 continue  # ended while we looked
@@ -227,8 +231,16 @@ def thread_cpu_seconds(root: int) -> dict[str, float]:
                 role = "supervisor" if pid == root and len(tree) > 1 else "event loop"
             else:
                 role = "audit writer" if name == WRITER_THREAD else "other threads"
-            out[role] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+            ticks[role] += int(fields[11]) + int(fields[12])  # utime, stime
+    return {role: n / os.sysconf("SC_CLK_TCK") for role, n in ticks.items()}
+
+
+def median_threads(runs: list[Run]) -> dict[str, float]:
+    """Each role's median over runs of its CPU µs per request (Run.threads_us_per_req)."""
+    return {
+        role: statistics.median(run.threads_us_per_req[role] for run in runs)
+        for role in THREAD_ROLES
+    }
 
 
 _LISTEN, _ESTABLISHED = "0A", "01"
