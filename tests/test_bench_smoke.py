@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,6 +117,17 @@ def test_targets_say_what_was_not_run() -> None:
     verdicts = targets({})
     assert len(verdicts) == 7
     assert all(v.holds is None for v in verdicts)
+
+
+def test_the_p99_target_states_what_the_no_op_server_itself_reached() -> None:
+    def scenario(p99: float, achieved: float) -> dict[str, Any]:
+        return {"req_per_s": 2 * achieved, "half": {"p99_ms": p99, "achieved": achieved}}
+
+    e2e = {"noop": scenario(10.2, 3836), "check_session": scenario(6.5, 1052)}
+    [p99] = [v for v in targets({"e2e": {"scenarios": e2e}}) if v.target.startswith("p99")]
+    assert p99.holds is False
+    assert "check_session 6.5 ms @ 1,052 req/s (worst: check_session)" in p99.measured
+    assert p99.measured.endswith("the no-op server itself 10.2 ms @ 3,836 req/s")
 
 
 def test_report_keeps_hand_written_text(tmp_path: Path) -> None:
@@ -539,3 +551,13 @@ def test_ab_measures_each_tree_in_turn_and_reports_ratios_to_the_first(
     rows = [line for line in out.out.splitlines() if line.startswith(str(SRC.resolve()))]
     assert len(rows) == 2, out.out
     assert "1.00×" in rows[0] and "AUTHZ_BENCH_UNUSED=1" in rows[1]
+
+
+def test_rebalance_bench_moves_connections_between_workers_without_failing_a_call() -> None:
+    """`python -m authz.bench.rebalance --no-kill`: two workers, connections past their age
+    (1 s) moving all along under eight callers, and not one call fails."""
+    from authz.bench import rebalance
+
+    outcome = rebalance.measure(1.0, windows=2, window=2.0, kill=False)
+    assert outcome.calls > 100 and outcome.failures == []
+    assert len(outcome.shares) == 2 and all(0 <= share <= 0.5 for share in outcome.shares)

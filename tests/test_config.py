@@ -123,6 +123,25 @@ def test_authz_serve_refuses_to_start(name: str, value: str, tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
+# --- AUTHZ_MAX_CONNECTION_AGE -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "age"), [(None, 60.0), ("", 60.0), ("0", 0.0), ("1", 1.0), ("300", 300.0)]
+)
+def test_connection_age_takes_zero_or_one_second_to_a_day(value: str | None, age: float) -> None:
+    env = {} if value is None else {"AUTHZ_MAX_CONNECTION_AGE": value}
+    assert Settings.from_env(env).max_connection_age == age
+
+
+@pytest.mark.parametrize("value", ["0.5", "-1", "86401", "nan", "inf", "1m", "off"])
+def test_any_other_connection_age_refuses_to_start_saying_what_to_set(value: str) -> None:
+    message = refused({"AUTHZ_MAX_CONNECTION_AGE": value})
+    assert message.startswith("AUTHZ_MAX_CONNECTION_AGE=") and "seconds" in message, message
+    with pytest.raises(ConfigError, match="AUTHZ_MAX_CONNECTION_AGE"):
+        Settings(max_connection_age=0.5)
+
+
 # --- SSO salts (item 9) ---------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -238,3 +239,30 @@ def test_recall_setting_decides_whether_a_request_sent_again_is_converted_and_ev
         )
     finally:
         apply_recall(base_settings)  # the process-wide default again, for the tests after this
+
+
+@pytest.mark.parametrize("age", [1.0, 0.0])
+def test_a_connection_past_its_age_is_replaced_without_failing_a_call(
+    start: Callable[..., RunningService],
+    base_settings: Settings,
+    policy_dir: Callable[[dict[str, str]], Path],
+    age: float,
+) -> None:
+    """AUTHZ_MAX_CONNECTION_AGE: a connection older than its age (±10 %) is asked to move, the
+    client opens another (which the kernel may place on another worker of `authz serve`) and no
+    call fails on the way; with 0 the first connection serves every call."""
+    svc = start(base_settings, policy_dir=policy_dir({"docs.yaml": POLICY}), max_connection_age=age)
+    states: list[grpc.ChannelConnectivity] = []
+    with grpc.insecure_channel(svc.address) as channel:
+        channel.subscribe(states.append, try_to_connect=True)
+        check = pb_grpc.AuthorizationServiceStub(channel).Check
+        request = pb.CheckRequest(principal=alice(), action="doc.edit", resource=doc())
+        answered = 0
+        until = time.monotonic() + 2.7  # two ages and their jitter, and a reconnection
+        while time.monotonic() < until:
+            assert check(request, timeout=10).allowed  # any failed call raises here
+            answered += 1
+        channel.unsubscribe(states.append)
+    connections = states.count(grpc.ChannelConnectivity.READY)
+    assert answered > 100
+    assert connections >= 3 if age else connections == 1, states

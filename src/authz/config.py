@@ -335,6 +335,21 @@ def _request_timeout(env: Mapping[str, str]) -> float:
     return value
 
 
+MAX_CONNECTION_AGE_LIMIT = 86_400.0
+
+
+def max_connection_age(value: float) -> float:
+    """AUTHZ_MAX_CONNECTION_AGE: 0 (off) or from 1 second to a day; ConfigError otherwise."""
+    if value == 0:
+        return 0.0
+    if not 1 <= value <= MAX_CONNECTION_AGE_LIMIT:
+        raise ConfigError(
+            f"AUTHZ_MAX_CONNECTION_AGE={value:g} must be 0 (off) or from 1 to "
+            f"{MAX_CONNECTION_AGE_LIMIT:g} seconds"
+        )
+    return value
+
+
 def _otlp_traces_endpoint(env: Mapping[str, str]) -> str | None:
     """Where spans go, or None (no tracing). OpenTelemetry's "OTLP Exporter Configuration":
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is the URL as is; for OTLP/HTTP the signal's path
@@ -424,6 +439,9 @@ class Settings:
     # mode) have a budget of their own, on top of max_concurrent_rpcs; see authz.server.guard.
     open_rpcs: int = 64
     stream_idle: float = 120.0  # seconds an open stream may send and receive nothing
+    # Seconds before a gRPC connection is asked to move (GOAWAY; its calls finish first), so that
+    # long-lived connections spread again over the workers; 0: they stay (authz.server.transport).
+    max_connection_age: float = 60.0
     # Observability (authz.logs, authz.metrics, authz.tracing).
     log_format: str = "text"  # one of LOG_FORMATS
     event_loop: str = "uvloop"  # one of EVENT_LOOPS
@@ -447,6 +465,7 @@ class Settings:
         accepted_value("AUTHZ_EVENT_LOOP", self.event_loop, EVENT_LOOPS)
         accepted_value("AUTHZ_CPU_AFFINITY", self.cpu_affinity, CPU_AFFINITIES)
         accepted_value("AUTHZ_RECALL", self.recall, RECALL_MODES)
+        max_connection_age(self.max_connection_age)
         if self.public_url is not None:
             parse_public_url(self.public_url)
         self._check_reviewers()
@@ -592,6 +611,7 @@ class Settings:
             stream_idle=_bounded(
                 "AUTHZ_STREAM_IDLE", _float(env, "AUTHZ_STREAM_IDLE", 120.0), 3600.0
             ),
+            max_connection_age=max_connection_age(_float(env, "AUTHZ_MAX_CONNECTION_AGE", 60.0)),
             log_format=choice(env, "AUTHZ_LOG_FORMAT", LOG_FORMATS, "text"),
             event_loop=choice(env, "AUTHZ_EVENT_LOOP", EVENT_LOOPS, "uvloop"),
             cpu_affinity=choice(env, "AUTHZ_CPU_AFFINITY", CPU_AFFINITIES, "auto"),

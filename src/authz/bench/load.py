@@ -193,6 +193,17 @@ def _tree(root: int, stats: dict[int, list[str]] | None = None) -> set[int]:
     return tree
 
 
+def descendants(root: int) -> set[int]:
+    """Every process descended from `root` (Linux), without `root`."""
+    return _tree(root) - {root}
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of one process (its own threads, not its children)."""
+    fields = _stat_fields(f"/proc/{pid}")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_tree_cpu_seconds(root: int) -> float:
     """User + system CPU time so far of a process and every descendant (Linux), so that a server
     of several worker processes is measured whole. Descendants that already exited count too,

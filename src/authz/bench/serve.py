@@ -34,7 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha import reflection  # noqa: E402
 
 from authz.config import CPU_AFFINITIES, EVENT_LOOPS, RECALL_MODES, Settings  # noqa: E402
-from authz.server import app, eventloop  # noqa: E402
+from authz.server import app, eventloop, transport  # noqa: E402
 from authz.server.app import SERVICE_NAMES, start_service  # noqa: E402
 from authz.server.registration import EdgeLayer, Services, enable_reflection  # noqa: E402
 from authz.v1 import authorization_pb2 as pb  # noqa: E402
@@ -51,8 +51,11 @@ SERVER_OPTIONS: list[tuple[str, Any]] = list(getattr(app, "SERVER_OPTIONS", _DEF
 
 
 def _server_kwargs() -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"options": SERVER_OPTIONS}
-    limit = getattr(Settings(), "max_concurrent_rpcs", None)
+    defaults = Settings()
+    ageing = getattr(transport, "connection_age_options", None)
+    age = ageing(defaults.max_connection_age) if ageing is not None else ()
+    kwargs: dict[str, Any] = {"options": [*SERVER_OPTIONS, *age]}
+    limit = getattr(defaults, "max_concurrent_rpcs", None)
     if limit:
         kwargs["maximum_concurrent_rpcs"] = limit
     return kwargs

@@ -37,7 +37,12 @@ from authz.server.grpc_endpoints import endpoints_in_use
 from authz.server.observe import Observability
 from authz.server.registration import Services, enable_reflection
 from authz.server.session_service import SessionServicer
-from authz.server.transport import Transport, log_transport, plan_transport
+from authz.server.transport import (
+    Transport,
+    connection_age_options,
+    log_transport,
+    plan_transport,
+)
 from authz.store import Database, migrate, open_store
 from authz.v1 import (
     admin_pb2,
@@ -269,7 +274,7 @@ async def _assemble(
     # Worker processes (authz.server.workers) share the gRPC port as they share the HTTP one.
     reuse_port = ("grpc.so_reuseport", int(settings.http_reuse_port))
     server = grpc.aio.server(
-        options=[*SERVER_OPTIONS, reuse_port],
+        options=[*SERVER_OPTIONS, reuse_port, *connection_age_options(settings.max_connection_age)],
         maximum_concurrent_rpcs=transport.maximum_concurrent_rpcs,
     )
     # The edge: the caller's admission and budget, inside the call's observation.

@@ -42,6 +42,25 @@ class Transport:
     maximum_concurrent_rpcs: int  # grpc's own server-wide limit (see authz.server.guard)
 
 
+CONNECTION_AGE_GRACE = 300.0
+"""Seconds a connection's calls in flight get to finish after it was asked to move (a long
+QueryDecisions stream above all); new calls go to the new connection at once."""
+
+
+def connection_age_options(age: float) -> tuple[tuple[str, int], ...]:
+    """grpc's options for AUTHZ_MAX_CONNECTION_AGE (gRFC A9). Each worker of `authz serve` keeps
+    every call of a connection, and the kernel places a connection by a hash of its ports once
+    (SO_REUSEPORT), so a client's few long-lived channels could leave a worker idle for good,
+    e.g. after it was restarted. Past its age (±10 %, grpc's jitter) a connection gets a GOAWAY;
+    grpc clients open a new one, which the kernel places again, without failing a call."""
+    if not age:
+        return ()
+    return (
+        ("grpc.max_connection_age_ms", round(age * 1000)),
+        ("grpc.max_connection_age_grace_ms", round(CONNECTION_AGE_GRACE * 1000)),
+    )
+
+
 def plan_transport(settings: Settings) -> Transport:
     """Check the listen addresses against the credentials and build both; ConfigError if unsafe.
 
