@@ -627,6 +627,69 @@ def test_open_connections_are_bounded(loop_thread: LoopThread, base_settings: Se
         loop_thread.run(listener.stop(grace=1))
 
 
+def test_answers_are_sent_at_once_on_asyncios_loop_too(
+    loop_thread: LoopThread, base_settings: Settings
+) -> None:
+    """Nagle's algorithm is off on every connection (TCP_NODELAY), on asyncio's own loop (which
+    these tests run) as on uvloop: with it on, an answer's body waited for the client's delayed
+    ACK, about 40 ms per request on a keep-alive connection (AUTHZ_EVENT_LOOP=asyncio)."""
+
+    async def hello(scope: dict, receive: Callable, send: Callable) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    settings = replace(base_settings, http_listen="127.0.0.1:0")
+    listener = HttpListener(hello, settings, HttpLimits())
+    loop_thread.run(listener.start())
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{listener.port}") as client:
+            assert client.get("/").text == "hello"
+            connections = list(listener._server.server_state.connections)
+            assert len(connections) == 1
+            sock = connections[0].transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        loop_thread.run(listener.stop(grace=1))
+
+
+@pytest.mark.parametrize("age", [1.0, 0.0])
+def test_a_connection_past_its_age_is_closed_by_an_answer_that_says_so(
+    loop_thread: LoopThread, base_settings: Settings, age: float
+) -> None:
+    """AUTHZ_MAX_CONNECTION_AGE over HTTP/1.1: the first answer on a connection past its age
+    (±10 %) says `Connection: close` and the connection closes after it, so a keep-alive client
+    opens another (which the kernel may place on another worker) and loses no request; with 0 one
+    connection serves them all."""
+
+    async def client_port(scope: dict, receive: Callable, send: Callable) -> None:
+        body = str(scope["client"][1]).encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    settings = replace(base_settings, http_listen="127.0.0.1:0")
+    listener = HttpListener(client_port, settings, HttpLimits(max_connection_age=age))
+    loop_thread.run(listener.start())
+    ports: list[str] = []
+    closing = 0
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{listener.port}") as client:
+            until = time.monotonic() + 2.7  # two ages and their jitter
+            while time.monotonic() < until:
+                answer = client.get("/")  # any lost request raises here
+                assert answer.status_code == 200
+                ports.append(answer.text)
+                closing += answer.headers.get("connection") == "close"
+    finally:
+        loop_thread.run(listener.stop(grace=1))
+    connections = len(set(ports))
+    assert len(ports) > 100
+    if age:
+        assert connections >= 3 and closing == connections - 1, (connections, closing)
+    else:
+        assert (connections, closing) == (1, 0)
+
+
 def test_the_socket_can_be_shared_by_workers_when_asked() -> None:
     first = bind("127.0.0.1:0", reuse_port=True)
     try:

@@ -61,6 +61,9 @@ class HttpLimits:
     """Seconds a request (line, headers and body) may take to arrive once it starts."""
     keep_alive: int = 5
     """Seconds an idle keep-alive connection stays open."""
+    max_connection_age: float = 60.0
+    """Seconds (±10 %) after which a connection's next answer closes it (AUTHZ_MAX_CONNECTION_AGE,
+    as for gRPC: the client's next connection may go to another worker); 0: never."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
@@ -69,6 +72,7 @@ class HttpLimits:
         return cls(
             max_requests=settings.max_concurrent_rpcs,
             request_timeout=settings.request_timeout or cls.request_timeout,
+            max_connection_age=settings.max_connection_age,
         )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import ssl
 import time
@@ -26,6 +27,7 @@ from typing import ClassVar
 import h11
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
 from authz.config import ConfigError, Settings, parse_host_port
@@ -43,9 +45,13 @@ class Connection(H11Protocol):
     limits: ClassVar[HttpLimits] = HttpLimits()
     _read_timer: asyncio.TimerHandle | None = None
     _last_log: ClassVar[float] = 0.0
+    _old_at: float | None = None  # loop time from which the next answer closes the connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        _send_at_once(transport)
+        if age := self.limits.max_connection_age:
+            self._old_at = self.loop.time() + age * random.uniform(0.9, 1.1)  # grpc's jitter
         if len(self.connections) > self.limits.max_connections:
             self._log_once_a_second(
                 "HTTP connection from %s closed: %d connections are open, the limit",
@@ -71,6 +77,20 @@ class Connection(H11Protocol):
         super().data_received(data)
         if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
             self._cancel_read_timer()  # the request (head and body) has arrived
+
+    def handle_events(self) -> None:
+        before = self.cycle
+        super().handle_events()
+        started = self.cycle
+        if started is not before and started is not None and self._is_old():
+            # A request has just started on an old connection (its handler has not run yet):
+            # its answer says `Connection: close`, and uvicorn closes the connection after it,
+            # so the client opens its next one knowing, and never loses a request to a close.
+            started.keep_alive = False
+            started.default_headers = [*started.default_headers, CLOSE_HEADER]
+
+    def _is_old(self) -> bool:
+        return self._old_at is not None and self.loop.time() >= self._old_at
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_read_timer()
@@ -136,6 +156,18 @@ class Connection(H11Protocol):
         if now - Connection._last_log >= 1.0:
             Connection._last_log = now
             log.warning(message, *args)
+
+
+def _send_at_once(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle's algorithm off (TCP_NODELAY) for a connection. uvicorn writes an answer's head
+    and body apart; with Nagle on, the body waited for the client's delayed ACK, about 40 ms
+    per request. uvloop turns it off for every TCP connection; asyncio's own loop only for
+    sockets whose protocol number is IPPROTO_TCP, which a socket bound as `bind` does (protocol
+    0) and its connections are not (AUTHZ_EVENT_LOOP=asyncio)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _Server(uvicorn.Server):
