@@ -64,6 +64,9 @@ def terminate(proc: subprocess.Popen[Any], grace: float = 20.0) -> None:
             proc.wait(timeout=10)
 
 
+_EOF = ""  # what ServerProcess._read queues once the child's output ends (a line has "\n")
+
+
 class ServerProcess:
     """One `python -m authz.bench.serve` child."""
 
@@ -81,7 +84,7 @@ class ServerProcess:
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True, name="serve-stdout").start()
         first = self._next_line(timeout=60)
-        if first is None:
+        if not first:
             self.stop()
             raise RuntimeError(
                 f"benchmark server did not start; see {log_path}:\n{log_path.read_text()[-2000:]}"
@@ -99,8 +102,10 @@ class ServerProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self._lines.put(line)
+        self._lines.put(_EOF)
 
     def _next_line(self, timeout: float) -> str | None:
+        """The child's next line; _EOF once it closed its output; None after `timeout` s."""
         try:
             return self._lines.get(timeout=timeout)
         except queue.Empty:
@@ -112,7 +117,8 @@ class ServerProcess:
         with contextlib.suppress(OSError, ValueError):
             if self.proc.stdin:
                 self.proc.stdin.close()
-        while (line := self._next_line(timeout=1)) is not None:
+        # Up to the end of its output: it has exited, so that comes at once.
+        while line := self._next_line(timeout=5):
             with contextlib.suppress(json.JSONDecodeError):
                 self.final = json.loads(line)
         self._log.close()
