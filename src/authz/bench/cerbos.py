@@ -932,7 +932,8 @@ def _tables(
         at_max.notes.append(
             "How the connections were spread over authz's workers, per round (seen halfway "
             "through each run: h2load's 4, and the idle one of the client that checks the "
-            "answers; the kernel places each connection by a hash of its ports, not by load, so "
+            "answers while it is open, until AUTHZ_MAX_CONNECTION_AGE closes it; the kernel "
+            "places each connection by a hash of its ports, not by load, so "
             "one worker may get 3 or all 4 of h2load's): " + "; ".join(spreads) + ". The row "
             "'authz, audit off, 1 worker' is `authz serve --workers 1`, for what one process "
             "does on its own."
