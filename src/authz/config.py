@@ -439,8 +439,9 @@ class Settings:
     # mode) have a budget of their own, on top of max_concurrent_rpcs; see authz.server.guard.
     open_rpcs: int = 64
     stream_idle: float = 120.0  # seconds an open stream may send and receive nothing
-    # Seconds before a gRPC connection is asked to move (GOAWAY; its calls finish first), so that
-    # long-lived connections spread again over the workers; 0: they stay (authz.server.transport).
+    # Seconds before a connection is asked to move (gRPC: GOAWAY, its calls finish first; HTTP:
+    # `Connection: close` on its next answer), so that long-lived connections spread again over
+    # the workers; 0: they stay (authz.server.transport, authz.web.server).
     max_connection_age: float = 60.0
     # Observability (authz.logs, authz.metrics, authz.tracing).
     log_format: str = "text"  # one of LOG_FORMATS

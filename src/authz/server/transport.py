@@ -1,4 +1,5 @@
-"""How the server listens: TLS and mutual-TLS credentials, and the rule about open binds."""
+"""How the server listens: TLS and mutual-TLS credentials, the rule about open binds, and how
+long a connection stays (AUTHZ_MAX_CONNECTION_AGE)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ requests in flight finish for up to `grace` seconds, then cancels what is left, 
 
 uvicorn's HTTP/1.1 connection (h11) is extended with what authz needs of it (Connection):
 the client certificate of a mutual-TLS connection for authz.web.auth, a bound on open
-connections, a bound on the time a request may take to arrive, and JSON for its own 400s.
+connections, a bound on the time a request may take to arrive, an age after which a connection
+closes (AUTHZ_MAX_CONNECTION_AGE), no Nagle delay, and JSON for its own 400s.
 uvicorn is pinned to a minor release in pyproject.toml because this uses its protocol class.
 """
 
@@ -161,9 +162,9 @@ class Connection(H11Protocol):
 def _send_at_once(transport: asyncio.BaseTransport) -> None:
     """Turn Nagle's algorithm off (TCP_NODELAY) for a connection. uvicorn writes an answer's head
     and body apart; with Nagle on, the body waited for the client's delayed ACK, about 40 ms
-    per request. uvloop turns it off for every TCP connection; asyncio's own loop only for
-    sockets whose protocol number is IPPROTO_TCP, which a socket bound as `bind` does (protocol
-    0) and its connections are not (AUTHZ_EVENT_LOOP=asyncio)."""
+    per request. uvloop turns it off for every TCP connection, but asyncio's own loop
+    (AUTHZ_EVENT_LOOP=asyncio) only for sockets made with protocol number IPPROTO_TCP, and
+    `bind`'s socket, like its connections, has protocol 0."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
