@@ -560,4 +560,6 @@ def test_rebalance_bench_moves_connections_between_workers_without_failing_a_cal
 
     outcome = rebalance.measure(1.0, windows=2, window=2.0, kill=False)
     assert outcome.calls > 100 and outcome.failures == []
-    assert len(outcome.shares) == 2 and all(0 <= share <= 0.5 for share in outcome.shares)
+    # Each of the two channels opened its first connection and, 1 s on, at least another.
+    assert outcome.connections >= 2 * rebalance.CHANNELS, outcome
+    assert len(outcome.shares) == 2

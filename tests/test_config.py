@@ -96,6 +96,7 @@ def test_anything_else_refuses_to_start_naming_the_variable_and_the_accepted_val
         ("audit_mode", "sync", "AUTHZ_AUDIT_MODE"),
         ("log_level", "loud", "AUTHZ_LOG_LEVEL"),
         ("recall", "no", "AUTHZ_RECALL"),
+        ("max_connection_age", 0.5, "AUTHZ_MAX_CONNECTION_AGE"),
     ],
 )
 def test_settings_built_in_code_obey_the_same_rules(field: str, value: object, name: str) -> None:
@@ -138,8 +139,6 @@ def test_connection_age_takes_zero_or_one_second_to_a_day(value: str | None, age
 def test_any_other_connection_age_refuses_to_start_saying_what_to_set(value: str) -> None:
     message = refused({"AUTHZ_MAX_CONNECTION_AGE": value})
     assert message.startswith("AUTHZ_MAX_CONNECTION_AGE=") and "seconds" in message, message
-    with pytest.raises(ConfigError, match="AUTHZ_MAX_CONNECTION_AGE"):
-        Settings(max_connection_age=0.5)
 
 
 # --- SSO salts (item 9) ---------------------------------------------------------------------------

@@ -338,16 +338,13 @@ def _request_timeout(env: Mapping[str, str]) -> float:
 MAX_CONNECTION_AGE_LIMIT = 86_400.0
 
 
-def max_connection_age(value: float) -> float:
+def _check_connection_age(value: float) -> None:
     """AUTHZ_MAX_CONNECTION_AGE: 0 (off) or from 1 second to a day; ConfigError otherwise."""
-    if value == 0:
-        return 0.0
-    if not 1 <= value <= MAX_CONNECTION_AGE_LIMIT:
+    if value != 0 and not 1 <= value <= MAX_CONNECTION_AGE_LIMIT:
         raise ConfigError(
             f"AUTHZ_MAX_CONNECTION_AGE={value:g} must be 0 (off) or from 1 to "
             f"{MAX_CONNECTION_AGE_LIMIT:g} seconds"
         )
-    return value
 
 
 def _otlp_traces_endpoint(env: Mapping[str, str]) -> str | None:
@@ -466,7 +463,7 @@ class Settings:
         accepted_value("AUTHZ_EVENT_LOOP", self.event_loop, EVENT_LOOPS)
         accepted_value("AUTHZ_CPU_AFFINITY", self.cpu_affinity, CPU_AFFINITIES)
         accepted_value("AUTHZ_RECALL", self.recall, RECALL_MODES)
-        max_connection_age(self.max_connection_age)
+        _check_connection_age(self.max_connection_age)
         if self.public_url is not None:
             parse_public_url(self.public_url)
         self._check_reviewers()
@@ -612,7 +609,7 @@ class Settings:
             stream_idle=_bounded(
                 "AUTHZ_STREAM_IDLE", _float(env, "AUTHZ_STREAM_IDLE", 120.0), 3600.0
             ),
-            max_connection_age=max_connection_age(_float(env, "AUTHZ_MAX_CONNECTION_AGE", 60.0)),
+            max_connection_age=_float(env, "AUTHZ_MAX_CONNECTION_AGE", 60.0),
             log_format=choice(env, "AUTHZ_LOG_FORMAT", LOG_FORMATS, "text"),
             event_loop=choice(env, "AUTHZ_EVENT_LOOP", EVENT_LOOPS, "uvloop"),
             cpu_affinity=choice(env, "AUTHZ_CPU_AFFINITY", CPU_AFFINITIES, "auto"),

@@ -47,7 +47,13 @@ class _Queue:
     def add(self, wait: Wait, now: float) -> None:
         self.pending.append(wait)
         if self.timer is None:
-            self.timer = self.loop.call_at(min(wait.deadline, now + self.sweep), self._expire)
+            self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        """The timer at the first wait's deadline, or sooner to drop finished waits."""
+        self.timer = self.loop.call_at(
+            min(self.pending[0].deadline, now + self.sweep), self._expire
+        )
 
     def _expire(self) -> None:
         now = self.loop.time()
@@ -59,7 +65,7 @@ class _Queue:
                 wait.expire()
         self.timer = None
         if pending:
-            self.timer = self.loop.call_at(min(pending[0].deadline, now + self.sweep), self._expire)
+            self._arm(now)
 
 
 class Deadlines:

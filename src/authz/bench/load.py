@@ -193,6 +193,11 @@ def _tree(root: int, stats: dict[int, list[str]] | None = None) -> set[int]:
     return tree
 
 
+def _cpu_ticks(fields: list[str]) -> int:
+    """utime + stime (proc(5): fields 14 and 15, here after "state" and "ppid") of _stat_fields."""
+    return int(fields[11]) + int(fields[12])
+
+
 def descendants(root: int) -> set[int]:
     """Every process descended from `root` (Linux), without `root`."""
     return _tree(root) - {root}
@@ -200,8 +205,7 @@ def descendants(root: int) -> set[int]:
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time so far of one process (its own threads, not its children)."""
-    fields = _stat_fields(f"/proc/{pid}")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _cpu_ticks(_stat_fields(f"/proc/{pid}")) / os.sysconf("SC_CLK_TCK")
 
 
 def process_tree_cpu_seconds(root: int) -> float:
@@ -242,7 +246,7 @@ def thread_cpu_seconds(root: int) -> dict[str, float]:
                 role = "supervisor" if pid == root and len(tree) > 1 else "event loop"
             else:
                 role = "audit writer" if name == WRITER_THREAD else "other threads"
-            ticks[role] += int(fields[11]) + int(fields[12])  # utime, stime
+            ticks[role] += _cpu_ticks(fields)
     return {role: n / os.sysconf("SC_CLK_TCK") for role, n in ticks.items()}
 
 

@@ -44,6 +44,7 @@ class Outcome:
     shares: list[float]  # the less busy worker's share of the two workers' CPU, per window
     calls: int = 0
     failures: list[tuple[float, str]] = field(default_factory=list)  # (seconds in, status)
+    connections: int = 0  # opened by the client's channels (each READY state), first ones included
 
 
 def _workers(root: int) -> list[int]:
@@ -61,7 +62,7 @@ def _workers(root: int) -> list[int]:
 
 def _wait_for_workers(root: int, count: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
-    while (workers := _workers(root)) and len(workers) != count:
+    while len(workers := _workers(root)) != count:
         if time.monotonic() > deadline:
             raise RuntimeError(f"authz serve has {len(workers)} workers, not {count}")
         time.sleep(0.1)
@@ -85,6 +86,7 @@ def measure(age: float, *, windows: int, window: float, kill: bool) -> Outcome:
         stop = threading.Event()
         callers: list[threading.Thread] = []
         channels: list[grpc.Channel] = []
+        states: list[grpc.ChannelConnectivity] = []  # of every channel, as they change
         try:
             assert server.stdout is not None
             serving = _SERVING.match(server.stdout.readline())
@@ -93,6 +95,8 @@ def measure(age: float, *, windows: int, window: float, kill: bool) -> Outcome:
             # A subchannel pool of its own: each channel is a connection of its own.
             options = [("grpc.use_local_subchannel_pool", 1)]
             channels = [grpc.insecure_channel(serving[1], options=options) for _ in range(CHANNELS)]
+            for channel in channels:
+                channel.subscribe(states.append)
             request = pb.CheckRequest(
                 principal=pb.Principal(type="heroku_user", id="u1"),
                 action="dashboard.view",
@@ -134,6 +138,7 @@ def measure(age: float, *, windows: int, window: float, kill: bool) -> Outcome:
                 thread.join(timeout=30)
             for channel in channels:
                 channel.close()
+            outcome.connections = states.count(grpc.ChannelConnectivity.READY)
             if server.poll() is None:
                 os.killpg(server.pid, signal.SIGTERM)
             server.communicate(timeout=60)
@@ -152,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         after = "after the restart" if not args.no_kill else "(no restart)"
         print(
             f"AUTHZ_MAX_CONNECTION_AGE={age:g}: the less busy worker's share of the CPU per "
-            f"{args.window:g} s {after}: {result.shares}; {result.calls:,} calls, "
+            f"{args.window:g} s {after}: {result.shares}; {result.connections} connections "
+            f"opened, {result.calls:,} calls, "
             f"{len(result.failures)} failed{': ' if result.failures else ''}"
             + ", ".join(f"{status} at {at} s" for at, status in result.failures[:10])
         )
