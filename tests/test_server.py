@@ -258,10 +258,14 @@ def test_a_connection_past_its_age_is_replaced_without_failing_a_call(
         check = pb_grpc.AuthorizationServiceStub(channel).Check
         request = pb.CheckRequest(principal=alice(), action="doc.edit", resource=doc())
         answered = 0
-        until = time.monotonic() + 2.7  # two ages and their jitter, and a reconnection
+        # With an age: until the third connection, within a deadline well past two ages. Without:
+        # longer than two ages would have taken.
+        until = time.monotonic() + (15.0 if age else 2.7)
         while time.monotonic() < until:
             assert check(request, timeout=10).allowed  # any failed call raises here
             answered += 1
+            if age and states.count(grpc.ChannelConnectivity.READY) >= 3:
+                break
         channel.unsubscribe(states.append)
     connections = states.count(grpc.ChannelConnectivity.READY)
     assert answered > 100
